@@ -1,0 +1,35 @@
+import { request } from "node:http";
+
+// Talks to the daemon's API over its unix socket.
+
+export class ApiError extends Error {}
+
+export function call<T = unknown>(socketPath: string, method: string, path: string, body?: unknown): Promise<T> {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        socketPath, method, path,
+        headers: payload ? { "content-type": "application/json", "content-length": Buffer.byteLength(payload) } : {},
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            return reject(new ApiError(`unexpected answer from vmrouted (HTTP ${res.statusCode})`));
+          }
+          if ((res.statusCode ?? 500) >= 400) return reject(new ApiError((parsed as { error?: string }).error ?? `HTTP ${res.statusCode}`));
+          resolve(parsed as T);
+        });
+      },
+    );
+    req.on("error", (e: NodeJS.ErrnoException) =>
+      reject(new ApiError(`cannot reach vmrouted at ${socketPath}: ${e.code ?? e.message} (is the daemon running?)`)));
+    req.end(payload);
+  });
+}

@@ -1,0 +1,126 @@
+import { readFile } from "node:fs/promises";
+import { Command, Option } from "commander";
+import { parseYaml } from "../config/load.js";
+import type { Status } from "../daemon/status.js";
+import { InputError } from "../model/errors.js";
+import type { Spec } from "../model/spec.js";
+import { ApiError, call } from "./client.js";
+import { endpointsTable, networksTable, render, statusHuman, type OutputFormat } from "./format.js";
+
+// vmroutectl: the admin CLI. Every command is one API call; the daemon
+// validates, so the CLI and the API can never accept different things.
+
+const DEFAULT_SOCKET = "/run/vmrouted/vmrouted.sock";
+
+function endpointOf(status: Status, match: (e: Status["endpoints"][number]) => boolean): string {
+  const e = status.endpoints.find(match);
+  if (!e) return "removed";
+  return `${e.kind} ${e.ip} on ${e.device} (mac ${e.mac}): ${e.state}${e.reason ? ` — ${e.reason}` : ""}`;
+}
+
+async function readSpec(path: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = path === "-" ? await new Promise<string>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      process.stdin.on("data", (c: Buffer) => chunks.push(c)).on("end", () => resolve(Buffer.concat(chunks).toString("utf8"))).on("error", reject);
+    }) : await readFile(path, "utf8");
+  } catch (e) {
+    throw new InputError(`spec ${path}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return parseYaml(text, `spec ${path}`) ?? {};
+}
+
+export function buildProgram(out: (s: string) => void): Command {
+  const program = new Command("vmroutectl")
+    .description("Admin CLI of vmrouted: routed network interfaces for VMs and namespaces")
+    .option("--socket <path>", "vmrouted API socket", DEFAULT_SOCKET)
+    .addOption(new Option("-o, --output <format>", "output format").choices(["human", "json", "yaml"]).default("human"))
+    .showSuggestionAfterError(false);
+  const opts = () => program.opts<{ socket: string; output: OutputFormat }>();
+  const api = <T>(method: string, path: string, body?: unknown) => call<T>(opts().socket, method, path, body);
+  const show = (value: unknown, human: (v: never) => string) => out(render(value, opts().output, human));
+
+  program.command("status").description("reported state: networks, endpoints, BGP").action(async () => {
+    show(await api<Status>("GET", "/v1/status"), statusHuman);
+  });
+
+  program.command("apply").description("make the runtime networks and endpoints exactly those of a spec file")
+    .requiredOption("-f, --file <path>", "spec file (YAML or JSON; - for stdin)")
+    .action(async (o: { file: string }) => {
+      const s = await api<Status>("PUT", "/v1/spec", await readSpec(o.file));
+      show(s, statusHuman);
+    });
+
+  program.command("get").description("show desired state").argument("<what>", "spec").action(async (what: string) => {
+    if (what !== "spec") throw new InputError(`get: unknown object '${what}' (known: spec)`);
+    show(await api<Spec>("GET", "/v1/spec"), (v: Spec) => render(v, "yaml", () => ""));
+  });
+
+  const network = program.command("network").description("gateways (routed networks)");
+  network.command("add").argument("<name>").argument("<gateway>", "gateway address with prefix, e.g. 172.31.17.1/24")
+    .action(async (name: string, gateway: string) => {
+      const s = await api<Status>("POST", "/v1/networks", { name, gateway });
+      show(s.networks.find((n) => n.name === name), () => networksTable(s.networks.filter((n) => n.name === name)));
+    });
+  network.command("remove").argument("<name>").action(async (name: string) => {
+    await api("DELETE", `/v1/networks/${encodeURIComponent(name)}`);
+    show({ removed: name }, () => `network ${name} removed`);
+  });
+  network.command("list").action(async () => {
+    const s = await api<Status>("GET", "/v1/status");
+    show(s.networks, networksTable);
+  });
+
+  const tap = program.command("tap").description("tap endpoints for VMs that libvirt does not run");
+  tap.command("add").requiredOption("--network <name>").requiredOption("--ip <address>")
+    .option("--mac <mac>", "guest MAC (default: derived from network and IP)").option("--name <device>", "tap device name")
+    .action(async (o: { network: string; ip: string; mac?: string; name?: string }) => {
+      const s = await api<Status>("POST", "/v1/endpoints", { kind: "tap", ...o });
+      const e = s.endpoints.find((x) => x.kind === "tap" && x.ip === o.ip);
+      show(e, () => endpointOf(s, (x) => x.kind === "tap" && x.ip === o.ip));
+    });
+  tap.command("remove").argument("<ip>").action(async (ip: string) => {
+    await api("DELETE", `/v1/endpoints?kind=tap&ip=${encodeURIComponent(ip)}`);
+    show({ removed: ip }, () => `tap ${ip} removed`);
+  });
+
+  const netns = program.command("netns").description("container/task namespaces, connected by a veth pair");
+  netns.command("add").argument("<netns>", "named network namespace (/run/netns/NAME)")
+    .requiredOption("--network <name>").requiredOption("--ip <address>").option("--mac <mac>", "MAC of eth0 inside the namespace")
+    .action(async (name: string, o: { network: string; ip: string; mac?: string }) => {
+      const s = await api<Status>("POST", "/v1/endpoints", { kind: "netns", netns: name, ...o });
+      const e = s.endpoints.find((x) => x.kind === "netns" && x.ip === o.ip);
+      show(e, () => endpointOf(s, (x) => x.kind === "netns" && x.ip === o.ip));
+    });
+  netns.command("remove").argument("<netns>").action(async (name: string) => {
+    await api("DELETE", `/v1/endpoints?kind=netns&netns=${encodeURIComponent(name)}`);
+    show({ removed: name }, () => `netns ${name} endpoint removed`);
+  });
+
+  program.command("endpoints").description("list endpoints").action(async () => {
+    const s = await api<Status>("GET", "/v1/status");
+    show(s.endpoints, endpointsTable);
+  });
+  return program;
+}
+
+async function main(): Promise<void> {
+  const program = buildProgram((s) => process.stdout.write(s + "\n"));
+  program.exitOverride().configureOutput({
+    writeErr: (s) => {
+      const line = s.split("\n").find((l) => l.trim());
+      if (line) process.stderr.write(`${line.startsWith("error:") ? "vmroutectl: " + line.slice(6).trim() : line}\n`);
+    },
+    writeOut: (s) => process.stdout.write(s),
+  });
+  await program.parseAsync(process.argv);
+}
+
+main().catch((e: unknown) => {
+  const err = e as Error & { code?: string; exitCode?: number };
+  if (err.code?.startsWith("commander.")) process.exit(err.code === "commander.helpDisplayed" || err.code === "commander.version" ? 0 : 2);
+  const known = err instanceof InputError || err instanceof ApiError;
+  process.stderr.write(`vmroutectl: ${known ? err.message : (err.message ?? String(e)).split("\n")[0]}\n`);
+  process.exit(1);
+});

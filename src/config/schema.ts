@@ -1,0 +1,71 @@
+import { hostname } from "node:os";
+import { z } from "zod";
+import { isLoopback, isUnusableHostAddress, parseIpv4 } from "../model/ipv4.js";
+import { networkInputSchema } from "../model/spec.js";
+
+// The config file contract of DESIGN.md. Every key is strict: an unknown key is
+// an error that names it, because a typo in a network agent's config should
+// never silently fall back to a default.
+
+const ipv4 = z.string().refine((s) => parseIpv4(s) !== undefined, "must be an IPv4 address");
+
+const nodeAddress = ipv4
+  .refine((s) => !isLoopback(s), "must not be a loopback address (receivers treat a loopback next hop as a withdraw)")
+  .refine((s) => !isUnusableHostAddress(s), "must be a unicast host address");
+
+const hostPort = z.string().refine((s) => {
+  const m = /^([^:\s]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(s);
+  return !!m && Number(m[2]) > 0 && Number(m[2]) < 65536;
+}, "must be HOST:PORT, like 127.0.0.1:50051");
+
+const u16 = (s: string) => /^\d{1,5}$/.test(s) && Number(s) <= 65535;
+const community = z.string().refine((s) => {
+  const parts = s.split(":");
+  return parts.length === 2 && parts.every(u16);
+}, "must be ASN:VALUE with both parts 0-65535");
+
+export const configSchema = z
+  .object({
+    node: z
+      .object({
+        address: nodeAddress,
+        name: z.string().min(1).max(253).default(() => hostname()),
+      })
+      .strict(),
+    api: z
+      .object({ socket: z.string().min(1).default("/run/vmrouted/vmrouted.sock") })
+      .strict()
+      .default({}),
+    stateDir: z.string().min(1).default("/var/lib/vmrouted"),
+    bgp: z
+      .object({
+        gobgp: hostPort.default("127.0.0.1:50051"),
+        communities: z.array(community).default([]),
+        localPref: z.number().int().min(0).max(4294967295).optional(),
+      })
+      .strict()
+      .optional(),
+    networks: z.record(networkInputSchema).default({}),
+    dataplane: z
+      .object({
+        /** Route protocol number marking our routes (name it in /etc/iproute2/rt_protos.d/). */
+        routeProtocol: z.number().int().min(5).max(254).default(94),
+        /** netdev group of our taps and veths. */
+        netdevGroup: z.number().int().min(1).max(2147483647).default(94),
+        /** Group devices are moved to just before one bulk `ip link del group`. */
+        teardownGroup: z.number().int().min(1).max(2147483647).default(95),
+        /** Full resync interval: repairs drift that raises no kernel event (sysctls). */
+        resyncSeconds: z.number().min(0.5).max(3600).default(5),
+      })
+      .strict()
+      .refine((d) => d.netdevGroup !== d.teardownGroup, { message: "teardownGroup must differ from netdevGroup", path: ["teardownGroup"] })
+      .default({}),
+    log: z
+      .object({ level: z.enum(["fatal", "error", "warn", "info", "debug", "trace"]).default("info") })
+      .strict()
+      .default({}),
+  })
+  .strict();
+
+export type Config = z.infer<typeof configSchema>;
+export type DataplaneConfig = Config["dataplane"];

@@ -1,0 +1,74 @@
+import { chmod, mkdir, rm } from "node:fs/promises";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { dirname } from "node:path";
+import type { Logger } from "pino";
+import { InputError } from "../model/errors.js";
+
+// The local HTTP API on a unix socket (mode 0600: root only). Bodies are JSON,
+// at most 4 MiB; every error is one line in {"error": "..."}.
+
+export type Handler = (body: unknown, params: URLSearchParams, match: string[]) => Promise<unknown>;
+export interface Route { method: string; path: RegExp; handler: Handler }
+
+const MAX_BODY = 4 * 1024 * 1024;
+
+class HttpError extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message);
+  }
+}
+
+async function readBody(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY) throw new HttpError(413, `request body larger than ${MAX_BODY} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  const text = Buffer.concat(chunks).toString("utf8");
+  if (text.trim() === "") return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, `request body is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+  res.end(text);
+}
+
+export async function startApi(socketPath: string, routes: Route[], log: Logger): Promise<Server> {
+  await mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
+  await rm(socketPath, { force: true });
+  const server = createServer(async (req, res) => {
+    const url = new URL(req.url ?? "/", "http://vmrouted");
+    const route = routes.find((r) => r.method === req.method && r.path.test(url.pathname));
+    try {
+      if (!route) throw new HttpError(404, `no such API call: ${req.method} ${url.pathname}`);
+      const match = route.path.exec(url.pathname)!.slice(1).map(decodeURIComponent);
+      const body = await readBody(req);
+      send(res, 200, await route.handler(body, url.searchParams, match));
+    } catch (e) {
+      const status = e instanceof HttpError ? e.status : e instanceof InputError ? 400 : 500;
+      const message = (e as Error).message.split("\n")[0] ?? "error";
+      if (status === 500) log.error({ err: e, path: url.pathname }, "API call failed");
+      send(res, status, { error: message });
+    }
+  });
+  // Restrict the socket before anyone can connect: umask for the bind, chmod after.
+  const oldMask = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(socketPath, () => resolve());
+    });
+  } finally {
+    process.umask(oldMask);
+  }
+  await chmod(socketPath, 0o600);
+  return server;
+}

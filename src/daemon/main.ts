@@ -1,0 +1,94 @@
+import { Command } from "commander";
+import { pino } from "pino";
+import { loadConfig } from "../config/load.js";
+import { applyPlan } from "../dataplane/apply.js";
+import { detectGatewayKind } from "../dataplane/capabilities.js";
+import { startMonitor } from "../dataplane/monitor.js";
+import { observe } from "../dataplane/observe.js";
+import { InputError } from "../model/errors.js";
+import { startApi, type Route } from "./api.js";
+import { Controller } from "./controller.js";
+import { Reconciler } from "./reconciler.js";
+import { buildStatus, type BgpStatus } from "./status.js";
+import { StateStore } from "./store.js";
+
+// vmrouted: the daemon. Wires config, state, the reconciler and the API, then
+// runs until SIGTERM/SIGINT. Stopping leaves the kernel as it is: workloads keep
+// their network while the daemon restarts.
+
+async function main(argv: string[]): Promise<void> {
+  const program = new Command("vmrouted")
+    .option("--config <path>", "config file", "/etc/vmrouted/config.yaml")
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s.split("\n")[0] + "\n") });
+  program.parse(argv);
+  const config = await loadConfig(program.opts<{ config: string }>().config);
+  const log = pino({ level: config.log.level, base: { node: config.node.name } });
+
+  const gatewayKind = await detectGatewayKind();
+  if (gatewayKind.reason) log.warn({ gatewayKind: gatewayKind.kind }, gatewayKind.reason);
+  const store = new StateStore(config.stateDir);
+  const controller = new Controller(config, store, await store.load());
+  controller.desired(); // a stored state that no longer fits the config stops us here, before any change
+
+  const settings = { ...config.dataplane, gatewayKind: gatewayKind.kind };
+  const bgp: BgpStatus = { enabled: false, state: "disabled", peers: [], announced: 0 };
+  const reconciler = new Reconciler({ desired: () => controller.desired(), observe, apply: applyPlan, settings, log });
+  controller.attach(reconciler);
+  await reconciler.request("startup");
+
+  const status = () => buildStatus(config, reconciler.last, {
+    bgp, gatewayKind, passes: reconciler.passes, operationsApplied: reconciler.operationsApplied,
+  });
+  const after = (p: Promise<unknown>) => p.then(status);
+  const routes: Route[] = [
+    { method: "GET", path: /^\/v1\/status$/, handler: async () => status() },
+    { method: "GET", path: /^\/v1\/spec$/, handler: async () => controller.spec() },
+    { method: "PUT", path: /^\/v1\/spec$/, handler: (body) => after(controller.applySpec(body)) },
+    { method: "GET", path: /^\/v1\/networks$/, handler: async () => status().networks },
+    { method: "POST", path: /^\/v1\/networks$/, handler: (body) => after(controller.addNetwork(body)) },
+    { method: "DELETE", path: /^\/v1\/networks\/([^/]+)$/, handler: (_b, _q, [name]) => after(controller.removeNetwork(name!)) },
+    { method: "POST", path: /^\/v1\/endpoints$/, handler: (body) => after(controller.addEndpoint(body)) },
+    {
+      method: "DELETE", path: /^\/v1\/endpoints$/,
+      handler: (_b, q) => after(controller.removeEndpoint({
+        ...(q.get("kind") ? { kind: q.get("kind")! } : {}), ...(q.get("ip") ? { ip: q.get("ip")! } : {}),
+        ...(q.get("netns") ? { netns: q.get("netns")! } : {}),
+      })),
+    },
+    { method: "POST", path: /^\/v1\/reconcile$/, handler: () => after(reconciler.request("api")) },
+  ];
+  const server = await startApi(config.api.socket, routes, log);
+
+  let debounce: NodeJS.Timeout | undefined;
+  const monitor = startMonitor(() => {
+    debounce ??= setTimeout(() => {
+      debounce = undefined;
+      reconciler.request("kernel event").catch((e) => log.error({ err: e }, "reconcile failed"));
+    }, 100);
+  }, (message) => log.warn(message));
+  const resync = setInterval(() => {
+    reconciler.request("resync").catch((e) => log.error({ err: e }, "reconcile failed"));
+  }, config.dataplane.resyncSeconds * 1000);
+
+  log.info({ socket: config.api.socket, endpoints: reconciler.last?.endpoints.length ?? 0 }, "vmrouted started");
+  const stop = (signal: string) => {
+    log.info({ signal }, "vmrouted stopping; kernel state is left in place");
+    clearInterval(resync);
+    if (debounce) clearTimeout(debounce);
+    monitor.stop();
+    server.close(() => process.exit(0));
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.once("SIGTERM", () => stop("SIGTERM"));
+  process.once("SIGINT", () => stop("SIGINT"));
+}
+
+main(process.argv).catch((e: unknown) => {
+  const err = e as Error & { code?: string };
+  if (err.code?.startsWith("commander.")) process.exit(err.code === "commander.helpDisplayed" ? 0 : 2);
+  // One line for the operator; the stack only for bugs, where it helps.
+  process.stderr.write(`vmrouted: ${(err.message ?? String(e)).split("\n")[0]}\n`);
+  if (!(err instanceof InputError) && process.env.VMROUTED_DEBUG) process.stderr.write(`${err.stack}\n`);
+  process.exit(1);
+});

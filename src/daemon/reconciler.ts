@@ -1,0 +1,106 @@
+import type { Logger } from "pino";
+import type { ApplyResult } from "../dataplane/apply.js";
+import type { ObservedState } from "../dataplane/observed.js";
+import type { Operation } from "../dataplane/operations.js";
+import { plan, type PlanSettings } from "../dataplane/plan.js";
+import type { ObserveRequest } from "../dataplane/observe.js";
+import type { DesiredState } from "../model/types.js";
+import { endpointStatus, networkStatus, type EndpointStatus, type NetworkStatus } from "./report.js";
+
+// The one path that changes the host: desired → observe → plan → apply →
+// observe again (verify), repeated while a plan still has work (a device name
+// freed by a delete can be reused in the next round). Requests while a pass
+// runs are coalesced into one more pass.
+
+export interface ReconcileDeps {
+  desired: () => DesiredState;
+  observe: (request: ObserveRequest) => Promise<ObservedState>;
+  apply: (operations: Operation[]) => Promise<ApplyResult>;
+  settings: PlanSettings;
+  log: Logger;
+  /** Called after every pass with the endpoints' state (the BGP announcer listens here). */
+  onReport?: (report: ReconcileReport) => Promise<void> | void;
+}
+
+export interface ReconcileReport {
+  at: string;
+  durationMs: number;
+  operations: number;
+  networks: NetworkStatus[];
+  endpoints: EndpointStatus[];
+}
+
+const MAX_ROUNDS = 3;
+
+export class Reconciler {
+  private running: Promise<ReconcileReport> | undefined;
+  private queued: Promise<ReconcileReport> | undefined;
+  last: ReconcileReport | undefined;
+  passes = 0;
+  operationsApplied = 0;
+
+  constructor(private readonly deps: ReconcileDeps) {}
+
+  /** Runs a pass that starts after this call; resolves with its report. */
+  request(reason: string): Promise<ReconcileReport> {
+    if (!this.running) {
+      this.running = this.pass(reason).finally(() => (this.running = undefined));
+      return this.running;
+    }
+    if (!this.queued) {
+      this.queued = this.running.catch(() => undefined).then(() => {
+        this.queued = undefined;
+        return this.request(reason);
+      });
+    }
+    return this.queued;
+  }
+
+  private async pass(reason: string): Promise<ReconcileReport> {
+    const started = performance.now();
+    const { log, settings } = this.deps;
+    const desired = this.deps.desired();
+    const netns = [...new Set(desired.endpoints.flatMap((e) => (e.netns !== undefined ? [e.netns] : [])))];
+    const failures = new Map<string, string[]>();
+    let operations = 0;
+    let observed = await this.deps.observe({ netns });
+    let current = plan(desired, observed, settings);
+    for (let round = 1; round <= MAX_ROUNDS && current.operations.length > 0; round++) {
+      log.debug({ reason, round, operations: current.operations }, "applying planned operations");
+      const result = await this.deps.apply(current.operations);
+      operations += result.applied;
+      for (const [subject, messages] of result.failures) {
+        failures.set(subject, [...(failures.get(subject) ?? []), ...messages]);
+        log.warn({ subject, errors: messages }, "operation failed");
+      }
+      observed = await this.deps.observe({ netns });
+      current = plan(desired, observed, settings);
+    }
+    this.passes++;
+    this.operationsApplied += operations;
+    const report: ReconcileReport = {
+      at: new Date().toISOString(),
+      durationMs: Math.round((performance.now() - started) * 10) / 10,
+      operations,
+      networks: current.gateways.map((g) => networkStatus(g, settings.gatewayKind, failures.get(`gateway:${g.network.name}`))),
+      endpoints: current.endpoints.map((c) => endpointStatus(c, failures.get(c.endpoint.id))),
+    };
+    this.logChanges(report, reason);
+    this.last = report;
+    await this.deps.onReport?.(report);
+    return report;
+  }
+
+  private logChanges(report: ReconcileReport, reason: string): void {
+    const before = new Map((this.last?.endpoints ?? []).map((e) => [e.id, e]));
+    for (const e of report.endpoints) {
+      const prev = before.get(e.id);
+      if (prev?.state !== e.state || prev.reason !== e.reason)
+        this.deps.log.info({ endpoint: e.id, device: e.device, state: e.state, reason: e.reason || undefined, trigger: reason }, `endpoint ${e.state}`);
+      before.delete(e.id);
+    }
+    for (const gone of before.values()) this.deps.log.info({ endpoint: gone.id, device: gone.device, trigger: reason }, "endpoint removed");
+    if (report.operations > 0)
+      this.deps.log.info({ trigger: reason, operations: report.operations, durationMs: report.durationMs }, "reconciled");
+  }
+}

@@ -1,0 +1,88 @@
+import { endpointComplete, type EndpointCheck, type GatewayCheck } from "../dataplane/check.js";
+import type { LinkStats } from "../dataplane/observed.js";
+import type { EndpointKind } from "../model/types.js";
+
+// The reported state (`vmroutectl status`): conditions in words, derived from
+// the same checks the planner used, plus what failed while applying.
+
+export type EndpointState = "ready" | "pending" | "degraded";
+
+export interface EndpointConditions {
+  device: boolean;
+  up: boolean;
+  carrier: boolean;
+  route: boolean;
+  neighbour: boolean;
+  sysctls: boolean;
+  /** netns endpoints only: eth0 inside the namespace is configured. */
+  inner?: boolean;
+  /** Set by the BGP announcer when there is one. */
+  announced?: boolean;
+}
+
+export interface EndpointStatus {
+  id: string;
+  kind: EndpointKind;
+  network: string;
+  ip: string;
+  mac: string;
+  device: string;
+  netns?: string;
+  domain?: string;
+  state: EndpointState;
+  reason: string;
+  conditions: EndpointConditions;
+  counters: LinkStats;
+}
+
+export interface NetworkStatus {
+  name: string;
+  device: string;
+  gateway: string;
+  kind: string;
+  source: "config" | "runtime";
+  state: EndpointState;
+  reason: string;
+}
+
+const ZERO: LinkStats = { rxBytes: 0, rxPackets: 0, rxErrors: 0, rxDropped: 0, txBytes: 0, txPackets: 0, txErrors: 0, txDropped: 0 };
+
+export function networkStatus(g: GatewayCheck, plannedKind: string, failures: string[] | undefined): NetworkStatus {
+  const base = {
+    name: g.network.name, device: g.device, gateway: g.cidr, kind: g.link?.kind ?? plannedKind, source: g.network.source,
+  };
+  const problem = g.conflict ?? (!g.link ? `device ${g.device} missing` : !g.link.up ? `device ${g.device} is down`
+    : !g.addressOk ? `gateway address ${g.cidr} missing` : g.connectedRoute ? `connected route ${g.connectedRoute.dst} present` : undefined);
+  if (!problem) return { ...base, state: "ready", reason: "" };
+  return { ...base, state: "degraded", reason: withFailures(problem, failures) };
+}
+
+function withFailures(problem: string, failures: string[] | undefined): string {
+  return failures?.length ? `${problem} (last error: ${failures[failures.length - 1]})` : problem;
+}
+
+export function endpointStatus(c: EndpointCheck, failures: string[] | undefined): EndpointStatus {
+  const e = c.endpoint;
+  const conditions: EndpointConditions = {
+    device: !!c.link && !c.wrongKind, up: c.up, carrier: c.carrier, route: c.routeOk, neighbour: c.neighbourOk,
+    sysctls: !!c.link && c.badSysctls.length === 0,
+    ...(e.kind === "netns" ? { inner: c.innerOk } : {}),
+  };
+  const base = {
+    id: e.id, kind: e.kind, network: e.network, ip: e.ip, mac: e.mac, device: e.device,
+    ...(e.netns !== undefined ? { netns: e.netns } : {}), ...(e.domain !== undefined ? { domain: e.domain } : {}),
+    conditions, counters: c.link?.stats ?? ZERO,
+  };
+  if (c.pending) return { ...base, state: "pending", reason: c.pending };
+  if (c.conflict) return { ...base, state: "degraded", reason: c.conflict };
+  if (endpointComplete(c)) return { ...base, state: "ready", reason: "" };
+  const problem = !c.link ? `device ${e.device} missing`
+    : c.wrongKind ? `device ${e.device} is not a ${e.kind === "netns" ? "veth" : "tap with vnet_hdr"}`
+    : !c.up ? `device ${e.device} is down`
+    : !c.routeOk ? `route ${e.ip}/32 missing`
+    : !c.neighbourOk ? `neighbour entry ${e.ip} → ${e.mac} missing`
+    : c.badSysctls.length ? `sysctl ${c.badSysctls[0]!.key} is not ${c.badSysctls[0]!.value}`
+    : !c.innerOk ? `${e.netns ? `inside namespace '${e.netns}': ` : ""}eth0 not configured`
+    : `device ${e.device} not in group or wrong MAC`;
+  return { ...base, state: "degraded", reason: withFailures(problem, failures) };
+}

@@ -1,0 +1,71 @@
+import { mkdir, open, readFile, rename } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { z } from "zod";
+import { InputError } from "../model/errors.js";
+import { endpointInputSchema, networkInputSchema, type EndpointInput, type NetworkInput } from "../model/spec.js";
+
+// The runtime part of desired state (networks added through the API, tap and
+// netns endpoints), persisted with write-to-temp + fsync + rename + fsync(dir):
+// a crash at any moment leaves either the old file or the new one, never a mix.
+
+export interface RuntimeState {
+  networks: Record<string, NetworkInput>;
+  endpoints: EndpointInput[];
+}
+
+const fileSchema = z.object({
+  version: z.literal(1),
+  networks: z.record(networkInputSchema),
+  endpoints: z.array(endpointInputSchema),
+}).strict();
+
+export function emptyRuntimeState(): RuntimeState {
+  return { networks: {}, endpoints: [] };
+}
+
+export class StateStore {
+  readonly path: string;
+  constructor(stateDir: string) {
+    this.path = join(stateDir, "state.json");
+  }
+
+  async load(): Promise<RuntimeState> {
+    let text: string;
+    try {
+      text = await readFile(this.path, "utf8");
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return emptyRuntimeState();
+      throw e;
+    }
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch (e) {
+      throw new InputError(`state file ${this.path} is not valid JSON (${(e as Error).message}); move it aside to start from the kernel's state`);
+    }
+    const parsed = fileSchema.safeParse(raw);
+    if (!parsed.success)
+      throw new InputError(`state file ${this.path} is not a vmrouted state file (${parsed.error.issues[0]?.path.join(".")}: ${parsed.error.issues[0]?.message})`);
+    return { networks: parsed.data.networks, endpoints: parsed.data.endpoints };
+  }
+
+  async save(state: RuntimeState): Promise<void> {
+    const dir = dirname(this.path);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const tmp = `${this.path}.tmp-${process.pid}`;
+    const file = await open(tmp, "w", 0o600);
+    try {
+      await file.writeFile(JSON.stringify({ version: 1, ...state }, null, 2) + "\n");
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    await rename(tmp, this.path);
+    const d = await open(dir, "r");
+    try {
+      await d.sync();
+    } finally {
+      await d.close();
+    }
+  }
+}

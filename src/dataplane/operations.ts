@@ -1,0 +1,74 @@
+// The vocabulary of changes vmrouted makes to a host. Every operation names the
+// subject it is for (an endpoint id or `gateway:<network>`) so that a failure
+// can be reported against the right endpoint.
+
+export type Operation = { subject: string } & (
+  | { op: "gateway.create"; device: string; kind: "dummy" | "bridge" }
+  | { op: "tap.create"; device: string }
+  | { op: "veth.create"; device: string; netns: string; inner: string }
+  | { op: "link.set"; device: string; group?: number; alias?: string; mac?: string; up?: boolean }
+  | { op: "link.delete"; device: string }
+  | { op: "link.delete-group"; group: number }
+  | { op: "address.replace"; device: string; cidr: string }
+  | { op: "address.delete"; device: string; cidr: string }
+  | { op: "route.replace"; dst: string; device: string; protocol: number }
+  | { op: "route.delete"; dst: string; device?: string; protocol: number }
+  | { op: "neighbour.replace"; device: string; ip: string; mac: string }
+  | { op: "neighbour.delete"; device: string; ip: string }
+  | { op: "sysctl.set"; key: string; value: string }
+  | { op: "netns.configure"; netns: string; device: string; alias: string; mac: string; cidr: string; gateway: string }
+);
+
+export type OperationKind = Operation["op"];
+
+/** Renders the operations that go through `ip -batch` (everything but sysctls and netns insides). */
+export function renderBatchLine(op: Operation): string | undefined {
+  switch (op.op) {
+    case "gateway.create":
+      return `link add ${op.device} type ${op.kind}`;
+    case "tap.create":
+      return `tuntap add dev ${op.device} mode tap one_queue vnet_hdr`;
+    case "veth.create":
+      return `link add ${op.device} type veth peer name ${op.inner} netns ${op.netns}`;
+    case "link.set": {
+      const parts = [`link set dev ${op.device}`];
+      if (op.group !== undefined) parts.push(`group ${op.group}`);
+      if (op.alias !== undefined) parts.push(`alias ${op.alias}`);
+      if (op.mac !== undefined) parts.push(`address ${op.mac}`);
+      if (op.up) parts.push("up");
+      return parts.join(" ");
+    }
+    case "link.delete":
+      return `link del dev ${op.device}`;
+    case "link.delete-group":
+      return `link del group ${op.group}`;
+    case "address.replace":
+      // noprefixroute: the kernel adds no connected route for the gateway
+      // subnet, not now and not when the device flaps (a deleted connected
+      // route would otherwise come back on every link up).
+      return `address replace ${op.cidr} dev ${op.device} noprefixroute`;
+    case "address.delete":
+      return `address del ${op.cidr} dev ${op.device}`;
+    case "route.replace":
+      return `route replace ${op.dst} dev ${op.device} proto ${op.protocol} scope link`;
+    case "route.delete":
+      return `route del ${op.dst}${op.device ? ` dev ${op.device}` : ""} proto ${op.protocol}`;
+    case "neighbour.replace":
+      return `neigh replace ${op.ip} lladdr ${op.mac} dev ${op.device} nud permanent`;
+    case "neighbour.delete":
+      return `neigh del ${op.ip} dev ${op.device}`;
+    case "sysctl.set":
+    case "netns.configure":
+      return undefined;
+  }
+}
+
+/** The lines run inside a netns endpoint's namespace (`ip -n NS -batch -`). */
+export function renderNetnsLines(op: Extract<Operation, { op: "netns.configure" }>): string[] {
+  return [
+    "link set dev lo up",
+    `link set dev ${op.device} alias ${op.alias} address ${op.mac} up`,
+    `address replace ${op.cidr} dev ${op.device}`,
+    `route replace default via ${op.gateway} dev ${op.device}`,
+  ];
+}

@@ -1,0 +1,39 @@
+/** A routed network: a gateway address shared by every host, and the subnet workloads believe they are on. */
+export interface Network {
+  name: string;
+  /** Gateway address, the same on every host. */
+  gateway: string;
+  prefixLength: number;
+  /** Networks from the config file always stay; runtime ones come and go through the API. */
+  source: "config" | "runtime";
+}
+
+export type EndpointKind = "tap" | "netns" | "vm";
+
+/** A workload interface, fully resolved: every name and MAC chosen. */
+export interface Endpoint {
+  /** Stable key, recorded in the device's ifalias as `vmrouted:<id>`. */
+  id: string;
+  kind: EndpointKind;
+  network: string;
+  ip: string;
+  /** The guest's MAC (inside the VM / namespace). */
+  mac: string;
+  /** Host-side device: the tap, or the host end of the veth pair. */
+  device: string;
+  /** netns endpoints: the named network namespace the inner end lives in. */
+  netns?: string;
+  /** vm endpoints: the libvirt domain. */
+  domain?: string;
+}
+
+export interface DesiredState {
+  networks: Network[];
+  endpoints: Endpoint[];
+}
+
+export function endpointId(kind: EndpointKind, ip: string): string {
+  return `${kind}:${ip}`;
+}
+
+export const NETNS_INNER_IFNAME = "eth0";
