@@ -11,7 +11,7 @@ export function parseYaml(text: string, what: string): unknown {
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: false });
   const first = doc.errors[0];
   if (first) {
-    const line = first.linePos?.[0]?.line;
+    const line = text.slice(0, first.pos[0]).split("\n").length;
     throw new InputError(`${what}: invalid YAML${line ? ` at line ${line}` : ""}: ${first.message.split("\n")[0]}`);
   }
   try {

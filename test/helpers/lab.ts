@@ -1,0 +1,177 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { execa } from "execa";
+import { stringify } from "yaml";
+
+// Building blocks for integration tests: network namespaces this test creates
+// (never the root one), the real daemon started and stopped by its pid, and
+// the CLI as an operator runs it.
+
+export const REPO = resolve(import.meta.dirname, "../..");
+const DAEMON = join(REPO, "dist/daemon/main.js");
+const CLI = join(REPO, "dist/cli/main.js");
+
+export function assertLabReady(): void {
+  if (process.getuid?.() !== 0) throw new Error("integration tests need root (they create network namespaces)");
+  if (!existsSync(DAEMON)) throw new Error("dist/ is missing: run `npm run build` first (scripts/test-all.sh does)");
+}
+
+export const runId = () => randomBytes(3).toString("hex");
+
+export async function sh(cmd: string, args: string[], opts: { input?: string; reject?: boolean } = {}) {
+  return execa(cmd, args, { reject: opts.reject ?? true, ...(opts.input !== undefined ? { input: opts.input } : {}) });
+}
+
+export class Netns {
+  private constructor(readonly name: string) {}
+  static async create(name: string): Promise<Netns> {
+    await sh("ip", ["netns", "add", name]);
+    const ns = new Netns(name);
+    await ns.ip(["link", "set", "lo", "up"]);
+    return ns;
+  }
+  ip(args: string[], reject = true) {
+    return sh("ip", ["-n", this.name, ...args], { reject });
+  }
+  async json<T>(args: string[]): Promise<T> {
+    const { stdout } = await this.ip(["-N", "-j", ...args]);
+    return (stdout.trim() ? JSON.parse(stdout) : []) as T;
+  }
+  exec(args: string[], reject = true) {
+    return sh("ip", ["netns", "exec", this.name, ...args], { reject });
+  }
+  async sysctl(key: string): Promise<string> {
+    return (await this.exec(["cat", `/proc/sys/${key}`])).stdout.trim();
+  }
+  async setSysctl(key: string, value: string): Promise<void> {
+    await this.exec(["sh", "-c", `echo ${value} > /proc/sys/${key}`]);
+  }
+  async destroy(): Promise<void> {
+    await sh("ip", ["netns", "del", this.name], { reject: false });
+  }
+}
+
+export interface DaemonOptions {
+  networks?: Record<string, { gateway: string }>;
+  bgp?: Record<string, unknown>;
+  extra?: Record<string, unknown>;
+  resyncSeconds?: number;
+}
+
+/** The real vmrouted, run inside a test namespace, with its files in a temp dir. */
+export class Daemon {
+  child: ChildProcess | undefined;
+  log = "";
+  private constructor(readonly host: Netns, readonly dir: string, readonly socket: string, readonly configPath: string) {}
+
+  static async create(host: Netns, options: DaemonOptions = {}): Promise<Daemon> {
+    const dir = await mkdtemp(join(tmpdir(), "vmrouted-test-"));
+    const d = new Daemon(host, dir, join(dir, "vmrouted.sock"), join(dir, "config.yaml"));
+    await d.writeConfig(options);
+    return d;
+  }
+
+  async writeConfig(options: DaemonOptions): Promise<void> {
+    const config = {
+      node: { address: "10.99.0.1", name: "test-host" },
+      api: { socket: this.socket },
+      stateDir: join(this.dir, "state"),
+      networks: options.networks ?? { service: { gateway: "172.31.16.1/24" } },
+      dataplane: { resyncSeconds: options.resyncSeconds ?? 1 },
+      ...(options.bgp ? { bgp: options.bgp } : {}),
+      ...(options.extra ?? {}),
+    };
+    await writeFile(this.configPath, stringify(config));
+  }
+
+  async start(): Promise<void> {
+    await rm(this.socket, { force: true });
+    const child = spawn("ip", ["netns", "exec", this.host.name, process.execPath, DAEMON, "--config", this.configPath], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.child = child;
+    child.stdout.on("data", (c: Buffer) => (this.log += c.toString()));
+    child.stderr.on("data", (c: Buffer) => (this.log += c.toString()));
+    await waitFor(async () => {
+      if (child.exitCode !== null) throw new Error(`vmrouted exited: ${this.log}`);
+      return existsSync(this.socket) && (await this.ctl(["status", "-o", "json"])).exitCode === 0;
+    }, 15000, "vmrouted to start");
+  }
+
+  /** Stops the daemon we started, by its pid. */
+  async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once("exit", r));
+    child.kill(signal);
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    this.child = undefined;
+  }
+
+  ctl(args: string[], input?: string) {
+    return execa(process.execPath, [CLI, "--socket", this.socket, ...args], { reject: false, ...(input !== undefined ? { input } : {}) });
+  }
+
+  async status(): Promise<StatusJson> {
+    const r = await this.ctl(["status", "-o", "json"]);
+    if (r.exitCode !== 0) throw new Error(`status failed: ${r.stderr}`);
+    return JSON.parse(r.stdout) as StatusJson;
+  }
+
+  async cleanup(): Promise<void> {
+    await this.stop();
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+export interface StatusJson {
+  node: { name: string; address: string };
+  networks: Array<{ name: string; device: string; gateway: string; kind: string; state: string; reason: string }>;
+  endpoints: Array<{
+    id: string; kind: string; network: string; ip: string; mac: string; device: string; state: string; reason: string;
+    netns?: string; conditions: Record<string, boolean>; counters: Record<string, number>;
+  }>;
+  bgp: { enabled: boolean; state: string; peers: Array<{ address: string; state: string }>; announced: number };
+}
+
+export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<number> {
+  const started = Date.now();
+  let lastError: unknown;
+  while (Date.now() - started < timeoutMs) {
+    try {
+      if (await check()) return Date.now() - started;
+    } catch (e) {
+      lastError = e;
+      if ((e as Error).message.startsWith("vmrouted exited")) throw e;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ""}`);
+}
+
+/**
+ * A namespace's links, addresses, IPv4 routes and permanent neighbours, reduced
+ * to identity (no counters, timers, lifetimes or IPv6 DAD flags, which move by
+ * themselves): equal before and after means nothing was changed.
+ */
+export async function netState(netns?: string): Promise<string> {
+  const ip = (args: string[]) => sh("ip", [...(netns ? ["-n", netns] : []), "-N", "-d", "-j", ...args]);
+  const [links, addrs, routes, neighs] = await Promise.all([
+    ip(["link", "show"]), ip(["addr", "show"]), ip(["-4", "route", "show", "table", "all"]), ip(["neigh", "show", "nud", "permanent"]),
+  ]);
+  const parse = (t: string) => (t.trim() ? JSON.parse(t) : []) as Array<Record<string, unknown>>;
+  const l = parse(links.stdout).map((o) => [o.ifindex, o.ifname, o.address, o.ifalias, o.group, o.master,
+    (o.flags as string[] | undefined)?.includes("UP"), (o.linkinfo as { info_kind?: string } | undefined)?.info_kind].join(" "));
+  const a = parse(addrs.stdout).flatMap((o) =>
+    ((o.addr_info as Array<Record<string, unknown>>) ?? []).map((i) => `${o.ifname} ${i.local}/${i.prefixlen} ${i.noprefixroute ?? ""}`));
+  const r = parse(routes.stdout).map((o) => [o.type, o.dst, o.gateway, o.dev, o.table, o.protocol, o.scope, o.metric].join(" "));
+  const n = parse(neighs.stdout).map((o) => [o.dst, o.dev, o.lladdr].join(" "));
+  return [...l.sort(), "", ...a.sort(), "", ...r.sort(), "", ...n.sort()].join("\n");
+}
+
+export const rootSnapshot = () => netState();

@@ -1,0 +1,47 @@
+import { describe, expect, it } from "vitest";
+import { parseConfig } from "../../src/config/load.js";
+
+const base = "node: { address: 10.1.1.3 }\n";
+
+describe("config", () => {
+  it("fills defaults", () => {
+    const c = parseConfig(base);
+    expect(c.api.socket).toBe("/run/vmrouted/vmrouted.sock");
+    expect(c.stateDir).toBe("/var/lib/vmrouted");
+    expect(c.dataplane).toMatchObject({ routeProtocol: 94, netdevGroup: 94, teardownGroup: 95 });
+    expect(c.bgp).toBeUndefined();
+    expect(c.node.name.length).toBeGreaterThan(0);
+  });
+
+  it("accepts the DESIGN.md example", () => {
+    const c = parseConfig(`node:\n  address: 10.1.1.3\n  name: controller-03\napi:\n  socket: /run/vmrouted/vmrouted.sock\nstateDir: /var/lib/vmrouted\nbgp:\n  gobgp: 127.0.0.1:50051\n  communities: ["64512:100"]\n  localPref: 100\nnetworks:\n  service: { gateway: 172.31.16.1/24 }\n`);
+    expect(c.bgp).toEqual({ gobgp: "127.0.0.1:50051", communities: ["64512:100"], localPref: 100 });
+  });
+
+  it.each([
+    ["missing node.address", "node: {}\n", /node\.address: Required/],
+    ["an unknown top-level key", base + "netwrks: {}\n", /unknown key\(s\) 'netwrks'/],
+    ["an unknown nested key", base + "api: { sockt: /x }\n", /api: unknown key\(s\) 'sockt'/],
+    ["a loopback next hop", "node: { address: 127.0.0.1 }\n", /node\.address: must not be a loopback/],
+    ["a next hop that is not IPv4", "node: { address: fe80::1 }\n", /node\.address: must be an IPv4 address/],
+    ["an unparseable gobgp address", base + "bgp: { gobgp: 'localhost' }\n", /bgp\.gobgp: must be HOST:PORT/],
+    ["a gobgp port out of range", base + "bgp: { gobgp: '127.0.0.1:70000' }\n", /bgp\.gobgp/],
+    ["a community out of range", base + "bgp: { communities: ['64512:70000'] }\n", /bgp\.communities\.0: must be ASN:VALUE/],
+    ["a malformed community", base + "bgp: { communities: ['no'] }\n", /bgp\.communities\.0/],
+    ["a negative local-pref", base + "bgp: { localPref: -1 }\n", /bgp\.localPref/],
+    ["a bad gateway", base + "networks: { service: { gateway: 'x' } }\n", /network 'service': gateway 'x'/],
+    ["overlapping networks", base + "networks: { a: { gateway: 10.0.0.1/8 }, b: { gateway: 10.1.0.1/16 } }\n", /overlaps/],
+    ["invalid YAML", "node: [\n", /invalid YAML at line/],
+    ["duplicate keys", "node: { address: 10.1.1.3 }\nnode: { address: 10.1.1.4 }\n", /invalid YAML/],
+    ["equal netdev and teardown groups", base + "dataplane: { netdevGroup: 5, teardownGroup: 5 }\n", /teardownGroup must differ/],
+  ])("rejects %s with one line naming the key", (_what, text, message) => {
+    let error = "";
+    try {
+      parseConfig(text);
+    } catch (e) {
+      error = (e as Error).message;
+    }
+    expect(error).toMatch(message);
+    expect(error).not.toContain("\n");
+  });
+});

@@ -1,0 +1,146 @@
+import { describe, expect, it } from "vitest";
+import { plan } from "../../src/dataplane/plan.js";
+import { renderBatchLine } from "../../src/dataplane/operations.js";
+import { applyToModel } from "../helpers/fake-kernel.js";
+import { desired, netns, observedWithNetns, settings, tap } from "../helpers/fixtures.js";
+
+const converge = (d: ReturnType<typeof desired>, o = observedWithNetns("task-1")) => applyToModel(o, plan(d, o, settings).operations);
+
+describe("planner", () => {
+  it("creates gateway, taps, veths, routes, neighbours and sysctls from nothing", () => {
+    const d = desired([tap("172.31.16.10"), netns("172.31.16.31", "task-1")]);
+    const ops = plan(d, observedWithNetns("task-1"), settings).operations;
+    const lines = ops.map(renderBatchLine).filter(Boolean);
+    expect(lines).toContain("link add virgw-service type bridge");
+    expect(lines).toContain("address replace 172.31.16.1/24 dev virgw-service noprefixroute");
+    const tapDev = d.endpoints.find((e) => e.kind === "tap")!.device;
+    expect(lines).toContain(`tuntap add dev ${tapDev} mode tap one_queue vnet_hdr`);
+    expect(lines).toContain(`route replace 172.31.16.10/32 dev ${tapDev} proto 94 scope link`);
+    expect(lines.some((l) => l!.startsWith(`neigh replace 172.31.16.10 lladdr 52:54:00:`) && l!.endsWith("nud permanent"))).toBe(true);
+    expect(ops.filter((o) => o.op === "sysctl.set").map((o) => (o as { key: string }).key)).toEqual(expect.arrayContaining([
+      "net/ipv4/ip_forward", `net/ipv4/conf/${tapDev}/proxy_arp`, `net/ipv4/neigh/${tapDev}/proxy_delay`, `net/ipv4/conf/${tapDev}/rp_filter`,
+    ]));
+    expect(ops.some((o) => o.op === "netns.configure" && o.netns === "task-1" && o.gateway === "172.31.16.1" && o.cidr === "172.31.16.31/24")).toBe(true);
+    // Order: devices exist before anything is set on them, routes come after links are up.
+    const idx = (pred: (l: string) => boolean) => lines.findIndex((l) => pred(l!));
+    expect(idx((l) => l.startsWith("tuntap add"))).toBeLessThan(idx((l) => l.startsWith(`link set dev ${tapDev}`)));
+    expect(idx((l) => l.startsWith(`link set dev ${tapDev}`))).toBeLessThan(idx((l) => l.startsWith("route replace 172.31.16.10")));
+  });
+
+  it("is idempotent: planning against the state just applied yields no operations", () => {
+    const d = desired([tap("172.31.16.10"), tap("172.31.16.11", { name: "tap-custom" }), netns("172.31.16.31", "task-1")]);
+    const after = converge(d);
+    const again = plan(d, after, settings);
+    expect(again.operations).toEqual([]);
+    expect(again.endpoints.every((c) => c.routeOk && c.neighbourOk && c.innerOk && c.badSysctls.length === 0)).toBe(true);
+  });
+
+  it("changes only what differs (a changed MAC updates the neighbour and tap MAC, nothing else)", () => {
+    const before = converge(desired([tap("172.31.16.10", { mac: "52:54:00:00:00:01" })]));
+    const ops = plan(desired([tap("172.31.16.10", { mac: "52:54:00:00:00:02" })]), before, settings).operations;
+    expect(ops.map((o) => o.op).sort()).toEqual(["link.set", "neighbour.replace"]);
+    expect(ops.find((o) => o.op === "link.set")).toMatchObject({ mac: "fe:54:00:00:00:02" });
+  });
+
+  it("repairs drift: a deleted route, a reset sysctl, a downed tap", () => {
+    const d = desired([tap("172.31.16.10")]);
+    const s = converge(d);
+    const dev = d.endpoints[0]!.device;
+    s.routes = s.routes.filter((r) => r.device !== dev);
+    s.sysctls.get(dev)!.rpFilter = "0";
+    s.links.get(dev)!.up = false;
+    const ops = plan(d, s, settings).operations;
+    expect(ops.map((o) => o.op).sort()).toEqual(["link.set", "route.replace", "sysctl.set"]);
+    expect(plan(d, applyToModel(s, ops), settings).operations).toEqual([]);
+  });
+
+  it("removes exactly what it created, devices in one group delete", () => {
+    const full = desired([tap("172.31.16.10"), tap("172.31.16.11"), netns("172.31.16.31", "task-1")]);
+    const s = converge(full);
+    const keep = desired([tap("172.31.16.10")]);
+    const ops = plan(keep, s, settings).operations;
+    expect(ops.filter((o) => o.op === "link.set").every((o) => (o as { group?: number }).group === 95)).toBe(true);
+    expect(ops.filter((o) => o.op === "link.delete-group")).toHaveLength(1);
+    expect(ops.some((o) => o.op === "route.delete")).toBe(false); // the kernel drops routes with their devices
+    const after = applyToModel(s, ops);
+    expect([...after.links.keys()].sort()).toEqual([keep.endpoints[0]!.device, "virgw-service"].sort());
+    expect(plan(keep, after, settings).operations).toEqual([]);
+  });
+
+  it("removes a runtime network's gateway device when the network goes", () => {
+    const withNet = desired([], { extra: { gateway: "172.31.17.1/24" } });
+    const s = converge(withNet);
+    expect(s.links.has("virgw-extra")).toBe(true);
+    const ops = plan(desired([]), s, settings).operations;
+    expect(ops).toEqual([expect.objectContaining({ op: "link.delete", device: "virgw-extra" })]);
+  });
+
+  it("falls back to single deletes when something not ours sits in the teardown group", () => {
+    const s = converge(desired([tap("172.31.16.10")]));
+    s.links.set("foreign0", { name: "foreign0", kind: "tun", group: 95, up: true, carrier: false });
+    const ops = plan(desired([]), s, settings).operations;
+    expect(ops.some((o) => o.op === "link.delete-group")).toBe(false);
+    expect(ops.filter((o) => o.op === "link.delete")).toHaveLength(1);
+    expect(applyToModel(s, ops).links.has("foreign0")).toBe(true);
+  });
+
+  it("rescues a wanted device stranded in the teardown group before the group is deleted", () => {
+    const d = desired([tap("172.31.16.10")]);
+    const s = converge(desired([tap("172.31.16.10"), tap("172.31.16.11")]));
+    s.links.get(d.endpoints[0]!.device)!.group = 95; // crash between "set group" and "del group"
+    const ops = plan(d, s, settings).operations;
+    const after = applyToModel(s, ops);
+    expect(after.links.has(d.endpoints[0]!.device)).toBe(true);
+    expect(plan(d, after, settings).operations).toEqual([]);
+  });
+
+  it("never touches what it does not own", () => {
+    const d = desired([tap("172.31.16.10")]);
+    const o = observedWithNetns();
+    const dev = d.endpoints[0]!.device;
+    o.links.set(dev, { name: dev, kind: "tun", tunType: "tap", vnetHdr: true, group: 0, up: true, carrier: false }); // look-alike, no alias
+    o.links.set("virgw-service", { name: "virgw-service", kind: "bridge", group: 0, up: true, carrier: true });
+    o.links.set("tap-other", { name: "tap-other", kind: "tun", tunType: "tap", group: 94, up: true, carrier: false });
+    o.routes.push({ dst: "172.31.16.99/32", device: "tap-other", protocol: 4, scope: 253, type: "unicast" });
+    const p = plan(d, o, settings);
+    const touched = p.operations.filter((op) => "device" in op).map((op) => (op as { device: string }).device);
+    expect(touched.filter((t) => t === dev || t === "virgw-service" || t === "tap-other")).toEqual([]);
+    expect(p.endpoints[0]!.conflict).toMatch(/not owned/);
+    expect(p.gateways[0]!.conflict).toMatch(/not owned/);
+  });
+
+  it("leaves a foreign route to a workload IP alone and reports the conflict", () => {
+    const d = desired([tap("172.31.16.10")]);
+    const o = observedWithNetns();
+    o.routes.push({ dst: "172.31.16.10/32", device: "eth9", protocol: 4, scope: 253, type: "unicast" });
+    const p = plan(d, o, settings);
+    expect(p.operations.some((op) => op.subject === d.endpoints[0]!.id)).toBe(false);
+    expect(p.endpoints[0]!.conflict).toMatch(/protocol 4/);
+  });
+
+  it("waits for a namespace that does not exist yet", () => {
+    const d = desired([netns("172.31.16.31", "task-9")]);
+    const p = plan(d, observedWithNetns(), settings);
+    expect(p.endpoints[0]!.pending).toMatch(/task-9/);
+    expect(p.operations.some((op) => op.subject === d.endpoints[0]!.id)).toBe(false);
+  });
+
+  it("deletes a gateway's connected route and foreign addresses on its own device", () => {
+    const d = desired([]);
+    const s = converge(d);
+    s.routes.push({ dst: "172.31.16.0/24", device: "virgw-service", protocol: 2, scope: 253, type: "unicast" });
+    s.addresses.push({ device: "virgw-service", ip: "10.9.9.9", prefixLength: 8, noprefixroute: false });
+    const ops = plan(d, s, settings).operations;
+    expect(ops.map(renderBatchLine)).toEqual(expect.arrayContaining([
+      "address del 10.9.9.9/8 dev virgw-service", "route del 172.31.16.0/24 dev virgw-service proto 2",
+    ]));
+  });
+
+  it("recreates a device of the wrong kind", () => {
+    const d = desired([tap("172.31.16.10")]);
+    const s = converge(d);
+    s.links.get(d.endpoints[0]!.device)!.vnetHdr = false;
+    const ops = plan(d, s, settings).operations.map((o) => o.op);
+    expect(ops.slice(0, 2)).toEqual(["link.delete", "tap.create"]);
+  });
+});
