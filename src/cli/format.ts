@@ -31,9 +31,10 @@ export function networksTable(networks: NetworkStatus[]): string {
 }
 
 export function endpointsTable(endpoints: EndpointStatus[]): string {
-  return table(["KIND", "OWNER", "NETWORK", "IP", "MAC", "DEVICE", "STATE", "RX", "TX", "REASON"],
+  return table(["KIND", "OWNER", "NETWORK", "IP", "MAC", "DEVICE", "STATE", "BGP", "RX", "TX", "REASON"],
     endpoints.map((e) => [
       e.kind, e.domain ?? e.netns ?? "-", e.network, e.ip, e.mac, e.device, e.state,
+      e.conditions.announced === undefined ? "-" : e.conditions.announced ? "announced" : "no",
       bytes(e.counters.rxBytes), bytes(e.counters.txBytes), e.reason,
     ]));
 }

@@ -1,5 +1,10 @@
 import { Command } from "commander";
-import { pino } from "pino";
+import { pino, type Logger } from "pino";
+import type { Config } from "../config/schema.js";
+import { join } from "node:path";
+import { Announcer } from "../bgp/announcer.js";
+import { connectGobgp } from "../bgp/gobgp.js";
+import { loadRecord, serializeRecord } from "../bgp/record.js";
 import { loadConfig } from "../config/load.js";
 import { applyPlan } from "../dataplane/apply.js";
 import { detectGatewayKind } from "../dataplane/capabilities.js";
@@ -9,6 +14,7 @@ import { InputError } from "../model/errors.js";
 import { startApi, type Route } from "./api.js";
 import { Controller } from "./controller.js";
 import { Reconciler } from "./reconciler.js";
+import { writeFileAtomic } from "./atomic-file.js";
 import { buildStatus, type BgpStatus } from "./status.js";
 import { StateStore } from "./store.js";
 
@@ -32,20 +38,30 @@ async function main(argv: string[]): Promise<void> {
   controller.desired(); // a stored state that no longer fits the config stops us here, before any change
 
   const settings = { ...config.dataplane, gatewayKind: gatewayKind.kind };
-  const bgp: BgpStatus = { enabled: false, state: "disabled", peers: [], announced: 0 };
-  const reconciler = new Reconciler({ desired: () => controller.desired(), observe, apply: applyPlan, settings, log });
+  const announcer = config.bgp ? await createAnnouncer(config.bgp, config.node.address, config.stateDir, log) : undefined;
+  const reconciler = new Reconciler({
+    desired: () => controller.desired(), observe, apply: applyPlan, settings, log,
+    // Only ready endpoints are announced: a VM is announced once its host side works.
+    onReport: (report) => announcer?.setDesired(report.endpoints.filter((e) => e.state === "ready").map((e) => e.ip)),
+  });
   controller.attach(reconciler);
   await reconciler.request("startup");
+  announcer?.start();
 
-  const status = () => buildStatus(config, reconciler.last, {
-    bgp, gatewayKind, passes: reconciler.passes, operationsApplied: reconciler.operationsApplied,
-  });
+  const noBgp: BgpStatus = { enabled: false, state: "disabled", peers: [], announced: 0 };
+  const status = async () => {
+    const s = buildStatus(config, reconciler.last, {
+      bgp: announcer ? await announcer.status() : noBgp, gatewayKind, passes: reconciler.passes, operationsApplied: reconciler.operationsApplied,
+    });
+    if (announcer) for (const e of s.endpoints) e.conditions = { ...e.conditions, announced: announcer.isAnnounced(e.ip) };
+    return s;
+  };
   const after = (p: Promise<unknown>) => p.then(status);
   const routes: Route[] = [
-    { method: "GET", path: /^\/v1\/status$/, handler: async () => status() },
+    { method: "GET", path: /^\/v1\/status$/, handler: () => status() },
     { method: "GET", path: /^\/v1\/spec$/, handler: async () => controller.spec() },
     { method: "PUT", path: /^\/v1\/spec$/, handler: (body) => after(controller.applySpec(body)) },
-    { method: "GET", path: /^\/v1\/networks$/, handler: async () => status().networks },
+    { method: "GET", path: /^\/v1\/networks$/, handler: async () => (await status()).networks },
     { method: "POST", path: /^\/v1\/networks$/, handler: (body) => after(controller.addNetwork(body)) },
     { method: "DELETE", path: /^\/v1\/networks\/([^/]+)$/, handler: (_b, _q, [name]) => after(controller.removeNetwork(name!)) },
     { method: "POST", path: /^\/v1\/endpoints$/, handler: (body) => after(controller.addEndpoint(body)) },
@@ -77,11 +93,24 @@ async function main(argv: string[]): Promise<void> {
     clearInterval(resync);
     if (debounce) clearTimeout(debounce);
     monitor.stop();
+    announcer?.stop();
     server.close(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();
   };
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));
+}
+
+async function createAnnouncer(bgp: NonNullable<Config["bgp"]>, nodeAddress: string, stateDir: string, log: Logger): Promise<Announcer> {
+  const recordPath = join(stateDir, "announced.json");
+  const record = await loadRecord(recordPath);
+  if (record.problem) log.error({ problem: record.problem }, "announcement record unusable; paths announced before this start may stay in gobgpd until it restarts");
+  return new Announcer({
+    address: bgp.gobgp, connect: connectGobgp, log,
+    policy: { nextHop: nodeAddress, communities: bgp.communities, ...(bgp.localPref !== undefined ? { localPref: bgp.localPref } : {}) },
+    record: record.paths,
+    persist: (paths) => writeFileAtomic(recordPath, serializeRecord(paths)),
+  });
 }
 
 main(process.argv).catch((e: unknown) => {

@@ -1,12 +1,12 @@
-import { mkdir, open, readFile, rename } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
 import { z } from "zod";
 import { InputError } from "../model/errors.js";
+import { writeFileAtomic } from "./atomic-file.js";
 import { endpointInputSchema, networkInputSchema, type EndpointInput, type NetworkInput } from "../model/spec.js";
 
 // The runtime part of desired state (networks added through the API, tap and
-// netns endpoints), persisted with write-to-temp + fsync + rename + fsync(dir):
-// a crash at any moment leaves either the old file or the new one, never a mix.
+// netns endpoints), persisted atomically (atomic-file.ts).
 
 export interface RuntimeState {
   networks: Record<string, NetworkInput>;
@@ -50,22 +50,6 @@ export class StateStore {
   }
 
   async save(state: RuntimeState): Promise<void> {
-    const dir = dirname(this.path);
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const tmp = `${this.path}.tmp-${process.pid}`;
-    const file = await open(tmp, "w", 0o600);
-    try {
-      await file.writeFile(JSON.stringify({ version: 1, ...state }, null, 2) + "\n");
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(tmp, this.path);
-    const d = await open(dir, "r");
-    try {
-      await d.sync();
-    } finally {
-      await d.close();
-    }
+    await writeFileAtomic(this.path, JSON.stringify({ version: 1, ...state }, null, 2) + "\n");
   }
 }

@@ -1,0 +1,112 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Netns, REPO, sh, waitFor } from "./lab.js";
+
+// A host and a route reflector, each its own namespace, joined by a veth:
+//   host (vmrouted + gobgpd) 10.99.0.1/24  <--->  10.99.0.2/24 rr (BIRD 2)
+// gobgpd and BIRD run from the project's templates, so the templates are what
+// the tests prove.
+
+export const HOST_ADDRESS = "10.99.0.1";
+export const RR_ADDRESS = "10.99.0.2";
+export const ASN = "64512";
+
+export async function renderTemplate(name: string, values: Record<string, string>, extra = ""): Promise<string> {
+  const text = await readFile(join(REPO, "templates", name), "utf8");
+  return text.replace(/\$\{([A-Z_]+)\}/g, (_m, key: string) => {
+    if (!(key in values)) throw new Error(`template ${name}: no value for ${key}`);
+    return values[key]!;
+  }) + extra;
+}
+
+class Daemonised {
+  child: ChildProcess | undefined;
+  log = "";
+  constructor(readonly what: string, private readonly argv: () => string[]) {}
+  start(): void {
+    const [cmd, ...args] = this.argv();
+    const child = spawn(cmd!, args, { stdio: ["ignore", "pipe", "pipe"] });
+    child.stdout!.on("data", (c: Buffer) => (this.log += c.toString()));
+    child.stderr!.on("data", (c: Buffer) => (this.log += c.toString()));
+    this.child = child;
+  }
+  /** Stops the process we started, by its pid. */
+  async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once("exit", r));
+    child.kill(signal);
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGKILL");
+      await exited;
+    }
+    this.child = undefined;
+  }
+}
+
+export class BgpLab {
+  gobgpd: Daemonised;
+  bird: Daemonised;
+  private constructor(readonly host: Netns, readonly rr: Netns, readonly dir: string, readonly birdSocket: string) {
+    this.gobgpd = new Daemonised("gobgpd", () => ["ip", "netns", "exec", host.name, "gobgpd", "-f", join(dir, "gobgpd.toml"),
+      "--api-hosts", "127.0.0.1:50051", "--pprof-disable", "-l", "warn"]);
+    this.bird = new Daemonised("bird", () => ["ip", "netns", "exec", rr.name, "bird", "-f", "-c", join(dir, "bird.conf"),
+      "-s", birdSocket, "-P", join(dir, "bird.pid")]);
+  }
+
+  static async create(id: string, birdExtra = ""): Promise<BgpLab> {
+    const host = await Netns.create(`vmrt-${id}-host`);
+    const rr = await Netns.create(`vmrt-${id}-rr`);
+    const dir = await mkdtemp(join(tmpdir(), "vmrouted-bgp-"));
+    const lab = new BgpLab(host, rr, dir, join(dir, "bird.ctl"));
+    await host.ip(["link", "add", "uplink", "type", "veth", "peer", "name", "downlink", "netns", rr.name]);
+    await host.ip(["addr", "add", `${HOST_ADDRESS}/24`, "dev", "uplink"]);
+    await host.ip(["link", "set", "uplink", "up"]);
+    await rr.ip(["addr", "add", `${RR_ADDRESS}/24`, "dev", "downlink"]);
+    await rr.ip(["link", "set", "downlink", "up"]);
+    const values = { ASN, NODE_ADDRESS: HOST_ADDRESS, RR_ADDRESS };
+    await writeFile(join(dir, "gobgpd.toml"), await renderTemplate("gobgpd.toml", values));
+    await writeFile(join(dir, "bird.conf"), await renderTemplate("bird-rr.conf", values, birdExtra));
+    return lab;
+  }
+
+  async startGobgpd(): Promise<void> {
+    this.gobgpd.start();
+    await waitFor(async () => (await this.host.exec(["gobgp", "global"], false)).exitCode === 0, 15000, "gobgpd API");
+  }
+
+  async startBird(): Promise<void> {
+    this.bird.start();
+    await waitFor(async () => (await sh("birdc", ["-s", this.birdSocket, "show", "status"], { reject: false })).exitCode === 0, 15000, "BIRD");
+  }
+
+  async sessionEstablished(): Promise<boolean> {
+    const r = await sh("birdc", ["-s", this.birdSocket, "show", "protocols", "host1"], { reject: false });
+    return /Established/.test(r.stdout);
+  }
+
+  /** prefix → BGP next hop, as BIRD has them. */
+  async birdRoutes(): Promise<Map<string, string>> {
+    const r = await sh("birdc", ["-s", this.birdSocket, "show", "route", "all", "protocol", "host1"], { reject: false });
+    const routes = new Map<string, string>();
+    let prefix: string | undefined;
+    for (const line of r.stdout.split("\n")) {
+      const start = /^(\d+\.\d+\.\d+\.\d+\/\d+)\s+unicast/.exec(line);
+      if (start) prefix = start[1];
+      const nh = /^\s+BGP\.next_hop:\s+(\S+)/.exec(line);
+      if (nh && prefix) routes.set(prefix, nh[1]!);
+    }
+    return routes;
+  }
+
+  async destroy(): Promise<void> {
+    await this.gobgpd.stop();
+    await this.bird.stop();
+    await this.host.destroy();
+    await this.rr.destroy();
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,168 @@
+import fc from "fast-check";
+import { pino } from "pino";
+import { describe, expect, it } from "vitest";
+import { Announcer } from "../../src/bgp/announcer.js";
+import { assertDeletePathHasPath, type ApiPath, type GobgpTransport } from "../../src/bgp/gobgp.js";
+import { diffAnnouncements, encodeCommunity, pathFor, type BgpPath } from "../../src/bgp/paths.js";
+
+// The announcer against a scripted stand-in for gobgpd's API (pure logic only:
+// the real gobgpd is in test/integration/bgp.test.ts).
+
+const policy = { nextHop: "10.1.1.3", communities: ["64512:100"], localPref: 100 };
+const log = pino({ level: "silent" });
+
+interface Call { rpc: "AddPathStream" | "DeletePath"; paths: ApiPath[] }
+
+class FakeGobgp {
+  calls: Call[] = [];
+  rib = new Set<string>();
+  endWatch: ((why: string) => void) | undefined;
+  failNext = false;
+  transport(): GobgpTransport {
+    return {
+      getBgp: async () => ({ asn: 64512, routerId: "10.1.1.3" }),
+      listPeers: async () => [],
+      addPathStream: async (paths) => {
+        this.calls.push({ rpc: "AddPathStream", paths });
+        if (this.failNext) {
+          this.failNext = false;
+          throw new Error("UNAVAILABLE");
+        }
+        for (const p of paths) {
+          const prefix = decodePrefix(p);
+          if (p.isWithdraw) this.rib.delete(prefix);
+          else this.rib.add(prefix);
+        }
+      },
+      deletePath: async (path) => {
+        this.calls.push({ rpc: "DeletePath", paths: path ? [path] : [] });
+      },
+      watch: () => ({ ended: new Promise<string>((r) => (this.endWatch = r)), cancel: () => this.endWatch?.("cancelled") }),
+      close: () => undefined,
+    };
+  }
+  /** gobgpd restarts: every API path is gone and the event stream ends. */
+  restart(): void {
+    this.rib.clear();
+    this.endWatch?.("UNAVAILABLE");
+  }
+}
+
+function decodePrefix(p: ApiPath): string {
+  // IPAddressPrefix: field 1 varint prefix_len, field 2 string prefix.
+  const buf = p.nlri.value;
+  const len = buf[1]!;
+  const strLen = buf[3]!;
+  return `${buf.subarray(4, 4 + strLen).toString()}/${len}`;
+}
+
+const settle = () => new Promise((r) => setTimeout(r, 5));
+async function until(check: () => boolean): Promise<void> {
+  for (let i = 0; i < 400 && !check(); i++) await settle();
+  expect(check()).toBe(true);
+}
+
+function makeAnnouncer(fake: FakeGobgp, record: BgpPath[] = []) {
+  let persisted: BgpPath[] = record;
+  const a = new Announcer({
+    address: "127.0.0.1:50051", connect: () => fake.transport(), policy, record, log, retryMs: 1,
+    persist: async (paths) => void (persisted = paths),
+  });
+  return { a, persisted: () => persisted };
+}
+
+describe("announcement diff", () => {
+  it("announces new and changed paths and withdraws the rest", () => {
+    const rec = new Map([["10.0.0.1/32", pathFor("10.0.0.1", policy)], ["10.0.0.2/32", pathFor("10.0.0.2", policy)]]);
+    const want = new Map([["10.0.0.2/32", pathFor("10.0.0.2", { ...policy, localPref: 200 })], ["10.0.0.3/32", pathFor("10.0.0.3", policy)]]);
+    const d = diffAnnouncements(want, rec);
+    expect(d.announce.map((p) => p.prefix).sort()).toEqual(["10.0.0.2/32", "10.0.0.3/32"]);
+    expect(d.withdraw.map((p) => p.prefix)).toEqual(["10.0.0.1/32"]);
+    expect(diffAnnouncements(want, want)).toEqual({ announce: [], withdraw: [] });
+  });
+
+  it("encodes communities as ASN<<16 | value", () => {
+    expect(encodeCommunity("64512:100")).toBe(64512 * 65536 + 100);
+    expect(pathFor("10.0.0.1", policy)).toEqual({ prefix: "10.0.0.1/32", nextHop: "10.1.1.3", communities: [4227858532], localPref: 100 });
+  });
+});
+
+describe("announcer", () => {
+  it("refuses to send a DeletePath without a path", () => {
+    expect(() => assertDeletePathHasPath(undefined)).toThrow(/refusing DeletePath without a path/);
+    expect(() => assertDeletePathHasPath({ nlri: { type_url: "", value: Buffer.alloc(0) } } as ApiPath)).toThrow(/refusing/);
+  });
+
+  it("never sends a DeletePath without a path, through any sequence of changes and gobgpd restarts", async () => {
+    await fc.assert(fc.asyncProperty(
+      fc.array(fc.oneof(
+        fc.record({ kind: fc.constant("set" as const), ips: fc.uniqueArray(fc.integer({ min: 1, max: 20 }), { maxLength: 10 }) }),
+        fc.record({ kind: fc.constant("restart" as const) }),
+        fc.record({ kind: fc.constant("fail" as const) }),
+      ), { maxLength: 12 }),
+      async (steps) => {
+        const fake = new FakeGobgp();
+        const { a } = makeAnnouncer(fake);
+        a.start();
+        let last: number[] = [];
+        for (const step of steps) {
+          if (step.kind === "set") await a.setDesired((last = step.ips).map((i) => `10.0.0.${i}`));
+          else if (step.kind === "restart") fake.restart();
+          else fake.failNext = true;
+          await settle();
+        }
+        await a.setDesired(last.map((i) => `10.0.0.${i}`));
+        await until(() => a.state === "up");
+        await a.setDesired(last.map((i) => `10.0.0.${i}`));
+        a.stop();
+        for (const call of fake.calls) {
+          expect(call.rpc).not.toBe("DeletePath");
+          for (const p of call.paths) expect(p.nlri.value.length).toBeGreaterThan(0);
+        }
+        // And gobgpd ends with exactly the desired set.
+        expect([...fake.rib].sort()).toEqual(last.map((i) => `10.0.0.${i}/32`).sort());
+      },
+    ), { numRuns: 60 });
+  });
+
+  it("re-announces everything when gobgpd restarts", async () => {
+    const fake = new FakeGobgp();
+    const { a } = makeAnnouncer(fake);
+    await a.setDesired(["10.0.0.1", "10.0.0.2"]);
+    a.start();
+    await until(() => fake.rib.size === 2);
+    fake.restart();
+    expect(fake.rib.size).toBe(0);
+    await until(() => fake.rib.size === 2);
+    expect(a.reconnects).toBe(1);
+    a.stop();
+  });
+
+  it("does not withdraw its record before it knows what is desired (a vmrouted restart)", async () => {
+    const fake = new FakeGobgp();
+    const record = [pathFor("10.0.0.1", policy), pathFor("10.0.0.2", policy)];
+    const { a } = makeAnnouncer(fake, record);
+    a.start();
+    await until(() => a.state === "up");
+    await settle();
+    expect(fake.calls).toEqual([]); // connected, but nothing desired known yet: nothing sent
+    await a.setDesired(["10.0.0.1"]);
+    const sent = fake.calls.flatMap((c) => c.paths.map((p) => `${p.isWithdraw ? "-" : "+"}${decodePrefix(p)}`));
+    expect(sent.sort()).toEqual(["+10.0.0.1/32", "-10.0.0.2/32"]);
+    a.stop();
+  });
+
+  it("keeps a path in its record until its withdrawal succeeded", async () => {
+    const fake = new FakeGobgp();
+    const { a, persisted } = makeAnnouncer(fake);
+    a.start();
+    await a.setDesired(["10.0.0.1"]);
+    await until(() => fake.rib.size === 1);
+    fake.failNext = true;
+    await a.setDesired([]);
+    expect(persisted().map((p) => p.prefix)).toEqual(["10.0.0.1/32"]);
+    await until(() => a.state === "up" && fake.rib.size === 0);
+    await until(() => persisted().length === 0);
+    a.stop();
+  });
+});
