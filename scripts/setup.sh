@@ -19,6 +19,8 @@ fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages"
-  npm ci --no-audit --no-fund --loglevel=error
+  # npm install, not npm ci: the registry mirror here omits other platforms' optional
+  # packages (rollup's) from the lockfile, which npm ci's strict check rejects.
+  npm install --no-audit --no-fund --loglevel=error
 fi
 npm run --silent build
