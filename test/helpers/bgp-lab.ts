@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Netns, REPO, sh, waitFor } from "./lab.js";
+import { Netns, REPO, sh, stopChild, waitFor } from "./lab.js";
 
 // A host and a route reflector, each its own namespace, joined by a veth:
 //   host (vmrouted + gobgpd) 10.99.0.1/24  <--->  10.99.0.2/24 rr (BIRD 2)
@@ -32,17 +32,8 @@ class Daemonised {
     child.stderr!.on("data", (c: Buffer) => (this.log += c.toString()));
     this.child = child;
   }
-  /** Stops the process we started, by its pid. */
   async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
-    const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((r) => child.once("exit", r));
-    child.kill(signal);
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGKILL");
-      await exited;
-    }
+    await stopChild(this.child, signal);
     this.child = undefined;
   }
 }

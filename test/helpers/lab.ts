@@ -55,6 +55,18 @@ export class Netns {
   }
 }
 
+/** Stops a process this test started, by its pid: the signal, then SIGKILL after 5 s. */
+export async function stopChild(child: ChildProcess | undefined, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill(signal);
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+  if (child.exitCode === null && child.signalCode === null) {
+    child.kill("SIGKILL");
+    await exited;
+  }
+}
+
 export interface DaemonOptions {
   networks?: Record<string, { gateway: string }>;
   bgp?: Record<string, unknown>;
@@ -102,14 +114,8 @@ export class Daemon {
     }, 15000, "vmrouted to start");
   }
 
-  /** Stops the daemon we started, by its pid. */
   async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
-    const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((r) => child.once("exit", r));
-    child.kill(signal);
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    await stopChild(this.child, signal);
     this.child = undefined;
   }
 
