@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: the dataplane tools, and the real daemons the tests run.
-PACKAGES=(iproute2 iputils-ping procps gobgpd bird2)
+PACKAGES=(iproute2 iputils-ping procps util-linux gobgpd bird2
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -16,6 +17,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# libvirtd resolves its built-in qemu user before reading qemu.conf, and needs
+# its directories (the tests mount their own over them, in a private mount
+# namespace). Debian's libvirt-daemon-system would create these, with systemd units.
+getent group kvm >/dev/null || groupadd --system kvm
+getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+id libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /var/lib/libvirt \
+  --shell /usr/sbin/nologin -g libvirt-qemu -G kvm libvirt-qemu
+mkdir -p /etc/libvirt /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages"

@@ -3,6 +3,8 @@ import { request } from "node:http";
 // Talks to the daemon's API over its unix socket.
 
 export class ApiError extends Error {}
+/** The daemon could not be reached at all (as opposed to answering with an error). */
+export class UnreachableError extends ApiError {}
 
 export function call<T = unknown>(socketPath: string, method: string, path: string, body?: unknown): Promise<T> {
   const payload = body === undefined ? undefined : JSON.stringify(body);
@@ -29,7 +31,7 @@ export function call<T = unknown>(socketPath: string, method: string, path: stri
       },
     );
     req.on("error", (e: NodeJS.ErrnoException) =>
-      reject(new ApiError(`cannot reach vmrouted at ${socketPath}: ${e.code ?? e.message} (is the daemon running?)`)));
+      reject(new UnreachableError(`cannot reach vmrouted at ${socketPath}: ${e.code ?? e.message} (is the daemon running?)`)));
     req.end(payload);
   });
 }

@@ -54,3 +54,15 @@ export function statusHuman(s: Status): string {
   ];
   return lines.join("\n");
 }
+
+export interface DomainView {
+  domain: string;
+  lifecycle: string;
+  interfaces: Array<{ network: string; ip: string; mac: string; tap: string; state: string; reason: string }>;
+}
+
+export function domainsTable(domains: DomainView[]): string {
+  if (domains.length === 0) return "no domains with routed interfaces";
+  return table(["DOMAIN", "LIFECYCLE", "NETWORK", "IP", "MAC", "TAP", "STATE", "REASON"],
+    domains.flatMap((d) => d.interfaces.map((i) => [d.domain, d.lifecycle, i.network, i.ip, i.mac, i.tap, i.state, i.reason])));
+}

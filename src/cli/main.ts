@@ -4,13 +4,15 @@ import { parseYaml } from "../config/load.js";
 import type { Status } from "../daemon/status.js";
 import { InputError } from "../model/errors.js";
 import type { Spec } from "../model/spec.js";
-import { ApiError, call } from "./client.js";
-import { endpointsTable, networksTable, render, statusHuman, type OutputFormat } from "./format.js";
+import { ApiError, call, UnreachableError } from "./client.js";
+import { ensureTapsWithoutDaemon, installHook, MAX_HOOK_XML, readStdin } from "./hook.js";
+import { domainsTable, endpointsTable, networksTable, render, statusHuman, type DomainView, type OutputFormat } from "./format.js";
 
 // vmroutectl: the admin CLI. Every command is one API call; the daemon
 // validates, so the CLI and the API can never accept different things.
 
 const DEFAULT_SOCKET = "/run/vmrouted/vmrouted.sock";
+const DEFAULT_CONFIG = "/etc/vmrouted/config.yaml";
 
 function endpointOf(status: Status, match: (e: Status["endpoints"][number]) => boolean): string {
   const e = status.endpoints.find(match);
@@ -97,6 +99,54 @@ export function buildProgram(out: (s: string) => void): Command {
     await api("DELETE", `/v1/endpoints?kind=netns&netns=${encodeURIComponent(name)}`);
     show({ removed: name }, () => `netns ${name} endpoint removed`);
   });
+
+  const iface = program.command("iface").description("routed interfaces of libvirt domains");
+  iface.command("add").argument("<domain>").requiredOption("--network <name>").requiredOption("--ip <address>")
+    .option("--mac <mac>", "guest MAC (default: derived from network and IP)")
+    .action(async (domain: string, o: { network: string; ip: string; mac?: string }) => {
+      const r = await api<{ added: { tap: string; mac: string }; domains: DomainView[] }>("POST", `/v1/domains/${encodeURIComponent(domain)}/interfaces`, o);
+      show(r.added, () => `${domain}: ${o.ip} on ${r.added.tap} (guest mac ${r.added.mac}) added`);
+    });
+  iface.command("remove").argument("<domain>").requiredOption("--ip <address>").action(async (domain: string, o: { ip: string }) => {
+    const r = await api<{ removed: object }>("DELETE", `/v1/domains/${encodeURIComponent(domain)}/interfaces/${encodeURIComponent(o.ip)}`);
+    show(r.removed, () => `${domain}: ${o.ip} removed`);
+  });
+  iface.command("list").argument("[domain]").action(async (domain?: string) => {
+    const all = await api<DomainView[]>("GET", "/v1/domains");
+    const list = domain ? all.filter((d) => d.domain === domain) : all;
+    if (domain && list.length === 0) throw new InputError(`unknown domain '${domain}' (or it has no routed interfaces)`);
+    show(list, domainsTable);
+  });
+
+  program.command("hook").description("libvirt qemu hook call (domain XML on stdin); what the installed shim runs")
+    .argument("<domain>").argument("<op>").argument("<subop>").argument("[extra]", "", "-")
+    .option("--config <path>", "daemon config, for making taps when the daemon is down", DEFAULT_CONFIG)
+    .action(async (domain: string, op: string, subop: string, extra: string, o: { config: string }) => {
+      const xml = await readStdin(MAX_HOOK_XML + 1);
+      try {
+        const r = await api("POST", "/v1/hook", { domain, op, subop, extra, xml });
+        show(r, () => "ok");
+      } catch (e) {
+        // The daemon is down while a domain starts: make its taps so qemu can open them.
+        if (e instanceof UnreachableError && subop === "begin" && (op === "prepare" || op === "migrate")) {
+          const taps = await ensureTapsWithoutDaemon(domain, xml, o.config);
+          process.stderr.write(`vmroutectl: vmrouted is not running; created ${taps.join(", ") || "no taps"} directly, routes follow when it starts\n`);
+          return;
+        }
+        throw e;
+      }
+    });
+
+  program.command("install-hook").description("install the libvirt qemu hook shim into HOOKS_DIR/qemu.d/ (never replaces HOOKS_DIR/qemu)")
+    .option("--hooks-dir <dir>", "libvirt's hooks directory", "/etc/libvirt/hooks")
+    .option("--config <path>", "daemon config the shim hands to the fallback", DEFAULT_CONFIG)
+    .option("--timeout <seconds>", "how long a hook call may take", "20")
+    .action(async (o: { hooksDir: string; config: string; timeout: string }) => {
+      const timeout = Number(o.timeout);
+      if (!Number.isInteger(timeout) || timeout < 1 || timeout > 300) throw new InputError("install-hook: --timeout must be 1-300 seconds");
+      const message = await installHook({ hooksDir: o.hooksDir, socket: opts().socket, config: o.config, timeout });
+      show({ installed: true, message }, () => `${message}\nlibvirtd reads hooks at start or on SIGHUP: reload it (systemctl reload libvirtd) to activate.`);
+    });
 
   program.command("endpoints").description("list endpoints").action(async () => {
     const s = await api<Status>("GET", "/v1/status");

@@ -60,6 +60,16 @@ export const configSchema = z
       .strict()
       .refine((d) => d.netdevGroup !== d.teardownGroup, { message: "teardownGroup must differ from netdevGroup", path: ["teardownGroup"] })
       .default({}),
+    libvirt: z
+      .object({
+        enabled: z.boolean().default(true),
+        /** libvirt connection URI for virsh. */
+        uri: z.string().min(1).default("qemu:///system"),
+        /** How often domains are re-read from libvirt (hooks are the fast path). */
+        resyncSeconds: z.number().min(1).max(3600).default(30),
+      })
+      .strict()
+      .default({}),
     log: z
       .object({ level: z.enum(["fatal", "error", "warn", "info", "debug", "trace"]).default("info") })
       .strict()

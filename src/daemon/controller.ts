@@ -3,7 +3,8 @@ import type { Config } from "../config/schema.js";
 import { InputError } from "../model/errors.js";
 import { resolveDesired } from "../model/resolve.js";
 import { describeZodError, endpointInputSchema, networkInputSchema, specSchema, type EndpointInput, type Spec } from "../model/spec.js";
-import type { DesiredState } from "../model/types.js";
+import type { DesiredState, Network } from "../model/types.js";
+import { vmEndpoints, type DomainRecord, type VmEndpoints } from "../libvirt/domains.js";
 import type { Reconciler, ReconcileReport } from "./reconciler.js";
 import type { RuntimeState, StateStore } from "./store.js";
 
@@ -11,8 +12,17 @@ import type { RuntimeState, StateStore } from "./store.js";
 // whole would-be state first: if anything is wrong nothing is stored and the
 // kernel is not touched. A valid change is persisted, then reconciled.
 
+/** Where VM endpoints come from (the libvirt service), when libvirt is enabled. */
+export interface VmSource {
+  records(): DomainRecord[];
+  claimedIps(): Map<string, string>;
+}
+
 export class Controller {
   private reconciler: Reconciler | undefined;
+  private vm: VmSource | undefined;
+  /** VM interfaces that could not be served in the last desired state, with why. */
+  rejected: VmEndpoints["rejected"] = [];
 
   constructor(
     private readonly config: Config,
@@ -20,15 +30,36 @@ export class Controller {
     private state: RuntimeState,
   ) {}
 
-  attach(reconciler: Reconciler): void {
+  attach(reconciler: Reconciler, vm?: VmSource): void {
     this.reconciler = reconciler;
+    this.vm = vm;
   }
 
-  /** The desired state the reconciler works towards (always valid: only valid states are stored). */
+  /**
+   * The desired state the reconciler works towards: tap/netns endpoints (always
+   * valid: only valid states are stored), then VM endpoints from libvirt, of
+   * which any that conflict are rejected and reported, not fatal.
+   */
   desired(): DesiredState {
     const r = this.resolve(this.state);
     if (!r.ok) throw new Error(`stored state became invalid: ${r.error}`);
-    return r.value;
+    if (!this.vm) return r.value;
+    const vm = vmEndpoints(this.vm.records(), r.value.networks, this.apiClaims());
+    this.rejected = vm.rejected;
+    return { networks: r.value.networks, endpoints: [...r.value.endpoints, ...vm.endpoints] };
+  }
+
+  networks(): Network[] {
+    const r = this.resolve(this.state);
+    return r.ok ? r.value.networks : [];
+  }
+
+  /** IPs and device names (as dev:NAME) of tap and netns endpoints. */
+  apiClaims(): Set<string> {
+    const r = this.resolve(this.state);
+    const claims = new Set<string>();
+    if (r.ok) for (const e of r.value.endpoints) claims.add(e.ip).add(`dev:${e.device}`);
+    return claims;
   }
 
   spec(): Spec {
@@ -42,6 +73,14 @@ export class Controller {
   private async commit(next: RuntimeState, reason: string): Promise<ReconcileReport> {
     const r = this.resolve(next);
     if (!r.ok) throw new InputError(r.error);
+    const byDomain = this.vm?.claimedIps() ?? new Map<string, string>();
+    for (const e of r.value.endpoints) {
+      const domain = byDomain.get(e.ip);
+      if (domain) throw new InputError(`endpoint ${e.kind} ${e.ip}: ip ${e.ip} is used by domain '${domain}'`);
+    }
+    const removed = this.networks().filter((n) => !r.value.networks.some((m) => m.name === n.name));
+    for (const d of this.vm?.records() ?? []) for (const i of d.interfaces)
+      if (removed.some((n) => n.name === i.network)) throw new InputError(`network '${i.network}' is used by domain '${d.name}'`);
     await this.store.save(next);
     this.state = next;
     return this.reconciler!.request(reason);

@@ -13,6 +13,8 @@ import { observe } from "../dataplane/observe.js";
 import { InputError } from "../model/errors.js";
 import { startApi, type Route } from "./api.js";
 import { Controller } from "./controller.js";
+import { LibvirtService } from "./libvirt.js";
+import { Virsh } from "../libvirt/virsh.js";
 import { Reconciler } from "./reconciler.js";
 import { writeFileAtomic } from "./atomic-file.js";
 import { buildStatus, type BgpStatus } from "./status.js";
@@ -44,14 +46,26 @@ async function main(argv: string[]): Promise<void> {
     // Only ready endpoints are announced: a VM is announced once its host side works.
     onReport: (report) => announcer?.setDesired(report.endpoints.filter((e) => e.state === "ready").map((e) => e.ip)),
   });
-  controller.attach(reconciler);
+  const libvirt = config.libvirt.enabled ? new LibvirtService({
+    virsh: new Virsh(config.libvirt.uri), stateDir: config.stateDir, log,
+    reconcile: (reason) => reconciler.request(reason),
+    networks: () => controller.networks(), apiClaims: () => controller.apiClaims(),
+  }) : undefined;
+  await libvirt?.load();
+  controller.attach(reconciler, libvirt);
   await reconciler.request("startup");
   announcer?.start();
+  const libvirtResync = () => libvirt?.refresh().catch((e) => log.error({ err: e }, "libvirt resync failed"));
+  void libvirtResync();
+  const libvirtTimer = libvirt ? setInterval(libvirtResync, config.libvirt.resyncSeconds * 1000) : undefined;
 
   const noBgp: BgpStatus = { enabled: false, state: "disabled", peers: [], announced: 0 };
   const status = async () => {
     const s = buildStatus(config, reconciler.last, {
-      bgp: announcer ? await announcer.status() : noBgp, gatewayKind, passes: reconciler.passes, operationsApplied: reconciler.operationsApplied,
+      bgp: announcer ? await announcer.status() : noBgp, gatewayKind,
+      libvirt: libvirt
+        ? { enabled: true, state: libvirt.state, ...(libvirt.reason ? { reason: libvirt.reason } : {}), rejected: controller.rejected }
+        : { enabled: false, state: "disabled", rejected: [] }, passes: reconciler.passes, operationsApplied: reconciler.operationsApplied,
     });
     if (announcer) for (const e of s.endpoints) e.conditions = { ...e.conditions, announced: announcer.isAnnounced(e.ip) };
     return s;
@@ -72,8 +86,32 @@ async function main(argv: string[]): Promise<void> {
         ...(q.get("netns") ? { netns: q.get("netns")! } : {}),
       })),
     },
+    { method: "POST", path: /^\/v1\/hook$/, handler: (body) => needLibvirt().hook(body) },
+    { method: "GET", path: /^\/v1\/domains$/, handler: async () => domainsView() },
+    {
+      method: "POST", path: /^\/v1\/domains\/([^/]+)\/interfaces$/,
+      handler: async (body, _q, [name]) => ({ added: await needLibvirt().addInterface(name!, body), domains: await domainsView() }),
+    },
+    {
+      method: "DELETE", path: /^\/v1\/domains\/([^/]+)\/interfaces\/([^/]+)$/,
+      handler: async (_b, _q, [name, ip]) => ({ removed: await needLibvirt().removeInterface(name!, ip!), domains: await domainsView() }),
+    },
     { method: "POST", path: /^\/v1\/reconcile$/, handler: () => after(reconciler.request("api")) },
   ];
+  function needLibvirt(): LibvirtService {
+    if (!libvirt) throw new InputError("libvirt integration is disabled in the config (libvirt.enabled: false)");
+    return libvirt;
+  }
+  async function domainsView() {
+    const endpoints = (await status()).endpoints;
+    return needLibvirt().records().sort((a, b) => a.name.localeCompare(b.name)).map((d) => ({
+      domain: d.name, lifecycle: d.lifecycle,
+      interfaces: d.interfaces.map((i) => {
+        const e = endpoints.find((x) => x.kind === "vm" && x.ip === i.ip);
+        return { ...i, state: e?.state ?? "none", reason: e?.reason ?? (d.lifecycle === "defined" ? "domain is not running" : "") };
+      }),
+    }));
+  }
   const server = await startApi(config.api.socket, routes, log);
 
   let debounce: NodeJS.Timeout | undefined;
@@ -91,6 +129,7 @@ async function main(argv: string[]): Promise<void> {
   const stop = (signal: string) => {
     log.info({ signal }, "vmrouted stopping; kernel state is left in place");
     clearInterval(resync);
+    if (libvirtTimer) clearInterval(libvirtTimer);
     if (debounce) clearTimeout(debounce);
     monitor.stop();
     announcer?.stop();

@@ -75,7 +75,7 @@ export function endpointStatus(c: EndpointCheck, failures: string[] | undefined)
   };
   if (c.pending) return { ...base, state: "pending", reason: c.pending };
   if (c.conflict) return { ...base, state: "degraded", reason: c.conflict };
-  if (endpointComplete(c)) return { ...base, state: "ready", reason: "" };
+  if (endpointComplete(c)) return e.deviceOnly !== undefined ? { ...base, state: "pending", reason: e.deviceOnly } : { ...base, state: "ready", reason: "" };
   const problem = !c.link ? `device ${e.device} missing`
     : c.wrongKind ? `device ${e.device} is not a ${e.kind === "netns" ? "veth" : "tap with vnet_hdr"}`
     : !c.up ? `device ${e.device} is down`

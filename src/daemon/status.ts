@@ -18,6 +18,7 @@ export interface Status {
   networks: NetworkStatus[];
   endpoints: EndpointStatus[];
   bgp: BgpStatus;
+  libvirt: { enabled: boolean; state: string; reason?: string; rejected: Array<{ domain: string; ip: string; reason: string }> };
   dataplane: { gatewayKind: string; gatewayKindReason?: string; routeProtocol: number; netdevGroup: number };
   reconcile: { at?: string; durationMs?: number; passes: number; operationsApplied: number };
 }
@@ -25,13 +26,14 @@ export interface Status {
 export function buildStatus(
   config: Config,
   report: ReconcileReport | undefined,
-  extra: { bgp: BgpStatus; gatewayKind: { kind: string; reason?: string }; passes: number; operationsApplied: number },
+  extra: { bgp: BgpStatus; libvirt: Status["libvirt"]; gatewayKind: { kind: string; reason?: string }; passes: number; operationsApplied: number },
 ): Status {
   return {
     node: { name: config.node.name, address: config.node.address },
     networks: report?.networks ?? [],
     endpoints: report?.endpoints ?? [],
     bgp: extra.bgp,
+    libvirt: extra.libvirt,
     dataplane: {
       gatewayKind: extra.gatewayKind.kind,
       ...(extra.gatewayKind.reason ? { gatewayKindReason: extra.gatewayKind.reason } : {}),

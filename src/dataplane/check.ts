@@ -129,8 +129,9 @@ export function checkEndpoint(endpoint: Endpoint, network: Network, observed: Ob
   };
 }
 
-/** Everything about the endpoint is in place in the kernel. */
+/** Everything about the endpoint is in place in the kernel (for a device-only endpoint: the device). */
 export function endpointComplete(c: EndpointCheck): boolean {
+  const routed = c.endpoint.deviceOnly !== undefined || (c.routeOk && c.neighbourOk);
   return !c.pending && !c.conflict && !!c.link && !c.wrongKind && c.groupOk && c.macOk && c.up &&
-    c.badSysctls.length === 0 && c.routeOk && c.neighbourOk && c.innerOk;
+    c.badSysctls.length === 0 && routed && c.innerOk;
 }

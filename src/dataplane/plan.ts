@@ -94,6 +94,7 @@ function planEndpoint(c: EndpointCheck, gateway: string, prefixLength: number, s
   // A fresh device starts with the kernel's defaults: set every sysctl.
   const sysctls = fresh ? endpointSysctls(e.device) : c.badSysctls;
   for (const s of sysctls) out.after!.push({ subject, op: "sysctl.set", key: s.key, value: s.value });
+  if (e.deviceOnly !== undefined) return;
   if (fresh || !c.routeOk)
     out.routes.push({ subject, op: "route.replace", dst: `${e.ip}/32`, device: e.device, protocol: settings.routeProtocol });
   if (fresh || !c.neighbourOk) out.routes.push({ subject, op: "neighbour.replace", device: e.device, ip: e.ip, mac: e.mac });
@@ -126,7 +127,8 @@ function planRemovals(desired: DesiredState, observed: ObservedState, settings: 
   }
   const leavingSet = new Set(leaving);
   // Routes of ours that no desired endpoint explains (and whose device is not leaving anyway).
-  const wantedRoutes = new Set(desired.endpoints.map((e) => `${e.ip}/32 ${e.device}`));
+  const routed = desired.endpoints.filter((e) => e.deviceOnly === undefined);
+  const wantedRoutes = new Set(routed.map((e) => `${e.ip}/32 ${e.device}`));
   for (const r of observed.routes) {
     if (r.protocol !== settings.routeProtocol) continue;
     if (r.device && leavingSet.has(r.device)) continue;
@@ -138,7 +140,7 @@ function planRemovals(desired: DesiredState, observed: ObservedState, settings: 
     const wanted = wantedEndpointDevices.get(n.device);
     if (!wanted || !n.permanent || leavingSet.has(n.device)) continue;
     if (!isOwnedAlias(observed.links.get(n.device)?.alias)) continue;
-    if (n.ip !== wanted.ip) ops.push({ subject: wanted.id, op: "neighbour.delete", device: n.device, ip: n.ip });
+    if (n.ip !== wanted.ip || wanted.deviceOnly !== undefined) ops.push({ subject: wanted.id, op: "neighbour.delete", device: n.device, ip: n.ip });
   }
   if (leaving.length === 0) return ops;
   // `ip link del group N` unregisters all devices with one RCU wait instead of

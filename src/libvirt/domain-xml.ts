@@ -139,9 +139,14 @@ function metadataElement(list: RoutedInterface[]): XmlNode {
     list.map((i) => element(`${XMLNS_PREFIX}:interface`, { network: i.network, ip: i.ip, mac: i.mac, tap: i.tap })));
 }
 
-/** The metadata element alone, for `virsh metadata --set` on a running domain. */
+/**
+ * The metadata element alone, for `virsh metadata --set`: unqualified, because
+ * libvirt puts it into the namespace given with --uri/--key itself (and
+ * refuses an element that declares one).
+ */
 export function metadataXml(list: RoutedInterface[]): string {
-  return new XMLBuilder({ ...OPTIONS, suppressEmptyNode: true }).build([metadataElement(list)]) as string;
+  const bare = element("interfaces", {}, list.map((i) => element("interface", { network: i.network, ip: i.ip, mac: i.mac, tap: i.tap })));
+  return new XMLBuilder({ ...OPTIONS, suppressEmptyNode: true }).build([bare]) as string;
 }
 
 function isOurInterface(node: XmlNode, tap: string): boolean {

@@ -25,6 +25,12 @@ export interface Endpoint {
   netns?: string;
   /** vm endpoints: the libvirt domain. */
   domain?: string;
+  /**
+   * Set when only the device must exist, not the route, neighbour entry or
+   * announcement (a VM's tap between libvirt's prepare and started hooks, and
+   * between stopped and release). The text says why, for status.
+   */
+  deviceOnly?: string;
 }
 
 export interface DesiredState {

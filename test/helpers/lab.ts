@@ -72,6 +72,8 @@ export interface DaemonOptions {
   bgp?: Record<string, unknown>;
   extra?: Record<string, unknown>;
   resyncSeconds?: number;
+  /** libvirt URI; without it the daemon's libvirt integration is off (never the machine's libvirtd). */
+  libvirtUri?: string;
 }
 
 /** The real vmrouted, run inside a test namespace, with its files in a temp dir. */
@@ -94,6 +96,7 @@ export class Daemon {
       stateDir: join(this.dir, "state"),
       networks: options.networks ?? { service: { gateway: "172.31.16.1/24" } },
       dataplane: { resyncSeconds: options.resyncSeconds ?? 1 },
+      libvirt: options.libvirtUri ? { enabled: true, uri: options.libvirtUri, resyncSeconds: 2 } : { enabled: false },
       ...(options.bgp ? { bgp: options.bgp } : {}),
       ...(options.extra ?? {}),
     };

@@ -70,7 +70,7 @@ describe("domain XML patching", () => {
 
   it("renders the device XML for attach-device and the metadata for virsh metadata", () => {
     expect(interfaceXml(iface)).toMatch(/<interface type="ethernet">\s*<mac address="52:54:00:aa:bb:cc"\/>\s*<script path=""\/>\s*<target dev="tap-3f9a01c2e4" managed="no"\/>\s*<model type="virtio"\/>\s*<\/interface>/);
-    expect(metadataXml([iface])).toBe(`<vmrouted:interfaces xmlns:vmrouted="${XMLNS}"><vmrouted:interface network="service" ip="172.31.16.5" mac="52:54:00:aa:bb:cc" tap="tap-3f9a01c2e4"/></vmrouted:interfaces>`);
+    expect(metadataXml([iface])).toBe(`<interfaces><interface network="service" ip="172.31.16.5" mac="52:54:00:aa:bb:cc" tap="tap-3f9a01c2e4"/></interfaces>`);
   });
 
   it.each([

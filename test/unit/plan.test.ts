@@ -144,3 +144,31 @@ describe("planner", () => {
     expect(ops.slice(0, 2)).toEqual(["link.delete", "tap.create"]);
   });
 });
+
+describe("device-only endpoints (a VM between prepare and started, or stopped and release)", () => {
+  const vm = (deviceOnly?: string) => {
+    const d = desired([tap("172.31.16.20")]);
+    const e = d.endpoints[0]!;
+    d.endpoints[0] = { ...e, id: "vm:172.31.16.20", kind: "vm", domain: "vm1", ...(deviceOnly ? { deviceOnly } : {}) };
+    return d;
+  };
+
+  it("creates the tap without route or neighbour, then adds them when the domain starts", () => {
+    const prepared = converge(vm("domain vm1 is not running"));
+    const dev = vm().endpoints[0]!.device;
+    expect(prepared.links.get(dev)).toMatchObject({ kind: "tun", up: true });
+    expect(prepared.routes.filter((r) => r.device === dev)).toEqual([]);
+    expect(plan(vm("not running"), prepared, settings).operations).toEqual([]);
+    const started = plan(vm(), prepared, settings).operations.map((o) => o.op).sort();
+    expect(started).toEqual(["neighbour.replace", "route.replace"]);
+  });
+
+  it("removes route and neighbour but keeps the tap when the domain stops", () => {
+    const running = converge(vm());
+    const ops = plan(vm("domain vm1 stopped"), running, settings).operations;
+    expect(ops.map((o) => o.op).sort()).toEqual(["neighbour.delete", "route.delete"]);
+    const stopped = applyToModel(running, ops);
+    expect(stopped.links.has(vm().endpoints[0]!.device)).toBe(true);
+    expect(plan(vm("domain vm1 stopped"), stopped, settings).operations).toEqual([]);
+  });
+});

@@ -1,0 +1,73 @@
+import { chmod, mkdir, readFile, stat, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { loadConfig } from "../config/load.js";
+import { configSchema } from "../config/schema.js";
+import { applyPlan } from "../dataplane/apply.js";
+import { observe } from "../dataplane/observe.js";
+import { plan } from "../dataplane/plan.js";
+import { StateStore } from "../daemon/store.js";
+import { parseDomainXml, routedInterfaces } from "../libvirt/domain-xml.js";
+import { vmEndpoints } from "../libvirt/domains.js";
+import { InputError } from "../model/errors.js";
+import { resolveNetworks } from "../model/resolve.js";
+
+// The hook's two halves that do not need the daemon: the fallback that makes
+// a starting domain's taps when vmrouted is down (so the VM still starts; the
+// daemon routes and announces it when it is back), and installing the shim.
+
+export const MAX_HOOK_XML = 1024 * 1024;
+
+export async function readStdin(limit: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of process.stdin) {
+    size += (chunk as Buffer).length;
+    if (size > limit) throw new InputError(`hook: domain XML on stdin is larger than ${limit} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+/** Creates the taps of a starting domain directly, touching nothing but them. */
+export async function ensureTapsWithoutDaemon(domain: string, xml: string, configPath: string): Promise<string[]> {
+  const config = await loadConfig(configPath).catch(() => configSchema.parse({ node: { address: "192.0.2.1" } }));
+  const runtime = await new StateStore(config.stateDir).load().catch(() => ({ networks: {}, endpoints: [] }));
+  const networks = resolveNetworks(config.networks, runtime.networks);
+  if (!networks.ok) throw new InputError(networks.error);
+  const interfaces = routedInterfaces(parseDomainXml(xml, "hook domain XML"));
+  const vm = vmEndpoints([{ name: domain, lifecycle: "prepared", interfaces, seq: 0 }], networks.value, new Set());
+  if (vm.rejected.length) throw new InputError(`${vm.rejected[0]!.ip}: ${vm.rejected[0]!.reason}`);
+  const ids = new Set(vm.endpoints.map((e) => e.id));
+  const desired = { networks: networks.value, endpoints: vm.endpoints };
+  const settings = { ...config.dataplane, gatewayKind: "bridge" as const };
+  const ops = plan(desired, await observe({ netns: [] }), settings).operations.filter((op) => ids.has(op.subject));
+  await applyPlan(ops);
+  const after = plan(desired, await observe({ netns: [] }), settings);
+  const missing = after.endpoints.filter((c) => !c.link || c.conflict);
+  if (missing.length) throw new Error(`tap ${missing[0]!.endpoint.device} could not be created${missing[0]!.conflict ? `: ${missing[0]!.conflict}` : ""}`);
+  return vm.endpoints.map((e) => e.device);
+}
+
+const MARKER = "vmrouted's libvirt qemu hook";
+
+export async function installHook(options: { hooksDir: string; socket: string; config: string; timeout: number }): Promise<string> {
+  const template = await readFile(fileURLToPath(new URL("../../templates/qemu-hook.sh", import.meta.url)), "utf8");
+  const cli = fileURLToPath(new URL("./main.js", import.meta.url));
+  const values: Record<string, string> = {
+    NODE: process.execPath, CLI: cli, SOCKET: options.socket, CONFIG: options.config, TIMEOUT: String(options.timeout),
+  };
+  for (const [key, value] of Object.entries(values))
+    if (value.includes("'")) throw new InputError(`install-hook: ${key.toLowerCase()} path must not contain a single quote`);
+  const shim = template.replace(/@([A-Z]+)@/g, (_m, key: string) => values[key] ?? "");
+  const target = join(options.hooksDir, "qemu.d", "vmrouted");
+  const existing = await readFile(target, "utf8").catch(() => undefined);
+  if (existing !== undefined && !existing.includes(MARKER)) throw new InputError(`install-hook: ${target} exists and is not vmrouted's; not replacing it`);
+  await mkdir(dirname(target), { recursive: true, mode: 0o755 });
+  await writeFile(target, shim, { mode: 0o755 });
+  await chmod(target, 0o755);
+  const legacy = await stat(join(options.hooksDir, "qemu")).then(() => true, () => false);
+  return legacy
+    ? `${target} installed (the existing ${join(options.hooksDir, "qemu")} is left as it is; libvirt runs both)`
+    : `${target} installed`;
+}

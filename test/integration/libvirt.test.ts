@@ -1,0 +1,202 @@
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BgpLab } from "../helpers/bgp-lab.js";
+import { assertLabReady, Daemon, netState, rootSnapshot, runId, sh, waitFor } from "../helpers/lab.js";
+import { LibvirtLab } from "../helpers/libvirt-lab.js";
+
+// A real libvirtd + qemu (TCG) in the host namespace, driven through the
+// installed hook shim; gobgpd and a BIRD route reflector as in bgp.test.ts.
+
+interface Link { ifname: string; ifindex: number; flags?: string[]; ifalias?: string }
+interface Route { dst: string; dev?: string; protocol?: string }
+
+const id = runId();
+let lab: BgpLab;
+let libvirt: LibvirtLab;
+let daemon: Daemon;
+let rootBefore = "";
+const timings: Record<string, number> = {};
+
+const links = () => lab.host.json<Link[]>(["link", "show"]);
+const routes = () => lab.host.json<Route[]>(["-4", "route", "show", "proto", "94"]);
+const tapOf = async (ip: string) => (await daemon.status()).endpoints.find((e) => e.ip === ip)?.device;
+const birdHas = async (prefix: string) => (await lab.birdRoutes()).has(prefix);
+
+async function importWithdraws(): Promise<number> {
+  const r = await sh("birdc", ["-s", lab.birdSocket, "show", "protocols", "all", "host1"]);
+  return Number(/Import withdraws:\s+(\d+)/.exec(r.stdout)![1]);
+}
+
+beforeAll(async () => {
+  assertLabReady();
+  rootBefore = await rootSnapshot();
+  lab = await BgpLab.create(id);
+  await lab.startBird();
+  await lab.startGobgpd();
+  libvirt = await LibvirtLab.create(lab.host);
+  daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, libvirtUri: libvirt.uri });
+  // Someone else's hook, which install-hook must leave alone.
+  await writeFile(join(libvirt.hooksDir, "qemu"), "#!/bin/sh\nexit 0\n", { mode: 0o755 });
+  // Installed before libvirtd starts: libvirtd reads hooks only at start or on SIGHUP.
+  const inst = await daemon.ctl(["install-hook", "--hooks-dir", libvirt.hooksDir, "--config", daemon.configPath]);
+  expect(inst.exitCode, inst.stderr).toBe(0);
+  await libvirt.start();
+  await daemon.start();
+  await waitFor(() => lab.sessionEstablished(), 30000, "BGP session");
+  await libvirt.define("vm1");
+});
+
+afterAll(async () => {
+  await libvirt?.destroy();
+  await daemon?.cleanup();
+  await lab?.destroy();
+  console.log(`libvirt timings (ms): ${JSON.stringify(timings)}`);
+  expect(await rootSnapshot()).toBe(rootBefore);
+});
+
+describe("routed interfaces for libvirt domains", () => {
+  it("install-hook writes the shim into qemu.d and leaves an existing qemu hook alone", async () => {
+    const shim = await readFile(join(libvirt.hooksDir, "qemu.d", "vmrouted"), "utf8");
+    expect(shim).toContain(daemon.socket);
+    expect(await readFile(join(libvirt.hooksDir, "qemu"), "utf8")).toBe("#!/bin/sh\nexit 0\n");
+    expect(shim).not.toMatch(/^[^#]*\bvirsh\b/m); // never calls back into libvirt
+  });
+
+  it("iface add to a shut-off domain records the interface and metadata in its persistent XML", async () => {
+    const r = await daemon.ctl(["iface", "add", "vm1", "--network", "service", "--ip", "172.31.16.5"]);
+    expect(r.exitCode, r.stderr).toBe(0);
+    const xml = (await libvirt.virsh(["dumpxml", "--inactive", "vm1"])).stdout;
+    expect(xml).toMatch(/<interface type='ethernet'>[\s\S]*<target dev='tap-[0-9a-f]{10}' managed='no'\/>[\s\S]*<\/interface>/);
+    expect(xml).toContain("https://vmrouted.dev/xmlns/interfaces/1");
+    expect(xml).toMatch(/ip="172\.31\.16\.5"/);
+    const list = JSON.parse((await daemon.ctl(["iface", "list", "vm1", "-o", "json"])).stdout);
+    expect(list[0]).toMatchObject({ domain: "vm1", lifecycle: "defined", interfaces: [expect.objectContaining({ ip: "172.31.16.5" })] });
+  });
+
+  it("virsh start: the hook makes the tap before qemu opens it, then routes and announces", async () => {
+    const started = Date.now();
+    await libvirt.virsh(["start", "vm1"]);
+    timings.virshStartMs = Date.now() - started;
+    const tap = (await daemon.status()).endpoints.find((e) => e.ip === "172.31.16.5")?.device;
+    expect(tap).toMatch(/^tap-/);
+    // qemu has the tap open: carrier is up (with managed='no', libvirt refuses to start without the tap).
+    expect((await links()).find((l) => l.ifname === tap)?.flags).toContain("LOWER_UP");
+    await waitFor(async () => (await routes()).some((r) => r.dst === "172.31.16.5" && r.dev === tap), 10000, "route");
+    const neigh = await lab.host.json<Array<{ dst: string; state?: string[] }>>(["neigh", "show", "dev", tap!]);
+    expect(neigh).toContainEqual(expect.objectContaining({ dst: "172.31.16.5", state: ["PERMANENT"] }));
+    await waitFor(() => birdHas("172.31.16.5/32"), 10000, "the route reflector to learn the /32");
+    const e = (await daemon.status()).endpoints.find((x) => x.ip === "172.31.16.5")!;
+    expect(e).toMatchObject({ kind: "vm", domain: "vm1", state: "ready" });
+  });
+
+  it("virsh destroy: withdrawn, unrouted, tap removed", async () => {
+    const tap = await tapOf("172.31.16.5");
+    await libvirt.virsh(["destroy", "vm1"]);
+    await waitFor(async () => !(await birdHas("172.31.16.5/32")), 10000, "withdrawal at the route reflector");
+    expect((await routes()).some((r) => r.dst === "172.31.16.5")).toBe(false);
+    await waitFor(async () => !(await links()).some((l) => l.ifname === tap), 10000, "tap removal");
+  });
+
+  it("iface add to a running domain hot-plugs and routes it with no restart", async () => {
+    await libvirt.virsh(["start", "vm1"]);
+    await waitFor(() => birdHas("172.31.16.5/32"), 10000, "first interface announced");
+    const domId = (await libvirt.virsh(["domid", "vm1"])).stdout.trim();
+    const r = await daemon.ctl(["iface", "add", "vm1", "--network", "service", "--ip", "172.31.16.6", "--mac", "52:54:00:16:00:06"]);
+    expect(r.exitCode, r.stderr).toBe(0);
+    const tap = await tapOf("172.31.16.6");
+    const iflist = (await libvirt.virsh(["domiflist", "vm1"])).stdout;
+    expect(iflist).toContain(tap!);
+    expect(iflist).toContain("52:54:00:16:00:06");
+    expect((await links()).find((l) => l.ifname === tap)?.flags).toContain("LOWER_UP");
+    await waitFor(() => birdHas("172.31.16.6/32"), 10000, "hot-plugged /32 at the route reflector");
+    expect((await libvirt.virsh(["domid", "vm1"])).stdout.trim()).toBe(domId);
+    // Recorded in the persistent config and in the live metadata.
+    expect((await libvirt.virsh(["dumpxml", "--inactive", "vm1"])).stdout).toContain(tap!);
+    expect((await libvirt.virsh(["dumpxml", "vm1"])).stdout).toMatch(/ip="172\.31\.16\.6"/);
+  });
+
+  it("a libvirtd restart makes nothing flap", async () => {
+    const before = await netState(lab.host.name);
+    const withdraws = await importWithdraws();
+    await libvirt.stop();
+    await libvirt.start(); // the reconnect hook runs for vm1
+    await new Promise((r) => setTimeout(r, 3000)); // a libvirt resync happens meanwhile
+    expect(await netState(lab.host.name)).toBe(before);
+    expect(await importWithdraws()).toBe(withdraws);
+    expect((await daemon.status()).endpoints.filter((e) => e.domain === "vm1").map((e) => e.state)).toEqual(["ready", "ready"]);
+  });
+
+  it("iface remove on a running domain is the exact inverse", async () => {
+    const tap = await tapOf("172.31.16.6");
+    const r = await daemon.ctl(["iface", "remove", "vm1", "--ip", "172.31.16.6"]);
+    expect(r.exitCode, r.stderr).toBe(0);
+    await waitFor(async () => !(await birdHas("172.31.16.6/32")), 10000, "withdrawal");
+    await waitFor(async () => !(await links()).some((l) => l.ifname === tap), 10000, "tap removal");
+    // The live unplug completes when the guest acknowledges the ACPI eject; this
+    // diskless test domain has no OS to do so. The persistent config must be clean.
+    expect((await libvirt.virsh(["dumpxml", "--inactive", "vm1"])).stdout).not.toContain("172.31.16.6");
+    expect((await libvirt.virsh(["dumpxml", "--inactive", "vm1"])).stdout).not.toContain(tap!);
+    expect((await libvirt.virsh(["dumpxml", "vm1"])).stdout).not.toMatch(/ip="172\.31\.16\.6"/); // live metadata
+    expect(await birdHas("172.31.16.5/32")).toBe(true);
+  });
+
+  it("a domain still starts with its tap while vmrouted is down, and is routed when it is back", async () => {
+    await libvirt.virsh(["destroy", "vm1"]);
+    await waitFor(async () => !(await birdHas("172.31.16.5/32")), 10000, "withdrawal");
+    await daemon.stop();
+    await libvirt.virsh(["start", "vm1"]);
+    const tap = (await links()).find((l) => l.ifalias === "vmrouted:vm:172.31.16.5");
+    expect(tap?.flags).toContain("LOWER_UP");
+    expect((await routes()).some((r) => r.dst === "172.31.16.5")).toBe(false);
+    await daemon.start();
+    await waitFor(() => birdHas("172.31.16.5/32"), 15000, "announcement once vmrouted is back");
+    expect((await routes()).some((r) => r.dst === "172.31.16.5" && r.dev === tap!.ifname)).toBe(true);
+  });
+
+  describe("bad input changes nothing", () => {
+    const cases: Array<[string, string[], RegExp]> = [
+      ["an unknown domain", ["iface", "add", "nosuchvm", "--network", "service", "--ip", "172.31.16.7"], /unknown domain 'nosuchvm'/],
+      ["an IP in use", ["iface", "add", "vm1", "--network", "service", "--ip", "172.31.16.5"], /already used by domain 'vm1'/],
+      ["an unknown network", ["iface", "add", "vm1", "--network", "nope", "--ip", "172.31.16.7"], /unknown network 'nope'/],
+      ["an IP outside the network", ["iface", "add", "vm1", "--network", "service", "--ip", "10.0.0.7"], /outside network/],
+      ["removing an interface that is not there", ["iface", "remove", "vm1", "--ip", "172.31.16.99"], /no routed interface/],
+    ];
+    it.each(cases)("iface: %s", async (_what, args, message) => {
+      const before = await netState(lab.host.name);
+      const xml = (await libvirt.virsh(["dumpxml", "--inactive", "vm1"])).stdout;
+      const r = await daemon.ctl(args);
+      expect(r.exitCode).not.toBe(0);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr.trim().split("\n")).toHaveLength(1);
+      expect(await netState(lab.host.name)).toBe(before);
+      expect((await libvirt.virsh(["dumpxml", "--inactive", "vm1"])).stdout).toBe(xml);
+    });
+
+    const hookCases: Array<[string, string[], string, RegExp]> = [
+      ["garbage XML", ["vm1", "started", "begin", "-"], "<<<not xml", /not well-formed XML/],
+      ["entity expansion", ["vm1", "started", "begin", "-"], `<!DOCTYPE d [<!ENTITY a "aaaa">]><domain><name>&a;</name></domain>`, /not allowed/],
+      ["an unknown operation", ["vm1", "frobnicate", "begin", "-"], "<domain><name>vm1</name></domain>", /unknown hook operation 'frobnicate'/],
+      ["XML of another domain", ["vm1", "started", "begin", "-"], "<domain><name>other</name></domain>", /is for 'other', not 'vm1'/],
+      ["oversized XML", ["vm1", "started", "begin", "-"], `<domain><name>vm1</name><description>${"x".repeat(1100 * 1024)}</description></domain>`, /larger than/],
+    ];
+    it.each(hookCases)("hook: %s", async (_what, args, xml, message) => {
+      const before = await netState(lab.host.name);
+      const r = await daemon.ctl(["hook", ...args], xml);
+      expect(r.exitCode).not.toBe(0);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr.trim().split("\n")).toHaveLength(1);
+      expect(await netState(lab.host.name)).toBe(before);
+    });
+
+    it("the shim exits 0 for domains without vmrouted metadata and for failures outside prepare", async () => {
+      const shim = join(libvirt.hooksDir, "qemu.d", "vmrouted");
+      const plain = await sh(shim, ["other", "started", "begin", "-"], { input: "<domain><name>other</name></domain>", reject: false });
+      expect(plain.exitCode).toBe(0);
+      const bad = await sh(shim, ["vm1", "frobnicate", "begin", "-"], { input: `<domain><name>vm1</name><metadata><x xmlns="https://vmrouted.dev/xmlns/interfaces/1"/></metadata></domain>`, reject: false });
+      expect(bad.exitCode).toBe(0);
+      const restore = await sh(shim, ["vm1", "restore", "begin", "-"], { input: "<domain><name>vm1</name></domain>", reject: false });
+      expect(restore.stdout.trim()).toBe("<domain><name>vm1</name></domain>");
+    });
+  });
+});
