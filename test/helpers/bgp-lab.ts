@@ -79,6 +79,14 @@ export class BgpLab {
     return /Established/.test(r.stdout);
   }
 
+  /** BIRD's count of withdrawals received from the host: unchanged means nothing flapped. */
+  async importWithdraws(): Promise<number> {
+    const r = await sh("birdc", ["-s", this.birdSocket, "show", "protocols", "all", "host1"]);
+    const m = /Import withdraws:\s+(\d+)/.exec(r.stdout);
+    if (!m) throw new Error(`no withdraw counter in: ${r.stdout}`);
+    return Number(m[1]);
+  }
+
   /** prefix → BGP next hop, as BIRD has them. */
   async birdRoutes(): Promise<Map<string, string>> {
     const r = await sh("birdc", ["-s", this.birdSocket, "show", "route", "all", "protocol", "host1"], { reject: false });

@@ -28,12 +28,6 @@ async function birdHasExactly(expected: string[], timeoutMs = 20000): Promise<nu
   }, timeoutMs, `BIRD to have exactly ${expected.length} route(s)`);
 }
 
-async function importWithdraws(): Promise<number> {
-  const r = await sh("birdc", ["-s", lab.birdSocket, "show", "protocols", "all", "host1"]);
-  const m = /Import withdraws:\s+(\d+)/.exec(r.stdout);
-  if (!m) throw new Error(`no withdraw counter in: ${r.stdout}`);
-  return Number(m[1]);
-}
 
 beforeAll(async () => {
   assertLabReady();
@@ -90,12 +84,12 @@ describe("announcing endpoints to a BIRD route reflector through gobgpd", () => 
   it("restarting vmrouted withdraws nothing and duplicates nothing", async () => {
     const expected = prefixes(["172.31.16.10", "172.31.16.12", "172.31.16.14", "172.31.16.15"]);
     await birdHasExactly(expected);
-    const withdrawsBefore = await importWithdraws();
+    const withdrawsBefore = await lab.importWithdraws();
     await daemon.stop();
     await daemon.start();
     await waitFor(async () => (await daemon.status()).bgp.state === "up", 10000, "vmrouted to reconnect to gobgpd");
     await new Promise((r) => setTimeout(r, 1500));
-    expect(await importWithdraws()).toBe(withdrawsBefore);
+    expect(await lab.importWithdraws()).toBe(withdrawsBefore);
     await birdHasExactly(expected);
     const count = await sh("birdc", ["-s", lab.birdSocket, "show", "route", "count", "protocol", "host1"]);
     expect(count.stdout).toMatch(/\b4 of 4 routes/);

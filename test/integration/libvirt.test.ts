@@ -23,10 +23,6 @@ const routes = () => lab.host.json<Route[]>(["-4", "route", "show", "proto", "94
 const tapOf = async (ip: string) => (await daemon.status()).endpoints.find((e) => e.ip === ip)?.device;
 const birdHas = async (prefix: string) => (await lab.birdRoutes()).has(prefix);
 
-async function importWithdraws(): Promise<number> {
-  const r = await sh("birdc", ["-s", lab.birdSocket, "show", "protocols", "all", "host1"]);
-  return Number(/Import withdraws:\s+(\d+)/.exec(r.stdout)![1]);
-}
 
 beforeAll(async () => {
   assertLabReady();
@@ -118,12 +114,12 @@ describe("routed interfaces for libvirt domains", () => {
 
   it("a libvirtd restart makes nothing flap", async () => {
     const before = await netState(lab.host.name);
-    const withdraws = await importWithdraws();
+    const withdraws = await lab.importWithdraws();
     await libvirt.stop();
     await libvirt.start(); // the reconnect hook runs for vm1
     await new Promise((r) => setTimeout(r, 3000)); // a libvirt resync happens meanwhile
     expect(await netState(lab.host.name)).toBe(before);
-    expect(await importWithdraws()).toBe(withdraws);
+    expect(await lab.importWithdraws()).toBe(withdraws);
     expect((await daemon.status()).endpoints.filter((e) => e.domain === "vm1").map((e) => e.state)).toEqual(["ready", "ready"]);
   });
 
