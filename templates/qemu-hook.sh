@@ -15,6 +15,11 @@ xml=$(cat)
 case "$2" in migrate|restore) printf '%s\n' "$xml" ;; esac
 # Domains without vmrouted's metadata are none of our business.
 case "$xml" in *'https://vmrouted.dev/xmlns/interfaces/1'*) ;; *) exit 0 ;; esac
+# Only these calls change anything for vmrouted; skip starting Node for the rest.
+case "$2/$3" in
+  prepare/begin|migrate/begin|started/begin|reconnect/begin|stopped/end|release/end) ;;
+  *) exit 0 ;;
+esac
 
 printf '%s' "$xml" | timeout "$TIMEOUT" "$NODE" "$CLI" --socket "$SOCKET" hook --config "$CONFIG" -- "$1" "$2" "$3" "${4:--}" >/dev/null
 rc=$?
