@@ -89,7 +89,7 @@ describe("routed interfaces for libvirt domains", () => {
   it("virsh destroy: withdrawn, unrouted, tap removed", async () => {
     const tap = await tapOf("172.31.16.5");
     await libvirt.virsh(["destroy", "vm1"]);
-    await waitFor(async () => !(await birdHas("172.31.16.5/32")), 10000, "withdrawal at the route reflector");
+    await waitFor(async () => !(await birdHas("172.31.16.5/32")), 30000, "withdrawal at the route reflector");
     expect((await routes()).some((r) => r.dst === "172.31.16.5")).toBe(false);
     await waitFor(async () => !(await links()).some((l) => l.ifname === tap), 10000, "tap removal");
   });
@@ -127,7 +127,7 @@ describe("routed interfaces for libvirt domains", () => {
     const tap = await tapOf("172.31.16.6");
     const r = await daemon.ctl(["iface", "remove", "vm1", "--ip", "172.31.16.6"]);
     expect(r.exitCode, r.stderr).toBe(0);
-    await waitFor(async () => !(await birdHas("172.31.16.6/32")), 10000, "withdrawal");
+    await waitFor(async () => !(await birdHas("172.31.16.6/32")), 30000, "withdrawal");
     await waitFor(async () => !(await links()).some((l) => l.ifname === tap), 10000, "tap removal");
     // The live unplug completes when the guest acknowledges the ACPI eject; this
     // diskless test domain has no OS to do so. The persistent config must be clean.
@@ -139,7 +139,7 @@ describe("routed interfaces for libvirt domains", () => {
 
   it("a domain still starts with its tap while vmrouted is down, and is routed when it is back", async () => {
     await libvirt.virsh(["destroy", "vm1"]);
-    await waitFor(async () => !(await birdHas("172.31.16.5/32")), 10000, "withdrawal");
+    await waitFor(async () => !(await birdHas("172.31.16.5/32")), 30000, "withdrawal");
     await daemon.stop();
     await libvirt.virsh(["start", "vm1"]);
     const tap = (await links()).find((l) => l.ifalias === "vmrouted:vm:172.31.16.5");
