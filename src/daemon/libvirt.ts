@@ -153,9 +153,11 @@ export class LibvirtService {
       if (old.seq > startSeq) fresh.set(name, old);
       // Between prepare and started libvirt still says "shut off": keep the tap for qemu.
       else if (old.lifecycle === "prepared" && f?.lifecycle !== "running" && now - (old.since ?? 0) < PREPARE_GRACE_MS) fresh.set(name, old);
-      else if (f) f.seq = old.seq;
+      else if (f) Object.assign(f, { seq: old.seq, ...(old.since !== undefined ? { since: old.since } : {}) });
     }
-    const changed = JSON.stringify(this.records()) !== JSON.stringify([...fresh.values()]);
+    // What matters is lifecycle and interfaces; seq/since are bookkeeping.
+    const essence = (m: Map<string, Record>) => JSON.stringify([...m.values()].map((d) => [d.name, d.lifecycle, d.interfaces]).sort());
+    const changed = essence(this.domains) !== essence(fresh);
     this.domains = fresh;
     this.state = "up";
     this.reason = "";
