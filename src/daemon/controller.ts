@@ -41,7 +41,7 @@ export class Controller {
    * which any that conflict are rejected and reported, not fatal.
    */
   desired(): DesiredState {
-    const r = this.resolve(this.state);
+    const r = this.current();
     if (!r.ok) throw new Error(`stored state became invalid: ${r.error}`);
     if (!this.vm) return r.value;
     const vm = vmEndpoints(this.vm.records(), r.value.networks, this.apiClaims());
@@ -50,13 +50,13 @@ export class Controller {
   }
 
   networks(): Network[] {
-    const r = this.resolve(this.state);
+    const r = this.current();
     return r.ok ? r.value.networks : [];
   }
 
   /** IPs and device names (as dev:NAME) of tap and netns endpoints. */
   apiClaims(): Set<string> {
-    const r = this.resolve(this.state);
+    const r = this.current();
     const claims = new Set<string>();
     if (r.ok) for (const e of r.value.endpoints) claims.add(e.ip).add(`dev:${e.device}`);
     return claims;
@@ -64,6 +64,14 @@ export class Controller {
 
   spec(): Spec {
     return { networks: { ...this.state.networks }, endpoints: [...this.state.endpoints] };
+  }
+
+  private cache: { state: RuntimeState; result: ReturnType<Controller["resolve"]> } | undefined;
+
+  /** The stored state, resolved once per change (desired(), networks() and apiClaims() all need it). */
+  private current(): ReturnType<Controller["resolve"]> {
+    if (this.cache?.state !== this.state) this.cache = { state: this.state, result: this.resolve(this.state) };
+    return this.cache.result;
   }
 
   private resolve(state: RuntimeState) {

@@ -10,6 +10,7 @@ import { applyHook, lifecycleAfter, type DomainRecord } from "../libvirt/domains
 import { Virsh, VirshError } from "../libvirt/virsh.js";
 import { InputError } from "../model/errors.js";
 import { resolveEndpoint } from "../model/resolve.js";
+import { describeZodError } from "../model/spec.js";
 import type { Network } from "../model/types.js";
 import { writeFileAtomic } from "./atomic-file.js";
 import type { ReconcileReport } from "./reconciler.js";
@@ -97,7 +98,7 @@ export class LibvirtService {
   /** A hook call. Uses only the XML libvirt handed the hook. */
   async hook(body: unknown): Promise<{ domain: string; lifecycle: string; endpoints: ReconcileReport["endpoints"] }> {
     const parsed = hookBodySchema.safeParse(body);
-    if (!parsed.success) throw new InputError(`hook: ${parsed.error.issues[0]?.path.join(".")}: ${parsed.error.issues[0]?.message}`);
+    if (!parsed.success) throw new InputError(describeZodError(parsed.error, "hook"));
     const { domain, op, subop, xml } = parsed.data;
     const next = lifecycleAfter(op, subop); // throws on an unknown operation
     const doc = parseDomainXml(xml, "hook domain XML");
@@ -178,7 +179,7 @@ export class LibvirtService {
 
   async addInterface(domain: string, body: unknown): Promise<RoutedInterface> {
     const parsed = ifaceBodySchema.safeParse(body);
-    if (!parsed.success) throw new InputError(`iface: ${parsed.error.issues[0]?.path.join(".")}: ${parsed.error.issues[0]?.message}`);
+    if (!parsed.success) throw new InputError(describeZodError(parsed.error, "iface"));
     const r = resolveEndpoint({ kind: "tap", ...parsed.data }, this.deps.networks());
     if (!r.ok) throw new InputError(r.error.replace(/^endpoint tap/, "iface"));
     const state = await this.domainState(domain);

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { z } from "zod";
 import { InputError } from "../model/errors.js";
 import { writeFileAtomic } from "./atomic-file.js";
-import { endpointInputSchema, networkInputSchema, type EndpointInput, type NetworkInput } from "../model/spec.js";
+import { describeZodError, endpointInputSchema, networkInputSchema, type EndpointInput, type NetworkInput } from "../model/spec.js";
 
 // The runtime part of desired state (networks added through the API, tap and
 // netns endpoints), persisted atomically (atomic-file.ts).
@@ -45,7 +45,7 @@ export class StateStore {
     }
     const parsed = fileSchema.safeParse(raw);
     if (!parsed.success)
-      throw new InputError(`state file ${this.path} is not a vmrouted state file (${parsed.error.issues[0]?.path.join(".")}: ${parsed.error.issues[0]?.message})`);
+      throw new InputError(`state file ${this.path} is not a vmrouted state file (${describeZodError(parsed.error, "content")})`);
     return { networks: parsed.data.networks, endpoints: parsed.data.endpoints };
   }
 

@@ -1,3 +1,4 @@
+import { formatIpv4 } from "../model/ipv4.js";
 import { networkPrefix } from "../model/resolve.js";
 import { hostSideMac } from "../model/mac.js";
 import { gatewayDevice } from "../model/naming.js";
@@ -44,7 +45,7 @@ export function checkGateway(network: Network, observed: ObservedState): Gateway
   if (link.alias !== alias) return { ...base, conflict: `device ${device} exists and is not owned by vmrouted` };
   const addresses = observed.addresses.filter((a) => a.device === device);
   const prefix = networkPrefix(network);
-  const subnet = `${formatBase(prefix.base)}/${prefix.length}`;
+  const subnet = `${formatIpv4(prefix.base)}/${prefix.length}`;
   return {
     ...base,
     link,
@@ -52,10 +53,6 @@ export function checkGateway(network: Network, observed: ObservedState): Gateway
     extraAddresses: addresses.map((a) => `${a.ip}/${a.prefixLength}`).filter((c) => c !== cidr),
     connectedRoute: observed.routes.find((r) => r.device === device && r.dst === subnet && r.protocol === KERNEL_PROTOCOL),
   };
-}
-
-function formatBase(value: number): string {
-  return [24, 16, 8, 0].map((s) => Math.floor(value / 2 ** s) % 256).join(".");
 }
 
 export interface EndpointCheck {
