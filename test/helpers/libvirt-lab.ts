@@ -1,16 +1,16 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
-import { type Netns, stopChild, waitFor } from "./lab.js";
+import { type Netns, REPO, sh, stopChild, waitFor } from "./lab.js";
 
-// A real libvirtd (qemu driver, TCG) isolated from the machine: it runs in the
-// test's host network namespace, in a private mount namespace where its
-// config, run, state, cache, log and hooks directories are this test's own.
+// A real libvirtd (qemu driver, TCG) isolated from the machine by
+// scripts/lab/libvirtd.sh: it runs in the test's host network namespace, in a
+// private mount namespace where its config, run, state, cache, log and hooks
+// directories are this test's own.
 
-const MOUNTS = ["/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt"];
+const SANDBOX = join(REPO, "scripts/lab/libvirtd.sh");
 
 export class LibvirtLab {
   child: ChildProcess | undefined;
@@ -25,20 +25,13 @@ export class LibvirtLab {
   }
 
   static async create(host: Netns): Promise<LibvirtLab> {
-    for (const m of MOUNTS)
-      if (!existsSync(m)) throw new Error(`${m} is missing: run scripts/setup.sh (it creates libvirt's directories and user)`);
     const dir = await mkdtemp(join(tmpdir(), "vmrouted-libvirt-"));
-    for (const d of ["etc/hooks/qemu.d", "run", "lib", "cache", "log"]) await mkdir(join(dir, d), { recursive: true });
-    await writeFile(join(dir, "etc/libvirtd.conf"), 'unix_sock_rw_perms = "0700"\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n');
-    // qemu as root without a security driver, logs to files (no virtlogd): a test lab, not a production host.
-    await writeFile(join(dir, "etc/qemu.conf"), 'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_driver = "none"\nstdio_handler = "file"\n');
-    const binds = MOUNTS.map((m, i) => `mount --bind '${join(dir, ["etc", "run", "lib", "cache", "log"][i]!)}' '${m}'`).join("\n");
-    await writeFile(join(dir, "start.sh"), `set -e\n${binds}\nexec libvirtd --config /etc/libvirt/libvirtd.conf\n`);
+    await sh("bash", [SANDBOX, "prepare", dir]);
     return new LibvirtLab(host, dir);
   }
 
   async start(): Promise<void> {
-    const child = spawn("ip", ["netns", "exec", this.host.name, "unshare", "-m", "--propagation", "private", "sh", join(this.dir, "start.sh")],
+    const child = spawn("ip", ["netns", "exec", this.host.name, "unshare", "-m", "--propagation", "private", "bash", SANDBOX, "run", this.dir],
       { stdio: ["ignore", "pipe", "pipe"] });
     child.stdout!.on("data", (c: Buffer) => (this.log += c.toString()));
     child.stderr!.on("data", (c: Buffer) => (this.log += c.toString()));
@@ -72,6 +65,33 @@ export class LibvirtLab {
     const file = join(this.dir, `${name}.xml`);
     await writeFile(file, xml);
     await this.virsh(["define", file]);
+  }
+
+  /**
+   * The lab guest (scripts/lab/guest.sh builds it, cached in .cache/guest):
+   * Debian's cloud kernel and a busybox init that configures eth0 from
+   * `guest` and reports on its serial console, kept in this lab's directory.
+   */
+  async defineGuest(name: string, guest: { ip: string; gateway: string; ping: string[]; watch: string }): Promise<void> {
+    const image = (await sh("bash", [join(REPO, "scripts/lab/guest.sh")])).stdout.trim();
+    const cmdline = `console=ttyS0 loglevel=4 panic=-1 vmr.ip=${guest.ip} vmr.gw=${guest.gateway} vmr.ping=${guest.ping.join(",")} vmr.watch=${guest.watch}`;
+    const values: Record<string, string> = {
+      NAME: name, KERNEL: join(image, "vmlinuz"), INITRD: join(image, "initrd.img"), CMDLINE: cmdline, CONSOLE: this.consolePath(name),
+    };
+    const xml = (await readFile(join(REPO, "scripts/lab/guest-domain.xml"), "utf8")).replace(/@([A-Z]+)@/g, (_m, k: string) => values[k]!);
+    const file = join(this.dir, `${name}.xml`);
+    await writeFile(file, xml);
+    await this.virsh(["define", file]);
+  }
+
+  consolePath(name: string): string {
+    return join(this.dir, `${name}.console`);
+  }
+
+  /** The guest's "VMR ..." report lines, oldest first. */
+  async consoleReports(name: string): Promise<string[]> {
+    const text = await readFile(this.consolePath(name), "utf8").catch(() => "");
+    return text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l.startsWith("VMR ")).map((l) => l.slice(4));
   }
 
   async destroy(): Promise<void> {
