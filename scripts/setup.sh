@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: the dataplane tools, the real daemons the tests run, and the
-# kernel + busybox the lab guest is built from (scripts/lab/guest.sh).
+# kernel + busybox the lab guest is built from (scripts/lab/guest.sh); nftables
+# for doctor's firewall check, systemd for `systemd-analyze verify` of the unit.
 PACKAGES=(iproute2 iputils-ping procps util-linux gobgpd bird2
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
-  linux-image-cloud-amd64 busybox-static cpio)
+  linux-image-cloud-amd64 busybox-static cpio nftables systemd)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

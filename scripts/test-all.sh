@@ -7,6 +7,8 @@ if [ "$(id -u)" != 0 ]; then echo "test-all: run as root (the tests create netwo
 bash scripts/setup.sh
 mkdir -p .cache
 status=0
+# Tests are TypeScript too: a type error in a test is a failure, not a runtime surprise.
+npm run --silent typecheck || status=1
 npx vitest run --reporter=default --reporter=json --outputFile=.cache/vitest.json "$@" || status=$?
 node scripts/summarize-tests.mjs .cache/vitest.json || status=1
 exit "$status"

@@ -31,4 +31,5 @@ if [ "$(findmnt -n -o PROPAGATION / 2>/dev/null)" = shared ]; then
   echo "libvirtd.sh: / has shared mount propagation: run me under 'unshare -m --propagation private'" >&2; exit 1
 fi
 for m in "${!MOUNTS[@]}"; do mount --bind "$dir/${MOUNTS[$m]}" "$m"; done
-exec libvirtd --config /etc/libvirt/libvirtd.conf
+# Its pid file too: by default libvirtd writes /run/libvirtd.pid, outside the bind mounts.
+exec libvirtd --config /etc/libvirt/libvirtd.conf --pid-file /run/libvirt/libvirtd.pid

@@ -20,6 +20,8 @@ export interface AnnouncerDeps {
   persist: (record: BgpPath[]) => Promise<void>;
   log: Logger;
   retryMs?: number;
+  /** Called for each failed attempt to reach or update gobgpd (metrics). */
+  onFailure?: () => void;
 }
 
 export class Announcer {
@@ -47,6 +49,11 @@ export class Announcer {
     return this.enqueue(() => this.push(first));
   }
 
+  /** Paths gobgpd has from us that are still wanted. */
+  announcedCount(): number {
+    return this.state === "up" ? [...this.record.keys()].filter((p) => this.desired.has(p)).length : 0;
+  }
+
   isAnnounced(ip: string): boolean {
     return this.state === "up" && this.record.has(`${ip}/32`) && this.desired.has(`${ip}/32`);
   }
@@ -72,8 +79,7 @@ export class Announcer {
         reason = `cannot list peers: ${(e as Error).message}`;
       }
     }
-    const announced = this.state === "up" ? [...this.record.keys()].filter((p) => this.desired.has(p)).length : 0;
-    return { enabled: true, state: this.state, ...(reason ? { reason } : {}), peers, announced };
+    return { enabled: true, state: this.state, ...(reason ? { reason } : {}), peers, announced: this.announcedCount() };
   }
 
   private enqueue(task: () => Promise<void>): Promise<void> {
@@ -106,6 +112,7 @@ export class Announcer {
   }
 
   private markDown(reason: string): void {
+    this.deps.onFailure?.();
     if (this.state !== "down") this.deps.log.warn({ reason, gobgp: this.deps.address }, "gobgpd unreachable; kernel side keeps working");
     this.state = "down";
     this.reason = reason;

@@ -6,7 +6,7 @@ export class ApiError extends Error {}
 /** The daemon could not be reached at all (as opposed to answering with an error). */
 export class UnreachableError extends ApiError {}
 
-export function call<T = unknown>(socketPath: string, method: string, path: string, body?: unknown): Promise<T> {
+export function call<T = unknown>(socketPath: string, method: string, path: string, body?: unknown, timeoutMs?: number): Promise<T> {
   const payload = body === undefined ? undefined : JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const req = request(
@@ -30,6 +30,8 @@ export function call<T = unknown>(socketPath: string, method: string, path: stri
         });
       },
     );
+    // A stopped (SIGSTOP) or wedged daemon accepts the connection and never answers.
+    if (timeoutMs !== undefined) req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: "ETIMEDOUT" })));
     req.on("error", (e: NodeJS.ErrnoException) =>
       reject(new UnreachableError(`cannot reach vmrouted at ${socketPath}: ${e.code ?? e.message} (is the daemon running?)`)));
     req.end(payload);

@@ -1,6 +1,7 @@
 import { stringify } from "yaml";
 import type { Status } from "../daemon/status.js";
 import type { EndpointStatus, NetworkStatus } from "../daemon/report.js";
+import type { Finding } from "../doctor/diagnose.js";
 
 // Human output that fits a terminal; json and yaml for scripts.
 
@@ -30,22 +31,46 @@ export function networksTable(networks: NetworkStatus[]): string {
     networks.map((n) => [n.name, n.device, n.gateway, n.kind, n.source, n.state, n.reason]));
 }
 
+/** Conditions in a few letters: "ok" when all hold, otherwise the ones that do not. */
+function conditionsCell(e: EndpointStatus): string {
+  const c = e.conditions;
+  const failing = [
+    ["device", c.device], ["up", c.up], ["route", c.route], ["neigh", c.neighbour], ["sysctl", c.sysctls],
+    ...(c.inner !== undefined ? [["inner", c.inner] as const] : []), ...(c.announced !== undefined ? [["bgp", c.announced] as const] : []),
+  ].filter(([, ok]) => !ok).map(([name]) => `!${name}`);
+  return failing.length ? failing.join(",") : "ok";
+}
+
 export function endpointsTable(endpoints: EndpointStatus[]): string {
-  return table(["KIND", "OWNER", "NETWORK", "IP", "MAC", "DEVICE", "STATE", "BGP", "RX", "TX", "REASON"],
-    endpoints.map((e) => [
-      e.kind, e.domain ?? e.netns ?? "-", e.network, e.ip, e.mac, e.device, e.state,
-      e.conditions.announced === undefined ? "-" : e.conditions.announced ? "announced" : "no",
-      bytes(e.counters.rxBytes), bytes(e.counters.txBytes), e.reason,
-    ]));
+  const rows = endpoints.map((e) => {
+    const k = e.counters;
+    return [
+      e.kind, e.domain ?? e.netns ?? "-", e.network, e.ip, e.mac, e.device, e.state, conditionsCell(e), e.conditions.carrier ? "yes" : "no",
+      `${bytes(k.rxBytes)}/${k.rxPackets}`, `${bytes(k.txBytes)}/${k.txPackets}`, `${k.rxErrors + k.txErrors}/${k.rxDropped + k.txDropped}`,
+    ];
+  });
+  const reasons = endpoints.filter((e) => e.reason).map((e) => `  ${e.id}: ${e.reason}`);
+  return [
+    table(["KIND", "OWNER", "NETWORK", "IP", "MAC", "DEVICE", "STATE", "CONDITIONS", "CARRIER", "RX B/PKT", "TX B/PKT", "ERR/DROP"], rows),
+    ...(reasons.length ? ["", "why not ready:", ...reasons] : []),
+  ].join("\n");
+}
+
+function duration(seconds: number): string {
+  const d = Math.floor(seconds / 86400), h = Math.floor((seconds % 86400) / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
+  return d ? `${d}d${h}h` : h ? `${h}h${m}m` : m ? `${m}m${s}s` : `${s}s`;
 }
 
 export function statusHuman(s: Status): string {
   const counts = { ready: 0, pending: 0, degraded: 0 };
   for (const e of s.endpoints) counts[e.state]++;
+  const peers = s.bgp.peers.map((p) => `  peer ${p.address}  ${p.state}` +
+    (p.uptimeSeconds !== undefined ? `  up ${duration(p.uptimeSeconds)}` : "") +
+    (p.prefixesSent !== undefined ? `  ${p.prefixesSent} prefixes sent` : ""));
   const lines = [
     `node ${s.node.name} (${s.node.address})  gateway devices: ${s.dataplane.gatewayKind}${s.dataplane.gatewayKindReason ? ` (${s.dataplane.gatewayKindReason})` : ""}`,
-    `bgp: ${s.bgp.state}${s.bgp.reason ? ` (${s.bgp.reason})` : ""}, ${s.bgp.announced} path(s) announced` +
-      (s.bgp.peers.length ? `; peers: ${s.bgp.peers.map((p) => `${p.address} ${p.state}`).join(", ")}` : ""),
+    s.bgp.enabled ? `bgp: gobgpd ${s.bgp.state}${s.bgp.reason ? ` (${s.bgp.reason})` : ""}, ${s.bgp.announced} path(s) announced` : "bgp: disabled (no bgp section in the config)",
+    ...peers,
     `endpoints: ${counts.ready} ready, ${counts.pending} pending, ${counts.degraded} degraded`,
     "",
     s.networks.length ? networksTable(s.networks) : "no networks",
@@ -65,4 +90,16 @@ export function domainsTable(domains: DomainView[]): string {
   if (domains.length === 0) return "no domains with routed interfaces";
   return table(["DOMAIN", "LIFECYCLE", "NETWORK", "IP", "MAC", "TAP", "STATE", "REASON"],
     domains.flatMap((d) => d.interfaces.map((i) => [d.domain, d.lifecycle, i.network, i.ip, i.mac, i.tap, i.state, i.reason])));
+}
+
+const MARK = { ok: "ok  ", problem: "FAIL", skipped: "skip" } as const;
+
+export function doctorHuman(findings: Finding[]): string {
+  const problems = findings.filter((f) => f.result === "problem").length;
+  const width = Math.max(...findings.map((f) => f.check.length));
+  const lines = findings.flatMap((f) => [
+    `${MARK[f.result]}  ${f.check.padEnd(width)}  ${f.message}`,
+    ...(f.fix ? [`      ${" ".repeat(width)}  fix: ${f.fix}`] : []),
+  ]);
+  return [...lines, "", problems ? `${problems} problem(s) found` : "no problems found"].join("\n");
 }

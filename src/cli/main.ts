@@ -1,12 +1,14 @@
 import { readFile } from "node:fs/promises";
 import { Command, Option } from "commander";
-import { parseYaml } from "../config/load.js";
+import { loadConfig, parseYaml } from "../config/load.js";
+import { diagnose, hasProblems } from "../doctor/diagnose.js";
+import { probe } from "../doctor/probe.js";
 import type { Status } from "../daemon/status.js";
 import { InputError } from "../model/errors.js";
 import type { Spec } from "../model/spec.js";
 import { ApiError, call, UnreachableError } from "./client.js";
 import { ensureTapsWithoutDaemon, installHook, MAX_HOOK_XML, readStdin } from "./hook.js";
-import { domainsTable, endpointsTable, networksTable, render, statusHuman, type DomainView, type OutputFormat } from "./format.js";
+import { doctorHuman, domainsTable, endpointsTable, networksTable, render, statusHuman, type DomainView, type OutputFormat } from "./format.js";
 
 // vmroutectl: the admin CLI. Every command is one API call; the daemon
 // validates, so the CLI and the API can never accept different things.
@@ -146,6 +148,19 @@ export function buildProgram(out: (s: string) => void): Command {
       if (!Number.isInteger(timeout) || timeout < 1 || timeout > 300) throw new InputError("install-hook: --timeout must be 1-300 seconds");
       const message = await installHook({ hooksDir: o.hooksDir, socket: opts().socket, config: o.config, timeout });
       show({ installed: true, message }, () => `${message}\nlibvirtd reads hooks at start or on SIGHUP: reload it (systemctl reload libvirtd) to activate.`);
+    });
+
+  program.command("doctor")
+    .description("check what makes routed workloads silently fail, and say what to do (exit 1 if anything is wrong)")
+    .option("--config <path>", "vmrouted's config", "/etc/vmrouted/config.yaml")
+    .option("--hooks-dir <dir>", "libvirt's hooks directory", "/etc/libvirt/hooks")
+    .option("--libvirtd-pidfile <path>", "libvirtd's pid file", "/run/libvirt/libvirtd.pid")
+    .action(async (o: { config: string; hooksDir: string; libvirtdPidfile: string }) => {
+      const config = await loadConfig(o.config);
+      const findings = diagnose(await probe(config, { socket: opts().socket, hooksDir: o.hooksDir, libvirtdPidFile: o.libvirtdPidfile }));
+      const problems = findings.filter((f) => f.result === "problem").length;
+      show({ problems, findings }, () => doctorHuman(findings));
+      if (hasProblems(findings)) process.exitCode = 1;
     });
 
   program.command("endpoints").description("list endpoints").action(async () => {

@@ -70,6 +70,15 @@ export const configSchema = z
       })
       .strict()
       .default({}),
+    metrics: z
+      .object({
+        /** Also serve GET /metrics on this loopback HOST:PORT (it is always on the API socket). */
+        listen: hostPort
+          .refine((s) => /^(127\.\d+\.\d+\.\d+|\[::1\]|localhost):/.test(s), "must be a loopback address (metrics are not for the network)")
+          .optional(),
+      })
+      .strict()
+      .default({}),
     log: z
       .object({ level: z.enum(["fatal", "error", "warn", "info", "debug", "trace"]).default("info") })
       .strict()

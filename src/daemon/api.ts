@@ -7,6 +7,11 @@ import { InputError } from "../model/errors.js";
 // The local HTTP API on a unix socket (mode 0600: root only). Bodies are JSON,
 // at most 4 MiB; every error is one line in {"error": "..."}.
 
+/** A handler result sent as is (the Prometheus text format), not as JSON. */
+export class TextBody {
+  constructor(readonly contentType: string, readonly text: string) {}
+}
+
 export type Handler = (body: unknown, params: URLSearchParams, match: string[]) => Promise<unknown>;
 export interface Route { method: string; path: RegExp; handler: Handler }
 
@@ -51,7 +56,9 @@ export async function startApi(socketPath: string, routes: Route[], log: Logger)
       if (!route) throw new HttpError(404, `no such API call: ${req.method} ${url.pathname}`);
       const match = route.path.exec(url.pathname)!.slice(1).map(decodeURIComponent);
       const body = await readBody(req);
-      send(res, 200, await route.handler(body, url.searchParams, match));
+      const result = await route.handler(body, url.searchParams, match);
+      if (result instanceof TextBody) res.writeHead(200, { "content-type": result.contentType }).end(result.text);
+      else send(res, 200, result);
     } catch (e) {
       const status = e instanceof HttpError ? e.status : e instanceof InputError ? 400 : 500;
       const message = (e as Error).message.split("\n")[0] ?? "error";

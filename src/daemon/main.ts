@@ -11,7 +11,8 @@ import { detectGatewayKind } from "../dataplane/capabilities.js";
 import { startMonitor } from "../dataplane/monitor.js";
 import { observe } from "../dataplane/observe.js";
 import { InputError } from "../model/errors.js";
-import { startApi, type Route } from "./api.js";
+import { startApi, TextBody, type Route } from "./api.js";
+import { Metrics, startMetricsListener } from "./metrics.js";
 import { Controller } from "./controller.js";
 import { LibvirtService } from "./libvirt.js";
 import { Virsh } from "../libvirt/virsh.js";
@@ -40,11 +41,16 @@ async function main(argv: string[]): Promise<void> {
   controller.desired(); // a stored state that no longer fits the config stops us here, before any change
 
   const settings = { ...config.dataplane, gatewayKind: gatewayKind.kind };
-  const announcer = config.bgp ? await createAnnouncer(config.bgp, config.node.address, config.stateDir, log) : undefined;
+  const metrics = new Metrics();
+  const announcer = config.bgp
+    ? await createAnnouncer(config.bgp, config.node.address, config.stateDir, log, () => metrics.errors.inc({ source: "bgp" }))
+    : undefined;
+  if (announcer) metrics.attachBgp(announcer);
   const reconciler = new Reconciler({
     desired: () => controller.desired(), observe, apply: applyPlan, settings, log,
     // Only ready endpoints are announced: a VM is announced once its host side works.
     onReport: (report) => announcer?.setDesired(report.endpoints.filter((e) => e.state === "ready").map((e) => e.ip)),
+    onPass: (report, trigger, failed) => metrics.recordPass(report, trigger, failed),
   });
   const libvirt = config.libvirt.enabled ? new LibvirtService({
     virsh: new Virsh(config.libvirt.uri), stateDir: config.stateDir, log,
@@ -53,10 +59,16 @@ async function main(argv: string[]): Promise<void> {
   }) : undefined;
   await libvirt?.load();
   controller.attach(reconciler, libvirt);
+  const libvirtResync = () => libvirt?.refresh().catch((e) => {
+    metrics.errors.inc({ source: "libvirt" });
+    log.error({ err: e }, "libvirt resync failed");
+  });
+  // libvirt first: a domain started while vmrouted was down has taps (the hook
+  // made them) that the cached domains.json does not know, and a first pass
+  // without them would delete taps qemu holds. If libvirtd is down, the cache it is.
+  await libvirtResync();
   await reconciler.request("startup");
   announcer?.start();
-  const libvirtResync = () => libvirt?.refresh().catch((e) => log.error({ err: e }, "libvirt resync failed"));
-  void libvirtResync();
   const libvirtTimer = libvirt ? setInterval(libvirtResync, config.libvirt.resyncSeconds * 1000) : undefined;
 
   const noBgp: BgpStatus = { enabled: false, state: "disabled", peers: [], announced: 0 };
@@ -97,6 +109,7 @@ async function main(argv: string[]): Promise<void> {
       handler: async (_b, _q, [name, ip]) => ({ removed: await needLibvirt().removeInterface(name!, ip!), domains: await domainsView() }),
     },
     { method: "POST", path: /^\/v1\/reconcile$/, handler: () => after(reconciler.request("api")) },
+    { method: "GET", path: /^\/metrics$/, handler: async () => new TextBody(metrics.registry.contentType, await metrics.text()) },
   ];
   function needLibvirt(): LibvirtService {
     if (!libvirt) throw new InputError("libvirt integration is disabled in the config (libvirt.enabled: false)");
@@ -113,16 +126,21 @@ async function main(argv: string[]): Promise<void> {
     }));
   }
   const server = await startApi(config.api.socket, routes, log);
+  const metricsServer = config.metrics.listen ? await startMetricsListener(config.metrics.listen, metrics) : undefined;
 
+  const reconcileFailed = (e: unknown) => {
+    metrics.errors.inc({ source: "reconcile" });
+    log.error({ err: e }, "reconcile failed");
+  };
   let debounce: NodeJS.Timeout | undefined;
   const monitor = startMonitor(() => {
     debounce ??= setTimeout(() => {
       debounce = undefined;
-      reconciler.request("kernel event").catch((e) => log.error({ err: e }, "reconcile failed"));
+      reconciler.request("kernel event").catch(reconcileFailed);
     }, 100);
   }, (message) => log.warn(message));
   const resync = setInterval(() => {
-    reconciler.request("resync").catch((e) => log.error({ err: e }, "reconcile failed"));
+    reconciler.request("resync").catch(reconcileFailed);
   }, config.dataplane.resyncSeconds * 1000);
 
   log.info({ socket: config.api.socket, endpoints: reconciler.last?.endpoints.length ?? 0 }, "vmrouted started");
@@ -132,6 +150,7 @@ async function main(argv: string[]): Promise<void> {
     if (libvirtTimer) clearInterval(libvirtTimer);
     if (debounce) clearTimeout(debounce);
     monitor.stop();
+    metricsServer?.close();
     announcer?.stop();
     server.close(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();
@@ -140,12 +159,14 @@ async function main(argv: string[]): Promise<void> {
   process.once("SIGINT", () => stop("SIGINT"));
 }
 
-async function createAnnouncer(bgp: NonNullable<Config["bgp"]>, nodeAddress: string, stateDir: string, log: Logger): Promise<Announcer> {
+async function createAnnouncer(
+  bgp: NonNullable<Config["bgp"]>, nodeAddress: string, stateDir: string, log: Logger, onFailure: () => void,
+): Promise<Announcer> {
   const recordPath = join(stateDir, "announced.json");
   const record = await loadRecord(recordPath);
   if (record.problem) log.error({ problem: record.problem }, "announcement record unusable; paths announced before this start may stay in gobgpd until it restarts");
   return new Announcer({
-    address: bgp.gobgp, connect: connectGobgp, log,
+    address: bgp.gobgp, connect: connectGobgp, log, onFailure,
     policy: { nextHop: nodeAddress, communities: bgp.communities, ...(bgp.localPref !== undefined ? { localPref: bgp.localPref } : {}) },
     record: record.paths,
     persist: (paths) => writeFileAtomic(recordPath, serializeRecord(paths)),

@@ -20,6 +20,8 @@ export interface ReconcileDeps {
   log: Logger;
   /** Called after every pass with the endpoints' state (the BGP announcer listens here). */
   onReport?: (report: ReconcileReport) => Promise<void> | void;
+  /** Called after every pass with what triggered it and how many operations failed (metrics). */
+  onPass?: (report: ReconcileReport, trigger: string, failedOperations: number) => void;
 }
 
 export interface ReconcileReport {
@@ -65,6 +67,7 @@ export class Reconciler {
     let operations = 0;
     let observed = await this.deps.observe({ netns });
     let current = plan(desired, observed, settings);
+    this.logRepairs(current, reason);
     for (let round = 1; round <= MAX_ROUNDS && current.operations.length > 0; round++) {
       log.debug({ reason, round, operations: current.operations }, "applying planned operations");
       const result = await this.deps.apply(current.operations);
@@ -87,8 +90,25 @@ export class Reconciler {
     };
     this.logChanges(report, reason);
     this.last = report;
+    this.deps.onPass?.(report, reason, [...failures.values()].reduce((n, m) => n + m.length, 0));
     await this.deps.onReport?.(report);
     return report;
+  }
+
+  /** One info event per endpoint or gateway about to be changed: what, and why (its problem before the change). */
+  private logRepairs(current: ReturnType<typeof plan>, trigger: string): void {
+    if (current.operations.length === 0) return;
+    const bySubject = new Map<string, string[]>();
+    for (const op of current.operations) bySubject.set(op.subject, [...(bySubject.get(op.subject) ?? []), op.op]);
+    const why = new Map<string, string>([
+      ...current.endpoints.map((c) => [c.endpoint.id, endpointStatus(c, undefined).reason] as const),
+      ...current.gateways.map((g) => [`gateway:${g.network.name}`, networkStatus(g, this.deps.settings.gatewayKind, undefined).reason] as const),
+    ]);
+    const known = new Set([...(this.last?.endpoints ?? []).map((e) => e.id), ...(this.last?.networks ?? []).map((n) => `gateway:${n.name}`)]);
+    for (const [subject, ops] of bySubject) {
+      const reason = !why.has(subject) ? "no longer wanted" : !known.has(subject) ? "new" : why.get(subject) || "device settings differ";
+      this.deps.log.info({ subject, why: reason, operations: [...new Set(ops)], trigger }, `changing ${subject}`);
+    }
   }
 
   private logChanges(report: ReconcileReport, reason: string): void {

@@ -3,6 +3,8 @@ import { createHash } from "node:crypto";
 /** Linux IFNAMSIZ is 16 including the terminating NUL. */
 export const MAX_IFNAME = 15;
 export const GATEWAY_PREFIX = "virgw-";
+export const TAP_PREFIX = "tap-";
+export const VETH_PREFIX = "veth-";
 export const MAX_NETWORK_NAME = MAX_IFNAME - GATEWAY_PREFIX.length;
 
 const NETWORK_NAME = /^[a-z][a-z0-9-]*$/;
@@ -14,7 +16,7 @@ const NETNS_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
  * devices, and the names libvirt generates for itself (libvirt rejects a
  * target dev starting with vnet/vif/macvtap/macvlan as "reserved").
  */
-export const RESERVED_IFNAME_PREFIXES = [GATEWAY_PREFIX, "vnet", "vif", "macvtap", "macvlan", "veth-", "lo"];
+export const RESERVED_IFNAME_PREFIXES = [GATEWAY_PREFIX, "vnet", "vif", "macvtap", "macvlan", VETH_PREFIX, "lo"];
 
 export function gatewayDevice(network: string): string {
   return GATEWAY_PREFIX + network;
@@ -29,11 +31,11 @@ function shortHash(text: string): string {
  * recorded in a domain's XML can be created on whichever host the domain moves to.
  */
 export function tapName(network: string, ip: string): string {
-  return `tap-${shortHash(`${network}/${ip}`)}`;
+  return `${TAP_PREFIX}${shortHash(`${network}/${ip}`)}`;
 }
 
 export function vethName(network: string, ip: string): string {
-  return `veth-${shortHash(`${network}/${ip}`)}`;
+  return `${VETH_PREFIX}${shortHash(`${network}/${ip}`)}`;
 }
 
 export function networkNameProblem(name: string): string | undefined {

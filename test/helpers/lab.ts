@@ -126,6 +126,18 @@ export class Daemon {
     return execa(process.execPath, [CLI, "--socket", this.socket, ...args], { reject: false, ...(input !== undefined ? { input } : {}) });
   }
 
+  /** The CLI run inside the host namespace, as an operator on that host would (doctor looks at the kernel itself). */
+  ctlOnHost(args: string[]) {
+    return execa("ip", ["netns", "exec", this.host.name, process.execPath, CLI, "--socket", this.socket, ...args], { reject: false });
+  }
+
+  /** `vmroutectl doctor -o json` on the host: exit code and findings. */
+  async doctor(extra: string[] = []): Promise<{ exitCode: number; findings: Finding[]; stderr: string }> {
+    const r = await this.ctlOnHost(["-o", "json", "doctor", "--config", this.configPath, ...extra]);
+    const out = r.stdout.trim() ? (JSON.parse(r.stdout) as { findings: Finding[] }) : { findings: [] };
+    return { exitCode: r.exitCode ?? -1, findings: out.findings, stderr: r.stderr };
+  }
+
   async status(): Promise<StatusJson> {
     const r = await this.ctl(["status", "-o", "json"]);
     if (r.exitCode !== 0) throw new Error(`status failed: ${r.stderr}`);
@@ -138,14 +150,17 @@ export class Daemon {
   }
 }
 
+export interface Finding { check: string; result: "ok" | "problem" | "skipped"; message: string; fix?: string }
+
 export interface StatusJson {
   node: { name: string; address: string };
   networks: Array<{ name: string; device: string; gateway: string; kind: string; state: string; reason: string }>;
   endpoints: Array<{
     id: string; kind: string; network: string; ip: string; mac: string; device: string; state: string; reason: string;
-    netns?: string; conditions: Record<string, boolean>; counters: Record<string, number>;
+    netns?: string; domain?: string; conditions: Record<string, boolean>;
+    counters: Record<`${"rx" | "tx"}${"Bytes" | "Packets" | "Errors" | "Dropped"}`, number>;
   }>;
-  bgp: { enabled: boolean; state: string; peers: Array<{ address: string; state: string }>; announced: number };
+  bgp: { enabled: boolean; state: string; reason?: string; peers: Array<{ address: string; state: string }>; announced: number };
 }
 
 export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<number> {

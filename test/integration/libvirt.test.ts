@@ -1,8 +1,9 @@
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, utimes, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BgpLab } from "../helpers/bgp-lab.js";
-import { assertLabReady, Daemon, netState, rootSnapshot, runId, sh, waitFor } from "../helpers/lab.js";
+import { assertLabReady, Daemon, type Finding, netState, rootSnapshot, runId, sh, waitFor } from "../helpers/lab.js";
 import { LibvirtLab } from "../helpers/libvirt-lab.js";
 
 // A real libvirtd + qemu (TCG) in the host namespace, driven through the
@@ -148,6 +149,84 @@ describe("routed interfaces for libvirt domains", () => {
     await daemon.start();
     await waitFor(() => birdHas("172.31.16.5/32"), 15000, "announcement once vmrouted is back");
     expect((await routes()).some((r) => r.dst === "172.31.16.5" && r.dev === tap!.ifname)).toBe(true);
+    // The same tap, still held by qemu: vmrouted's first pass must not take it for unwanted.
+    const now = (await links()).find((l) => l.ifname === tap!.ifname);
+    expect(now?.ifindex).toBe(tap!.ifindex);
+    expect(now?.flags).toContain("LOWER_UP");
+  });
+
+  describe("doctor with libvirt", () => {
+    const doctor = (hooksDir = libvirt.hooksDir) =>
+      daemon.doctor(["--hooks-dir", hooksDir, "--libvirtd-pidfile", join(libvirt.dir, "run", "libvirtd.pid")]);
+    const problemsOf = (f: Finding[], check: string) => f.filter((x) => x.check === check && x.result === "problem").map((x) => x.message);
+    /** Waits for doctor to exit 0; on timeout, says what it still finds. */
+    async function clean(after: string): Promise<void> {
+      let last: Finding[] = [];
+      await waitFor(async () => {
+        const d = await doctor();
+        last = d.findings.filter((f) => f.result === "problem");
+        return d.exitCode === 0;
+      }, 30000, `doctor clean after ${after}`).catch((e: Error) => {
+        throw new Error(`${e.message}; still: ${JSON.stringify(last)}`);
+      });
+    }
+
+    it("is clean with the hook read by libvirtd and every tap of a running domain carrying", async () => {
+      const d = await doctor();
+      expect(d.findings.filter((f) => f.result === "problem"), d.stderr).toEqual([]);
+      expect(d.exitCode).toBe(0);
+      expect(d.findings.find((f) => f.check === "hook")?.message).toMatch(/installed and older than libvirtd \(started /);
+      expect(d.findings.find((f) => f.check === "tap-carrier")?.message).toMatch(/1 tap\(s\) of running domains have carrier/);
+    });
+
+    it("a tap of a running domain deleted by hand: vmrouted re-creates it, but qemu is not attached (no carrier)", async () => {
+      const tap = (await tapOf("172.31.16.5"))!;
+      await lab.host.ip(["link", "del", tap]);
+      await waitFor(async () => (await links()).some((l) => l.ifname === tap), 10000, "vmrouted to re-create the tap");
+      const d = await doctor();
+      expect(d.exitCode).toBe(1);
+      expect(problemsOf(d.findings, "tap-carrier")).toEqual([`tap ${tap} of running domain vm1 has no carrier: qemu does not hold it (was it deleted and re-created?)`]);
+      // The fix doctor gives: restart the domain.
+      await libvirt.virsh(["destroy", "vm1"]);
+      await libvirt.virsh(["start", "vm1"]);
+      await clean("the domain restart");
+    });
+
+    it("the hook not installed, or changed after libvirtd started", async () => {
+      const empty = await mkdtemp(join(tmpdir(), "vmrouted-hooks-"));
+      try {
+        const d = await doctor(empty);
+        expect(d.exitCode).toBe(1);
+        expect(problemsOf(d.findings, "hook")[0]).toMatch(/qemu.d\/vmrouted is not installed/);
+      } finally {
+        await rm(empty, { recursive: true, force: true });
+      }
+      const shim = join(libvirt.hooksDir, "qemu.d", "vmrouted");
+      const now = new Date();
+      await utimes(shim, now, now); // as if installed just now, long after libvirtd started
+      const d = await doctor();
+      expect(d.exitCode).toBe(1);
+      expect(problemsOf(d.findings, "hook")[0]).toMatch(/changed after libvirtd started/);
+      await libvirt.stop();
+      await new Promise((r) => setTimeout(r, 1500)); // doctor allows 1 s for the precision of a process start time
+      await libvirt.start();
+      await clean("the libvirtd restart");
+    });
+
+    it("two domains claiming one IP", async () => {
+      const xml = (await libvirt.virsh(["dumpxml", "--inactive", "vm1"])).stdout.replace("<name>vm1</name>", "<name>vm2</name>").replace(/<uuid>[^<]*<\/uuid>/, "");
+      const file = join(libvirt.dir, "vm2-copy.xml");
+      await writeFile(file, xml);
+      await libvirt.virsh(["define", file]);
+      try {
+        const d = await doctor();
+        expect(d.exitCode).toBe(1);
+        expect(problemsOf(d.findings, "ip-claims")).toEqual(["172.31.16.5 is claimed by domain vm1 and domain vm2: only one gets the address"]);
+      } finally {
+        await libvirt.virsh(["undefine", "vm2"]);
+      }
+      await clean("vm2 is gone");
+    });
   });
 
   describe("bad input changes nothing", () => {

@@ -1,0 +1,125 @@
+import { access, constants, readFile, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { execa } from "execa";
+import { connectGobgp } from "../bgp/gobgp.js";
+import { call } from "../cli/client.js";
+import type { Config } from "../config/schema.js";
+import type { Status } from "../daemon/status.js";
+import { StateStore } from "../daemon/store.js";
+import { observe } from "../dataplane/observe.js";
+import { domainName, parseDomainXml, routedInterfaces } from "../libvirt/domain-xml.js";
+import { Virsh } from "../libvirt/virsh.js";
+import { gatewayDevice, TAP_PREFIX, VETH_PREFIX } from "../model/naming.js";
+import type { DoctorFacts } from "./diagnose.js";
+import { iptablesForwardDrops, nftForwardDrops, type ForwardDrop } from "./firewall.js";
+
+// Gathers the doctor's facts from their sources: the kernel, the firewall,
+// gobgpd, libvirt, the hook file, vmrouted's state file and its API. Each
+// source that fails is reported as such; none stops the others.
+
+export interface ProbeOptions {
+  socket: string;
+  hooksDir: string;
+  libvirtdPidFile: string;
+}
+
+export async function probe(config: Config, o: ProbeOptions): Promise<DoctorFacts> {
+  const state = await new StateStore(config.stateDir).load();
+  const [daemon, kernel, firewall, bgp, libvirt] = await Promise.all([
+    probeDaemon(o.socket), observe({ netns: [] }), probeFirewall(config.dataplane.netdevGroup),
+    config.bgp ? probeGobgp(config.bgp.gobgp) : undefined,
+    config.libvirt.enabled ? probeLibvirt(config.libvirt.uri, o) : undefined,
+  ]);
+  const networks = [...Object.keys(config.networks), ...Object.keys(state.networks)];
+  const claims = [
+    ...state.endpoints.map((e) => ({ ip: e.ip, owner: e.kind === "netns" ? `netns ${e.netns}` : `tap ${e.ip}` })),
+    ...(libvirt?.claims ?? []),
+  ];
+  return {
+    daemon, kernel, routeProtocol: config.dataplane.routeProtocol, firewall, claims,
+    gateways: networks.map((n) => ({ network: n, device: gatewayDevice(n) })),
+    ...(bgp ? { bgp } : {}),
+    ...(libvirt ? { libvirt: { running: libvirt.running, hook: libvirt.hook, ...(libvirt.error ? { error: libvirt.error } : {}) } } : {}),
+  };
+}
+
+async function probeDaemon(socket: string): Promise<DoctorFacts["daemon"]> {
+  try {
+    const s = await call<Status>(socket, "GET", "/v1/status", undefined, 3000);
+    return { socket, answering: true, degraded: s.endpoints.filter((e) => e.state === "degraded").map((e) => ({ id: e.id, reason: e.reason })) };
+  } catch (e) {
+    return { socket, answering: false, error: (e as Error).message, degraded: [] };
+  }
+}
+
+async function probeFirewall(group: number): Promise<DoctorFacts["firewall"]> {
+  const marks = { group, prefixes: [TAP_PREFIX, VETH_PREFIX] };
+  const inspected: string[] = [];
+  const drops: ForwardDrop[] = [];
+  const nft = await execa("nft", ["-j", "list", "ruleset"], { reject: false }).catch(() => undefined);
+  if (nft && nft.exitCode === 0) {
+    inspected.push("nftables");
+    drops.push(...nftForwardDrops(JSON.parse(nft.stdout || "{}"), marks));
+  }
+  // iptables-nft rules are in the nftables ruleset already; only the legacy backend is separate.
+  const legacy = await execa("iptables-legacy-save", [], { reject: false }).catch(() => undefined);
+  if (legacy && legacy.exitCode === 0) {
+    inspected.push("iptables-legacy");
+    drops.push(...iptablesForwardDrops(legacy.stdout, marks));
+  }
+  return { inspected, drops };
+}
+
+async function probeGobgp(address: string): Promise<NonNullable<DoctorFacts["bgp"]>> {
+  const gobgp = connectGobgp(address);
+  try {
+    await gobgp.getBgp();
+    return { address, peers: await gobgp.listPeers() };
+  } catch (e) {
+    return { address, error: (e as Error).message.split("\n")[0]!, peers: [] };
+  } finally {
+    gobgp.close();
+  }
+}
+
+async function probeLibvirt(uri: string, o: ProbeOptions) {
+  const hook = await probeHook(o);
+  try {
+    const virsh = new Virsh(uri);
+    const listing = await virsh.list();
+    const docs = (await virsh.dumpAll(listing)).map((x) => parseDomainXml(x, "domain XML from libvirt"));
+    const domains = docs.map((doc, i) => ({ name: domainName(doc) ?? listing[i]!.uuid, running: listing[i]!.running, interfaces: routedInterfaces(doc) }));
+    return {
+      hook,
+      running: domains.filter((d) => d.running && d.interfaces.length).map((d) => ({ domain: d.name, taps: d.interfaces.map((i) => i.tap) })),
+      claims: domains.flatMap((d) => d.interfaces.map((i) => ({ ip: i.ip, owner: `domain ${d.name}` }))),
+    };
+  } catch (e) {
+    return { hook, running: [], claims: [], error: (e as Error).message };
+  }
+}
+
+async function probeHook(o: ProbeOptions): Promise<NonNullable<DoctorFacts["libvirt"]>["hook"]> {
+  const path = join(o.hooksDir, "qemu.d", "vmrouted");
+  const installed = await access(path, constants.X_OK).then(() => true, () => false);
+  const started = await libvirtdStart(o.libvirtdPidFile);
+  if (!installed || started === undefined) return { path, installed };
+  const changed = (await stat(path)).mtimeMs / 1000;
+  // A start time from /proc is precise to about a second (btime is whole seconds).
+  return { path, installed, changedAfterLibvirtdStart: changed > started + 1, libvirtdStart: new Date(started * 1000).toISOString() };
+}
+
+/** libvirtd's start time (seconds since the epoch) from its pid file and /proc; undefined if not running. */
+async function libvirtdStart(pidFile: string): Promise<number | undefined> {
+  try {
+    const pid = (await readFile(pidFile, "utf8")).trim();
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+    // Field 22 (starttime, in clock ticks since boot) counts from after the ")" that ends the command name.
+    const ticks = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]);
+    const btime = Number(/^btime (\d+)$/m.exec(await readFile("/proc/stat", "utf8"))?.[1]);
+    const hz = 100; // USER_HZ: 100 on every Linux ABI that matters here
+    return Number.isFinite(ticks) && Number.isFinite(btime) ? btime + ticks / hz : undefined;
+  } catch {
+    return undefined;
+  }
+}
