@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: the dataplane tools, the real daemons the tests run, and the
 # kernel + busybox the lab guest is built from (scripts/lab/guest.sh); nftables
-# for doctor's firewall check, systemd for `systemd-analyze verify` of the unit.
+# for doctor's firewall check, systemd for `systemd-analyze verify` of the unit,
+# gnuplot for the benchmark's chart.
 PACKAGES=(iproute2 iputils-ping procps util-linux gobgpd bird2
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
-  linux-image-cloud-amd64 busybox-static cpio nftables systemd)
+  linux-image-cloud-amd64 busybox-static cpio nftables systemd gnuplot-nox)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -235,7 +235,12 @@ describe("status", () => {
   it("counters move when a netns endpoint sends traffic", async () => {
     const before = (await daemon.status()).endpoints.find((e) => e.ip === TASK_IP)!.counters;
     expect((await task.exec(["ping", "-c", "5", "-i", "0.2", "-W", "1", "172.31.16.1"], false)).exitCode).toBe(0);
-    const after = (await daemon.status()).endpoints.find((e) => e.ip === TASK_IP)!.counters;
+    // Counters are as of the last reconcile pass (at most dataplane.resyncSeconds old).
+    let after = before;
+    await waitFor(async () => {
+      after = (await daemon.status()).endpoints.find((e) => e.ip === TASK_IP)!.counters;
+      return after.rxPackets - before.rxPackets >= 5;
+    }, 10000, "the counters to move");
     // The host side of the veth receives what the task sends.
     expect(after.rxPackets - before.rxPackets).toBeGreaterThanOrEqual(5);
     expect(after.rxBytes - before.rxBytes).toBeGreaterThanOrEqual(5 * 84);
