@@ -1,8 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { Command, Option } from "commander";
 import { loadConfig, parseYaml } from "../config/load.js";
-import { diagnose, hasProblems } from "../doctor/diagnose.js";
-import { probe } from "../doctor/probe.js";
 import type { Status } from "../daemon/status.js";
 import { InputError } from "../model/errors.js";
 import type { Spec } from "../model/spec.js";
@@ -156,6 +154,9 @@ export function buildProgram(out: (s: string) => void): Command {
     .option("--hooks-dir <dir>", "libvirt's hooks directory", "/etc/libvirt/hooks")
     .option("--libvirtd-pidfile <path>", "libvirtd's pid file", "/run/libvirt/libvirtd.pid")
     .action(async (o: { config: string; hooksDir: string; libvirtdPidfile: string }) => {
+      // Loaded here, not at the top: the doctor pulls in the gRPC stack, which would
+      // add ~150 ms to every other command (the hook shim's included).
+      const [{ diagnose, hasProblems }, { probe }] = await Promise.all([import("../doctor/diagnose.js"), import("../doctor/probe.js")]);
       const config = await loadConfig(o.config);
       const findings = diagnose(await probe(config, { socket: opts().socket, hooksDir: o.hooksDir, libvirtdPidFile: o.libvirtdPidfile }));
       const problems = findings.filter((f) => f.result === "problem").length;

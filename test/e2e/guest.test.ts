@@ -1,8 +1,6 @@
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BgpLab, HOST_ADDRESS, RR_ADDRESS } from "../helpers/bgp-lab.js";
-import { assertLabReady, Daemon, Netns, REPO, rootSnapshot, runId, waitFor } from "../helpers/lab.js";
+import { assertLabReady, Daemon, Netns, rootSnapshot, runId, waitFor } from "../helpers/lab.js";
 import { LibvirtLab } from "../helpers/libvirt-lab.js";
 
 // The whole chain with a real guest:
@@ -37,7 +35,7 @@ async function reportAfter(seen: number, line: string, timeoutMs: number): Promi
 beforeAll(async () => {
   assertLabReady();
   rootBefore = await rootSnapshot();
-  lab = await BgpLab.create(id, await readFile(join(REPO, "scripts/lab/bird-kernel.conf"), "utf8"));
+  lab = await BgpLab.create(id, { reflectorInstallsRoutes: true });
   await lab.startBird();
   await lab.startGobgpd();
   task = await Netns.create(`vmrt-${id}-task`);

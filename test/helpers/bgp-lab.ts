@@ -48,7 +48,9 @@ export class BgpLab {
       "-s", birdSocket, "-P", join(dir, "bird.pid")]);
   }
 
-  static async create(id: string, birdExtra = ""): Promise<BgpLab> {
+  /** With `reflectorInstallsRoutes`, BIRD also puts what it learns into the rr namespace's kernel (scripts/lab/bird-kernel.conf), so the rr can reach workloads. */
+  static async create(id: string, options: { reflectorInstallsRoutes?: boolean } = {}): Promise<BgpLab> {
+    const birdExtra = options.reflectorInstallsRoutes ? await readFile(join(REPO, "scripts/lab/bird-kernel.conf"), "utf8") : "";
     const host = await Netns.create(`vmrt-${id}-host`);
     const rr = await Netns.create(`vmrt-${id}-rr`);
     const dir = await mkdtemp(join(tmpdir(), "vmrouted-bgp-"));

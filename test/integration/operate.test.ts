@@ -1,4 +1,4 @@
-import { cp, mkdir, mkdtemp, readFile, rm, symlink } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, rm, symlink } from "node:fs/promises";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -41,7 +41,7 @@ beforeAll(async () => {
   assertLabReady();
   rootBefore = await rootSnapshot();
   // The reflector installs what it learns, so a task can reach it through the host (firewall check).
-  lab = await BgpLab.create(id, await readFile(join(REPO, "scripts/lab/bird-kernel.conf"), "utf8"));
+  lab = await BgpLab.create(id, { reflectorInstallsRoutes: true });
   await lab.startBird();
   await lab.startGobgpd();
   task = await Netns.create(`vmrt-${id}-task`);
