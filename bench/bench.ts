@@ -8,7 +8,7 @@ import { cpus, totalmem, release } from "node:os";
 import { copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { BgpLab, HOST_ADDRESS } from "../test/helpers/bgp-lab.js";
-import { assertLabReady, Daemon, REPO, runId, sh } from "../test/helpers/lab.js";
+import { assertLabReady, Daemon, REPO, runId, sh, waitFor } from "../test/helpers/lab.js";
 import { LibvirtLab } from "../test/helpers/libvirt-lab.js";
 import { markdown, type Results, type Sample, summarize } from "./report.js";
 
@@ -23,28 +23,23 @@ const RUNBOOK = join(REPO, "bench/runbook.sh");
 const ipOf = (i: number) => `172.31.${16 + Math.floor(i / 250)}.${2 + (i % 250)}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Polls every 5 ms; returns ms since t0 when check() first holds. */
+/** Polls every 5 ms; returns ms since t0 (taken before the action) when check() first holds. */
 async function until(t0: number, check: () => Promise<boolean>, what: string, timeoutMs = 300_000): Promise<number> {
-  for (;;) {
-    if (await check()) return performance.now() - t0;
-    if (performance.now() - t0 > timeoutMs) throw new Error(`bench: timed out waiting for ${what}`);
-    await sleep(5);
-  }
+  await waitFor(check, timeoutMs, what, 5);
+  return performance.now() - t0;
 }
 
 async function main(): Promise<void> {
   assertLabReady();
   await mkdir(OUT, { recursive: true });
   const id = runId();
-  const lab = await BgpLab.create(`b${id}`);
+  const lab = await BgpLab.start(`b${id}`);
   let daemon: Daemon | undefined;
   let libvirt: LibvirtLab | undefined;
   try {
-    await lab.startBird();
-    await lab.startGobgpd();
     daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, networks: { service: { gateway: "172.31.16.1/20" } }, resyncSeconds: 5 });
     await daemon.start();
-    await until(performance.now(), () => lab.sessionEstablished(), "BGP session", 60_000);
+    await lab.waitForSession(60_000);
 
     const birdCount = async () => {
       const r = await sh("birdc", ["-s", lab.birdSocket, "show", "route", "count", "protocol", "host1"], { reject: false });

@@ -104,10 +104,8 @@ cat "$WORK/spec.yaml"
 run ctl apply -f "$WORK/spec.yaml"
 
 say "4. A VM: Debian's cloud kernel + a busybox init (built once, cached in .cache/guest); give it a routed interface"
-IMAGE=$(bash scripts/lab/guest.sh)
-CMDLINE="console=ttyS0 loglevel=4 panic=-1 vmr.ip=$GUEST_IP/24 vmr.gw=172.31.16.1 vmr.ping=172.31.16.1,10.99.0.2,$TASK_IP vmr.watch=10.99.0.2"
-sed -e "s|@NAME@|$GUEST|; s|@KERNEL@|$IMAGE/vmlinuz|; s|@INITRD@|$IMAGE/initrd.img|; s|@CMDLINE@|$CMDLINE|; s|@CONSOLE@|$WORK/$GUEST.console|" \
-  scripts/lab/guest-domain.xml > "$WORK/$GUEST.xml"
+bash scripts/lab/guest-domain.sh "$GUEST" "$WORK/$GUEST.console" "$GUEST_IP/24" 172.31.16.1 \
+  "172.31.16.1,10.99.0.2,$TASK_IP" 10.99.0.2 > "$WORK/$GUEST.xml"
 run "${VIRSH[@]}" define "$WORK/$GUEST.xml"
 run ctl iface add "$GUEST" --network service --ip "$GUEST_IP"
 echo "the domain's XML now has a pre-created (managed='no') tap:"

@@ -1,5 +1,6 @@
 import type { PeerInfo } from "../bgp/gobgp.js";
 import type { ObservedState } from "../dataplane/observed.js";
+import { KERNEL_PROTOCOL } from "../dataplane/check.js";
 import { endpointSysctls, IP_FORWARD_KEY, isGatewayAlias, isOwnedAlias, gatewayAlias } from "../dataplane/ownership.js";
 import type { ForwardDrop } from "./firewall.js";
 
@@ -36,8 +37,6 @@ export interface DoctorFacts {
   /** Every claim of a workload IP: state file endpoints and domains' vmrouted metadata. */
   claims: Array<{ ip: string; owner: string }>;
 }
-
-const RTPROT_KERNEL = 2;
 
 export function diagnose(f: DoctorFacts): Finding[] {
   return [
@@ -79,7 +78,7 @@ function gateways(f: DoctorFacts): Finding[] {
     else if (link.alias !== gatewayAlias(g.network)) out.push(problem("gateway-device", `${g.device} exists but is not vmrouted's (ifalias '${link.alias ?? ""}')`,
       `remove or rename that device; vmrouted never touches devices it does not own`));
     else if (!link.up) out.push(problem("gateway-device", `gateway device ${g.device} is down`, `ip link set ${g.device} up`));
-    const connected = f.kernel.routes.filter((r) => r.device === g.device && r.protocol === RTPROT_KERNEL);
+    const connected = f.kernel.routes.filter((r) => r.device === g.device && r.protocol === KERNEL_PROTOCOL);
     for (const r of connected)
       out.push(problem("connected-route", `connected route ${r.dst} on ${g.device} is back: the subnet's traffic goes to the gateway device, not to the workloads' /32s`,
         `ip route del ${r.dst} dev ${g.device} proto kernel (vmrouted deletes it on its next pass: is vmrouted running?)`));

@@ -35,9 +35,7 @@ async function reportAfter(seen: number, line: string, timeoutMs: number): Promi
 beforeAll(async () => {
   assertLabReady();
   rootBefore = await rootSnapshot();
-  lab = await BgpLab.create(id, { reflectorInstallsRoutes: true });
-  await lab.startBird();
-  await lab.startGobgpd();
+  lab = await BgpLab.start(id, { reflectorInstallsRoutes: true });
   task = await Netns.create(`vmrt-${id}-task`);
   libvirt = await LibvirtLab.create(lab.host);
   daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, libvirtUri: libvirt.uri });
@@ -45,7 +43,7 @@ beforeAll(async () => {
   expect(inst.exitCode, inst.stderr).toBe(0);
   await libvirt.start();
   await daemon.start();
-  await waitFor(() => lab.sessionEstablished(), 30000, "BGP session");
+  await lab.waitForSession();
   await libvirt.defineGuest("guest1", { ip: `${GUEST_IP}/24`, gateway: GATEWAY, ping: [GATEWAY, RR_ADDRESS, TASK_IP], watch: RR_ADDRESS });
 }, 300_000);
 

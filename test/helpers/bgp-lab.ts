@@ -66,6 +66,24 @@ export class BgpLab {
     return lab;
   }
 
+  /** create(), then BIRD and gobgpd started (the session comes up by itself: waitForSession). */
+  static async start(id: string, options: { reflectorInstallsRoutes?: boolean } = {}): Promise<BgpLab> {
+    const lab = await BgpLab.create(id, options);
+    try {
+      await lab.startBird();
+      await lab.startGobgpd();
+    } catch (e) {
+      await lab.destroy(); // the caller never gets the lab to clean up
+      throw e;
+    }
+    return lab;
+  }
+
+  /** Waits for gobgpd→BIRD to be Established; returns how long that took (ms). */
+  waitForSession(timeoutMs = 30000): Promise<number> {
+    return waitFor(() => this.sessionEstablished(), timeoutMs, "BGP session gobgpd→BIRD");
+  }
+
   async startGobgpd(): Promise<void> {
     this.gobgpd.start();
     await waitFor(async () => (await this.host.exec(["gobgp", "global"], false)).exitCode === 0, 15000, "gobgpd API");

@@ -163,7 +163,7 @@ export interface StatusJson {
   bgp: { enabled: boolean; state: string; reason?: string; peers: Array<{ address: string; state: string }>; announced: number };
 }
 
-export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<number> {
+export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs: number, what: string, intervalMs = 50): Promise<number> {
   const started = Date.now();
   let lastError: unknown;
   while (Date.now() - started < timeoutMs) {
@@ -173,7 +173,7 @@ export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs
       lastError = e;
       if ((e as Error).message.startsWith("vmrouted exited")) throw e;
     }
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ""}`);
 }

@@ -68,17 +68,13 @@ export class LibvirtLab {
   }
 
   /**
-   * The lab guest (scripts/lab/guest.sh builds it, cached in .cache/guest):
+   * The lab guest (scripts/lab/guest-domain.sh renders it; the image is cached in .cache/guest):
    * Debian's cloud kernel and a busybox init that configures eth0 from
    * `guest` and reports on its serial console, kept in this lab's directory.
    */
   async defineGuest(name: string, guest: { ip: string; gateway: string; ping: string[]; watch: string }): Promise<void> {
-    const image = (await sh("bash", [join(REPO, "scripts/lab/guest.sh")])).stdout.trim();
-    const cmdline = `console=ttyS0 loglevel=4 panic=-1 vmr.ip=${guest.ip} vmr.gw=${guest.gateway} vmr.ping=${guest.ping.join(",")} vmr.watch=${guest.watch}`;
-    const values: Record<string, string> = {
-      NAME: name, KERNEL: join(image, "vmlinuz"), INITRD: join(image, "initrd.img"), CMDLINE: cmdline, CONSOLE: this.consolePath(name),
-    };
-    const xml = (await readFile(join(REPO, "scripts/lab/guest-domain.xml"), "utf8")).replace(/@([A-Z]+)@/g, (_m, k: string) => values[k]!);
+    const xml = (await sh("bash", [join(REPO, "scripts/lab/guest-domain.sh"), name, this.consolePath(name), guest.ip, guest.gateway,
+      guest.ping.join(","), guest.watch])).stdout;
     const file = join(this.dir, `${name}.xml`);
     await writeFile(file, xml);
     await this.virsh(["define", file]);

@@ -32,12 +32,10 @@ async function birdHasExactly(expected: string[], timeoutMs = 20000): Promise<nu
 beforeAll(async () => {
   assertLabReady();
   rootBefore = await rootSnapshot();
-  lab = await BgpLab.create(id);
-  await lab.startBird();
-  await lab.startGobgpd();
+  lab = await BgpLab.start(id);
   daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051", communities: ["64512:100"], localPref: 200 } });
   await daemon.start();
-  timings.sessionMs = await waitFor(() => lab.sessionEstablished(), 30000, "BGP session gobgpd→BIRD");
+  timings.sessionMs = await lab.waitForSession();
 });
 
 afterAll(async () => {

@@ -28,9 +28,7 @@ const birdHas = async (prefix: string) => (await lab.birdRoutes()).has(prefix);
 beforeAll(async () => {
   assertLabReady();
   rootBefore = await rootSnapshot();
-  lab = await BgpLab.create(id);
-  await lab.startBird();
-  await lab.startGobgpd();
+  lab = await BgpLab.start(id);
   libvirt = await LibvirtLab.create(lab.host);
   daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, libvirtUri: libvirt.uri });
   // Someone else's hook, which install-hook must leave alone.
@@ -40,7 +38,7 @@ beforeAll(async () => {
   expect(inst.exitCode, inst.stderr).toBe(0);
   await libvirt.start();
   await daemon.start();
-  await waitFor(() => lab.sessionEstablished(), 30000, "BGP session");
+  await lab.waitForSession();
   await libvirt.define("vm1");
 });
 

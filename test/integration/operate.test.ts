@@ -41,14 +41,12 @@ beforeAll(async () => {
   assertLabReady();
   rootBefore = await rootSnapshot();
   // The reflector installs what it learns, so a task can reach it through the host (firewall check).
-  lab = await BgpLab.create(id, { reflectorInstallsRoutes: true });
-  await lab.startBird();
-  await lab.startGobgpd();
+  lab = await BgpLab.start(id, { reflectorInstallsRoutes: true });
   task = await Netns.create(`vmrt-${id}-task`);
   // A long resync: sysctl breaks stay until the test asks for a repair.
   daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, resyncSeconds: 2, extra: { metrics: { listen: "127.0.0.1:9794" } } });
   await daemon.start();
-  await waitFor(() => lab.sessionEstablished(), 30000, "BGP session");
+  await lab.waitForSession();
   expect((await daemon.ctl(["tap", "add", "--network", "service", "--ip", TAP_IP])).exitCode).toBe(0);
   expect((await daemon.ctl(["netns", "add", task.name, "--network", "service", "--ip", TASK_IP])).exitCode).toBe(0);
   await waitFor(async () => (await daemon.status()).endpoints.every((e) => e.state === "ready") && (await daemon.status()).bgp.announced === 2, 15000, "endpoints ready and announced");
@@ -149,7 +147,7 @@ describe("vmroutectl doctor", () => {
     } finally {
       await lab.startGobgpd();
     }
-    await waitFor(() => lab.sessionEstablished(), 30000, "BGP session");
+    await lab.waitForSession();
     await healthy();
   });
 
@@ -163,7 +161,7 @@ describe("vmroutectl doctor", () => {
     } finally {
       await lab.startBird();
     }
-    await waitFor(() => lab.sessionEstablished(), 30000, "BGP session");
+    await lab.waitForSession();
     await healthy();
   });
 
@@ -172,7 +170,7 @@ describe("vmroutectl doctor", () => {
     try {
       await lab.gobgpd.stop();
       await lab.startGobgpd();
-      await waitFor(() => lab.sessionEstablished(), 30000, "BGP session");
+      await lab.waitForSession();
       const d = await daemon.doctor();
       expect(d.exitCode).toBe(1);
       expect(problems(d.findings, "peer-paths")[0]?.message).toMatch(/peer 10\.99\.0\.2 was sent 0 of this host's 2 workload \/32s/);
