@@ -17,7 +17,9 @@ import { Controller } from "./controller.js";
 import { LibvirtService } from "./libvirt.js";
 import { Virsh } from "../libvirt/virsh.js";
 import { Reconciler } from "./reconciler.js";
-import { writeFileAtomic } from "./atomic-file.js";
+import { removeStaleTemporaries, writeFileAtomic } from "./atomic-file.js";
+import { loadRuntimeState } from "./recover.js";
+import { CreationJournal } from "./creation-journal.js";
 import { buildStatus, type BgpStatus } from "./status.js";
 import { StateStore } from "./store.js";
 
@@ -36,8 +38,9 @@ async function main(argv: string[]): Promise<void> {
 
   const gatewayKind = await detectGatewayKind();
   if (gatewayKind.reason) log.warn({ gatewayKind: gatewayKind.kind }, gatewayKind.reason);
+  await removeStaleTemporaries(config.stateDir);
   const store = new StateStore(config.stateDir);
-  const controller = new Controller(config, store, await store.load());
+  const controller = new Controller(config, store, await loadRuntimeState(store, config.networks, log));
   controller.desired(); // a stored state that no longer fits the config stops us here, before any change
 
   const settings = { ...config.dataplane, gatewayKind: gatewayKind.kind };
@@ -46,8 +49,11 @@ async function main(argv: string[]): Promise<void> {
     ? await createAnnouncer(config.bgp, config.node.address, config.stateDir, log, () => metrics.errors.inc({ source: "bgp" }))
     : undefined;
   if (announcer) metrics.attachBgp(announcer);
+  const journal = new CreationJournal(join(config.stateDir, "creating.json"));
+  const journalProblem = await journal.load();
+  if (journalProblem) log.warn(journalProblem);
   const reconciler = new Reconciler({
-    desired: () => controller.desired(), observe, apply: applyPlan, settings, log,
+    desired: () => controller.desired(), observe, apply: applyPlan, settings, log, journal,
     // Only ready endpoints are announced: a VM is announced once its host side works.
     onReport: (report) => announcer?.setDesired(report.endpoints.filter((e) => e.state === "ready").map((e) => e.ip)),
     onPass: (report, trigger, failed) => metrics.recordPass(report, trigger, failed),

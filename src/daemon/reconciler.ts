@@ -18,6 +18,12 @@ export interface ReconcileDeps {
   apply: (operations: Operation[]) => Promise<ApplyResult>;
   settings: PlanSettings;
   log: Logger;
+  /** Devices about to be created, written down first (creation-journal.ts); without it nothing is adopted. */
+  journal?: {
+    annotate(observed: ObservedState): ObservedState;
+    before(operations: Operation[], observed: ObservedState): Promise<void>;
+    settle(observed: ObservedState): Promise<void>;
+  };
   /** Called after every pass with the endpoints' state (the BGP announcer listens here). */
   onReport?: (report: ReconcileReport) => Promise<void> | void;
   /** Called after every pass with what triggered it and how many operations failed (metrics). */
@@ -75,21 +81,27 @@ export class Reconciler {
         phases[phase] += performance.now() - t;
       }
     };
-    let observed = await timed("observeMs", () => this.deps.observe({ netns }));
+    const look = async () => {
+      const o = await this.deps.observe({ netns });
+      return this.deps.journal ? this.deps.journal.annotate(o) : o;
+    };
+    let observed = await timed("observeMs", look);
     let current = await timed("planMs", () => plan(desired, observed, settings));
     this.logRepairs(current, reason);
     for (let round = 1; round <= MAX_ROUNDS && current.operations.length > 0; round++) {
       log.debug({ reason, round, operations: current.operations }, "applying planned operations");
       const ops = current.operations;
+      await this.deps.journal?.before(ops, observed);
       const result = await timed("applyMs", () => this.deps.apply(ops));
       operations += result.applied;
       for (const [subject, messages] of result.failures) {
         failures.set(subject, [...(failures.get(subject) ?? []), ...messages]);
         log.warn({ subject, errors: messages }, "operation failed");
       }
-      observed = await timed("observeMs", () => this.deps.observe({ netns }));
+      observed = await timed("observeMs", look);
       current = await timed("planMs", () => plan(desired, observed, settings));
     }
+    await this.deps.journal?.settle(observed);
     this.passes++;
     this.operationsApplied += operations;
     const report: ReconcileReport = {

@@ -1,7 +1,6 @@
-import { readFile } from "node:fs/promises";
+import { readFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
-import { InputError } from "../model/errors.js";
 import { writeFileAtomic } from "./atomic-file.js";
 import { describeZodError, endpointInputSchema, networkInputSchema, type EndpointInput, type NetworkInput } from "../model/spec.js";
 
@@ -18,6 +17,11 @@ const fileSchema = z.object({
   networks: z.record(networkInputSchema),
   endpoints: z.array(endpointInputSchema),
 }).strict();
+
+/** The state file exists but cannot be used: kept (never discarded) and rebuilt from the kernel by the daemon. */
+export class CorruptStateError extends Error {
+  override name = "CorruptStateError";
+}
 
 export function emptyRuntimeState(): RuntimeState {
   return { networks: {}, endpoints: [] };
@@ -41,12 +45,19 @@ export class StateStore {
     try {
       raw = JSON.parse(text);
     } catch (e) {
-      throw new InputError(`state file ${this.path} is not valid JSON (${(e as Error).message}); move it aside to start from the kernel's state`);
+      throw new CorruptStateError(`state file ${this.path} is not valid JSON (${(e as Error).message})`);
     }
     const parsed = fileSchema.safeParse(raw);
     if (!parsed.success)
-      throw new InputError(`state file ${this.path} is not a vmrouted state file (${describeZodError(parsed.error, "content")})`);
+      throw new CorruptStateError(`state file ${this.path} is not a vmrouted state file (${describeZodError(parsed.error, "content")})`);
     return { networks: parsed.data.networks, endpoints: parsed.data.endpoints };
+  }
+
+  /** Moves a corrupt state file aside, where an operator can still read it; returns its new path. */
+  async quarantine(now = new Date()): Promise<string> {
+    const kept = `${this.path}.corrupt-${now.toISOString().replace(/[:.]/g, "-")}`;
+    await rename(this.path, kept);
+    return kept;
   }
 
   async save(state: RuntimeState): Promise<void> {

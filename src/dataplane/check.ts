@@ -4,8 +4,8 @@ import { hostSideMac } from "../model/mac.js";
 import { gatewayDevice } from "../model/naming.js";
 import type { Endpoint, Network } from "../model/types.js";
 import { NETNS_INNER_IFNAME } from "../model/types.js";
-import type { ObservedLink, ObservedRoute, ObservedState } from "./observed.js";
-import { endpointAlias, endpointSysctls, gatewayAlias } from "./ownership.js";
+import type { ObservedLink, ObservedNetns, ObservedRoute, ObservedState } from "./observed.js";
+import { endpointAlias, endpointSysctls, gatewayAlias, isOwnedAlias } from "./ownership.js";
 
 // Desired vs observed for one gateway or one endpoint. The planner turns a
 // check into operations; status turns the same check into conditions, so the
@@ -28,6 +28,8 @@ export interface GatewayCheck {
   /** Something not ours holds the name. */
   conflict?: string;
   link?: ObservedLink;
+  /** Our mark is on the device (false for a device adopted from the creation record). */
+  aliasOk?: boolean;
   addressOk: boolean;
   /** Addresses on our device that are not the gateway's. */
   extraAddresses: string[];
@@ -42,13 +44,14 @@ export function checkGateway(network: Network, observed: ObservedState): Gateway
   const link = observed.links.get(device);
   const base: GatewayCheck = { network, device, alias, cidr, addressOk: false, extraAddresses: [] };
   if (!link) return base;
-  if (link.alias !== alias) return { ...base, conflict: `device ${device} exists and is not owned by vmrouted` };
+  if (!ownedAs(link, alias, observed)) return { ...base, conflict: `device ${device} exists and is not owned by vmrouted` };
   const addresses = observed.addresses.filter((a) => a.device === device);
   const prefix = networkPrefix(network);
   const subnet = `${formatIpv4(prefix.base)}/${prefix.length}`;
   return {
     ...base,
     link,
+    aliasOk: link.alias === alias,
     addressOk: addresses.some((a) => `${a.ip}/${a.prefixLength}` === cidr && a.noprefixroute),
     extraAddresses: addresses.map((a) => `${a.ip}/${a.prefixLength}`).filter((c) => c !== cidr),
     connectedRoute: observed.routes.find((r) => r.device === device && r.dst === subnet && r.protocol === KERNEL_PROTOCOL),
@@ -66,6 +69,8 @@ export interface EndpointCheck {
   link?: ObservedLink;
   /** The device exists but is of the wrong kind (e.g. a tun instead of a tap): recreate. */
   wrongKind: boolean;
+  /** Our mark is on the device (false for a device adopted from the creation record). */
+  aliasOk?: boolean;
   groupOk: boolean;
   macOk: boolean;
   up: boolean;
@@ -92,29 +97,31 @@ export function checkEndpoint(endpoint: Endpoint, network: Network, observed: Ob
   if (endpoint.netns !== undefined) {
     const ns = observed.netns.get(endpoint.netns);
     if (!ns?.exists) return { ...check, pending: `network namespace '${endpoint.netns}' does not exist` };
-    if (!link && ns.inner && ns.inner.alias !== alias)
+    if (ns.inner && !isOwnedAlias(ns.inner.alias) && !isPeer(link, ns.inner))
       return { ...check, conflict: `namespace '${endpoint.netns}' already has an ${NETNS_INNER_IFNAME} not owned by vmrouted` };
   }
   if (!link) return check;
-  if (link.alias !== alias) {
+  if (!ownedAs(link, alias, observed)) {
     // Another of our endpoints may be leaving this name in the same plan; it is deleted first.
     return { ...check, conflict: `device ${endpoint.device} exists and is not owned by this endpoint (alias '${link.alias ?? ""}')` };
   }
+  // A veth of ours whose other end is not the eth0 in the endpoint's namespace
+  // (the endpoint moved to another namespace) is remade. An eth0 there of
+  // another of our endpoints leaves in the same plan (that endpoint is gone or
+  // moved: one endpoint per namespace), before anything is created.
+  const inner = endpoint.netns !== undefined ? observed.netns.get(endpoint.netns)?.inner : undefined;
   const wrongKind = endpoint.kind === "netns"
-    ? link.kind !== "veth" || link.peerInOtherNetns === false
+    ? link.kind !== "veth" || link.peerInOtherNetns === false || !inner || !isPeer(link, inner)
     : link.kind !== "tun" || link.tunType !== "tap" || link.vnetHdr !== true;
   const sysctls = observed.sysctls.get(endpoint.device) ?? {};
-  let innerOk = check.innerOk;
-  if (endpoint.netns !== undefined) {
-    const ns = observed.netns.get(endpoint.netns);
-    const inner = ns?.inner;
-    innerOk = !!inner && inner.alias === alias && inner.mac === endpoint.mac && inner.up &&
-      inner.addresses.includes(`${endpoint.ip}/${network.prefixLength}`) && ns?.defaultGateway === network.gateway;
-  }
+  const innerOk = endpoint.netns === undefined ? check.innerOk
+    : !!inner && inner.alias === alias && inner.mac === endpoint.mac && inner.up &&
+      inner.addresses.includes(`${endpoint.ip}/${network.prefixLength}`) && observed.netns.get(endpoint.netns)?.defaultGateway === network.gateway;
   return {
     ...check,
     link,
     wrongKind,
+    aliasOk: link.alias === alias,
     groupOk: link.group === settings.netdevGroup,
     macOk: link.mac === hostMac,
     up: link.up,
@@ -124,6 +131,20 @@ export function checkEndpoint(endpoint: Endpoint, network: Network, observed: Ob
     neighbourOk: observed.neighbours.some((n) => n.device === endpoint.device && n.ip === endpoint.ip && n.permanent && n.mac === endpoint.mac),
     innerOk,
   };
+}
+
+/** The device carries this alias, or is one vmrouted created and has not marked yet (creations.ts). */
+function ownedAs(link: ObservedLink, alias: string, observed: ObservedState): boolean {
+  return link.alias === alias || (link.alias === undefined && observed.adoptable?.has(link.name) === true);
+}
+
+/**
+ * The namespace's eth0 is the other end of our veth (by ifindex, both ways):
+ * the only proof of ownership between creating the pair and naming the inside
+ * (a crash there leaves an eth0 without our alias; `ip link add` cannot set one).
+ */
+function isPeer(link: ObservedLink | undefined, inner: NonNullable<ObservedNetns["inner"]>): boolean {
+  return link?.peerIndex !== undefined && link.ifindex !== undefined && inner.ifindex === link.peerIndex && inner.peerIndex === link.ifindex;
 }
 
 /** Everything about the endpoint is in place in the kernel (for a device-only endpoint: the device). */

@@ -9,7 +9,7 @@ import { readSysctl } from "./sysctl.js";
 // so a name in rt_protos.d never changes what we compare).
 
 interface IpLink {
-  ifname: string; flags?: string[]; group?: string; ifalias?: string; address?: string;
+  ifname: string; ifindex?: number; link_index?: number; flags?: string[]; group?: string; ifalias?: string; address?: string;
   link_netnsid?: number; linkinfo?: { info_kind?: string; info_data?: { type?: string; vnet_hdr?: boolean } };
   stats64?: { rx?: Record<string, number>; tx?: Record<string, number> };
 }
@@ -34,7 +34,9 @@ export function toLink(l: IpLink): ObservedLink {
     ...(l.address ? { mac: l.address } : {}),
     up: flags.includes("UP"),
     carrier: flags.includes("LOWER_UP"),
+    ...(l.ifindex !== undefined ? { ifindex: l.ifindex } : {}),
     ...(l.linkinfo?.info_kind === "veth" ? { peerInOtherNetns: l.link_netnsid !== undefined } : {}),
+    ...(l.linkinfo?.info_kind === "veth" && l.link_index !== undefined ? { peerIndex: l.link_index } : {}),
     ...(stats ? { stats } : {}),
   };
 }
@@ -113,6 +115,8 @@ async function observeNetns(name: string): Promise<ObservedNetns> {
           ...(link.ifalias ? { alias: link.ifalias } : {}),
           ...(link.address ? { mac: link.address } : {}),
           up: (link.flags ?? []).includes("UP"),
+          ...(link.ifindex !== undefined ? { ifindex: link.ifindex } : {}),
+          ...(link.link_index !== undefined ? { peerIndex: link.link_index } : {}),
           addresses: (addrs[0]?.addr_info ?? []).filter((i) => i.family === "inet").map((i) => `${i.local}/${i.prefixlen}`),
         },
       } : {}),
@@ -122,4 +126,19 @@ async function observeNetns(name: string): Promise<ObservedNetns> {
     // The namespace file exists but cannot be entered (being torn down).
     return { exists: false };
   }
+}
+
+/** Host-side veth → the named namespace its peer lives in (for rebuilding state from the kernel). */
+export async function observeVethNetns(): Promise<Map<string, string>> {
+  const [links, namespaces] = await Promise.all([
+    ipJson<IpLink[]>(["-d", "link", "show", "type", "veth"]),
+    ipJson<Array<{ name: string; id?: number }>>(["netns", "list"]),
+  ]);
+  const byId = new Map(namespaces.flatMap((n) => (n.id !== undefined ? [[n.id, n.name] as const] : [])));
+  const result = new Map<string, string>();
+  for (const l of links) {
+    const name = l.link_netnsid !== undefined ? byId.get(l.link_netnsid) : undefined;
+    if (name) result.set(l.ifname, name);
+  }
+  return result;
 }

@@ -15,6 +15,9 @@ export interface ObservedLink {
   carrier: boolean;
   /** veth only: the peer lives in another namespace. */
   peerInOtherNetns?: boolean;
+  ifindex?: number;
+  /** veth only: the peer's ifindex (in the peer's namespace). */
+  peerIndex?: number;
   stats?: LinkStats;
 }
 
@@ -59,7 +62,7 @@ export interface InterfaceSysctls {
 export interface ObservedNetns {
   exists: boolean;
   /** The inner interface (eth0), if present. */
-  inner?: { alias?: string; mac?: string; up: boolean; addresses: string[] };
+  inner?: { alias?: string; mac?: string; up: boolean; addresses: string[]; ifindex?: number; peerIndex?: number };
   defaultGateway?: string;
 }
 
@@ -73,6 +76,8 @@ export interface ObservedState {
   sysctls: Map<string, InterfaceSysctls>;
   ipForward?: string;
   netns: Map<string, ObservedNetns>;
+  /** Devices vmrouted created but may not have marked yet (creations.ts): treated as its own. */
+  adoptable?: Set<string>;
 }
 
 export function emptyObserved(): ObservedState {

@@ -20,7 +20,8 @@ export interface Plan {
   endpoints: EndpointCheck[];
 }
 
-const byId = (a: Endpoint, b: Endpoint) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+const byId = (a: Endpoint, b: Endpoint) => compare(a.id, b.id);
 
 export function plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings): Plan {
   const removals: Operation[] = [];
@@ -30,7 +31,7 @@ export function plan(desired: DesiredState, observed: ObservedState, settings: P
   const routes: Operation[] = [];
   const after: Operation[] = [];
 
-  const networks = [...desired.networks].sort((a, b) => a.name.localeCompare(b.name));
+  const networks = [...desired.networks].sort((a, b) => compare(a.name, b.name));
   const gateways = networks.map((n) => checkGateway(n, observed));
   for (const g of gateways) planGateway(g, settings, { creates, sets, addresses, removals, routes });
 
@@ -63,8 +64,8 @@ function planGateway(g: GatewayCheck, settings: PlanSettings, out: Buckets): voi
   if (!g.link) {
     out.creates.push({ subject, op: "gateway.create", device: g.device, kind: settings.gatewayKind });
     out.sets.push({ subject, op: "link.set", device: g.device, alias: g.alias, up: true });
-  } else if (!g.link.up) {
-    out.sets.push({ subject, op: "link.set", device: g.device, up: true });
+  } else if (!g.link.up || !g.aliasOk) {
+    out.sets.push({ subject, op: "link.set", device: g.device, ...(g.aliasOk ? {} : { alias: g.alias }), up: true });
   }
   for (const cidr of g.extraAddresses) out.removals.push({ subject, op: "address.delete", device: g.device, cidr });
   if (!g.addressOk) out.addresses!.push({ subject, op: "address.replace", device: g.device, cidr: g.cidr });
@@ -83,10 +84,11 @@ function planEndpoint(c: EndpointCheck, gateway: string, prefixLength: number, s
       ? { subject, op: "veth.create", device: e.device, netns: e.netns!, inner: NETNS_INNER_IFNAME }
       : { subject, op: "tap.create", device: e.device });
     out.sets.push({ subject, op: "link.set", device: e.device, group: settings.netdevGroup, alias: c.alias, mac: c.hostMac, up: true });
-  } else if (!c.groupOk || !c.macOk || !c.up) {
+  } else if (!c.groupOk || !c.macOk || !c.up || !c.aliasOk) {
     out.sets.push({
       subject, op: "link.set", device: e.device,
       ...(c.groupOk ? {} : { group: settings.netdevGroup }),
+      ...(c.aliasOk ? {} : { alias: c.alias }),
       ...(c.macOk ? {} : { mac: c.hostMac }),
       ...(c.up ? {} : { up: true }),
     });
@@ -111,8 +113,14 @@ function planRemovals(desired: DesiredState, observed: ObservedState, settings: 
   const wantedEndpointDevices = new Map(desired.endpoints.map((e) => [e.device, e]));
   const wantedGatewayDevices = new Set(desired.networks.map((n) => gatewayDevice(n.name)));
   const leaving: string[] = [];
-  for (const link of observed.links.values()) {
-    if (!isOwnedAlias(link.alias)) continue;
+  // Sorted throughout: the kernel lists things in no promised order, and the
+  // same desired and observed state must always give the same operations.
+  for (const link of [...observed.links.values()].sort((a, b) => compare(a.name, b.name))) {
+    if (!isOwnedAlias(link.alias)) {
+      // Created by us but never marked (a crash between the two): ours to remove when not wanted.
+      if (observed.adoptable?.has(link.name) && !wantedEndpointDevices.has(link.name) && !wantedGatewayDevices.has(link.name)) leaving.push(link.name);
+      continue;
+    }
     if (isGatewayAlias(link.alias)) {
       if (!wantedGatewayDevices.has(link.name))
         ops.push({ subject: link.alias.slice(ALIAS_PREFIX.length), op: "link.delete", device: link.name });
@@ -129,14 +137,14 @@ function planRemovals(desired: DesiredState, observed: ObservedState, settings: 
   // Routes of ours that no desired endpoint explains (and whose device is not leaving anyway).
   const routed = desired.endpoints.filter((e) => e.deviceOnly === undefined);
   const wantedRoutes = new Set(routed.map((e) => `${e.ip}/32 ${e.device}`));
-  for (const r of observed.routes) {
+  for (const r of [...observed.routes].sort((a, b) => compare(a.dst, b.dst) || compare(a.device ?? "", b.device ?? "") || a.protocol - b.protocol)) {
     if (r.protocol !== settings.routeProtocol) continue;
     if (r.device && leavingSet.has(r.device)) continue;
     if (!wantedRoutes.has(`${r.dst} ${r.device}`))
       ops.push({ subject: "host", op: "route.delete", dst: r.dst, ...(r.device ? { device: r.device } : {}), protocol: r.protocol });
   }
   // Stale permanent neighbour entries on our endpoint devices.
-  for (const n of observed.neighbours) {
+  for (const n of [...observed.neighbours].sort((a, b) => compare(a.device, b.device) || compare(a.ip, b.ip))) {
     const wanted = wantedEndpointDevices.get(n.device);
     if (!wanted || !n.permanent || leavingSet.has(n.device)) continue;
     if (!isOwnedAlias(observed.links.get(n.device)?.alias)) continue;
@@ -146,7 +154,8 @@ function planRemovals(desired: DesiredState, observed: ObservedState, settings: 
   // `ip link del group N` unregisters all devices with one RCU wait instead of
   // one per device (~80x faster for 1000 taps). Only safe while nothing we do
   // not own sits in the teardown group.
-  const groupIsOurs = [...observed.links.values()].every((l) => l.group !== settings.teardownGroup || isOwnedAlias(l.alias));
+  const groupIsOurs = [...observed.links.values()].every((l) =>
+    l.group !== settings.teardownGroup || isOwnedAlias(l.alias) || observed.adoptable?.has(l.name));
   if (groupIsOurs) {
     for (const device of leaving.sort()) ops.push({ subject: "host", op: "link.set", device, group: settings.teardownGroup });
     ops.push({ subject: "host", op: "link.delete-group", group: settings.teardownGroup });

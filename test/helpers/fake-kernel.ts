@@ -9,6 +9,9 @@ const FIELD = { proxy_arp: "proxyArp", proxy_delay: "proxyDelay", rp_filter: "rp
 
 export function applyToModel(state: ObservedState, ops: Operation[]): ObservedState {
   const s: ObservedState = structuredClone(state);
+  // ifindexes are never reused while the model lives, as in the kernel (close enough).
+  let lastIndex = Math.max(1, ...[...s.links.values()].map((l) => l.ifindex ?? 0),
+    ...[...s.netns.values()].map((n) => n.inner?.ifindex ?? 0));
   const dropDevice = (name: string) => {
     const link = s.links.get(name);
     s.links.delete(name);
@@ -16,22 +19,26 @@ export function applyToModel(state: ObservedState, ops: Operation[]): ObservedSt
     s.neighbours = s.neighbours.filter((n) => n.device !== name);
     s.addresses = s.addresses.filter((a) => a.device !== name);
     s.sysctls.delete(name);
-    if (link?.kind === "veth") for (const ns of s.netns.values()) if (ns.inner?.alias === link.alias) delete ns.inner, delete ns.defaultGateway;
+    if (link?.kind === "veth")
+      for (const ns of s.netns.values()) if (ns.inner && ns.inner.ifindex === link.peerIndex) delete ns.inner, delete ns.defaultGateway;
   };
   for (const op of ops) {
+    // Creating a device that exists fails in the kernel (EEXIST) and changes nothing.
+    if ((op.op === "gateway.create" || op.op === "tap.create" || op.op === "veth.create") && s.links.has(op.device)) continue;
     switch (op.op) {
       case "gateway.create":
-        s.links.set(op.device, { name: op.device, kind: op.kind, group: 0, up: false, carrier: false, mac: "02:00:00:00:00:01" });
+        s.links.set(op.device, { ifindex: ++lastIndex, name: op.device, kind: op.kind, group: 0, up: false, carrier: false, mac: "02:00:00:00:00:01" });
         break;
       case "tap.create":
-        s.links.set(op.device, { name: op.device, kind: "tun", tunType: "tap", vnetHdr: true, group: 0, up: false, carrier: false, mac: "02:00:00:00:00:02" });
+        s.links.set(op.device, { ifindex: ++lastIndex, name: op.device, kind: "tun", tunType: "tap", vnetHdr: true, group: 0, up: false, carrier: false, mac: "02:00:00:00:00:02" });
         s.sysctls.set(op.device, { proxyArp: "0", proxyDelay: "80", rpFilter: "0", forwarding: "1" });
         break;
       case "veth.create": {
-        s.links.set(op.device, { name: op.device, kind: "veth", peerInOtherNetns: true, group: 0, up: false, carrier: true, mac: "02:00:00:00:00:03" });
+        const [host, inner] = [++lastIndex, ++lastIndex];
+        s.links.set(op.device, { name: op.device, kind: "veth", peerInOtherNetns: true, group: 0, up: false, carrier: true, mac: "02:00:00:00:00:03", ifindex: host, peerIndex: inner });
         s.sysctls.set(op.device, { proxyArp: "0", proxyDelay: "80", rpFilter: "0", forwarding: "1" });
         const ns = s.netns.get(op.netns);
-        if (ns) ns.inner = { up: false, addresses: [], mac: "02:00:00:00:00:04" };
+        if (ns) ns.inner = { up: false, addresses: [], mac: "02:00:00:00:00:04", ifindex: inner, peerIndex: host };
         break;
       }
       case "link.set": {
@@ -87,7 +94,7 @@ export function applyToModel(state: ObservedState, ops: Operation[]): ObservedSt
       case "netns.configure": {
         const ns = s.netns.get(op.netns);
         if (!ns?.inner) break;
-        ns.inner = { alias: op.alias, mac: op.mac, up: true, addresses: [op.cidr] };
+        ns.inner = { ...ns.inner, alias: op.alias, mac: op.mac, up: true, addresses: [op.cidr] };
         ns.defaultGateway = op.gateway;
         break;
       }

@@ -1,0 +1,67 @@
+import type { ObservedState } from "../dataplane/observed.js";
+import { ALIAS_PREFIX } from "../dataplane/ownership.js";
+import { defaultGuestMac } from "../model/mac.js";
+import { gatewayDevice, tapName } from "../model/naming.js";
+import { networkPrefix, resolveDesired, resolveNetworks } from "../model/resolve.js";
+import { prefixContains } from "../model/ipv4.js";
+import type { EndpointInput, NetworkInput } from "../model/spec.js";
+import type { RuntimeState } from "./store.js";
+
+// Pure: the runtime state (API networks, tap and netns endpoints) read back
+// from what vmrouted marked in the kernel, for when the state file is corrupt.
+// Every owned device must be explained by the result; anything that cannot be
+// is returned as a problem, because the first pass would delete it otherwise.
+// VM endpoints are not runtime state: libvirt holds them.
+
+export interface Rebuilt {
+  state: RuntimeState;
+  /** Owned objects the rebuilt state cannot explain, one line each. Non-empty: do not use `state`. */
+  problems: string[];
+}
+
+export function rebuildRuntimeState(
+  observed: ObservedState, vethNetns: ReadonlyMap<string, string>, configNetworks: Record<string, NetworkInput>,
+): Rebuilt {
+  const problems: string[] = [];
+  const networks: Record<string, NetworkInput> = {};
+  const endpointLinks: Array<{ device: string; kind: string; ip: string }> = [];
+  for (const link of observed.links.values()) {
+    const marker = link.alias?.startsWith(ALIAS_PREFIX) ? link.alias.slice(ALIAS_PREFIX.length) : undefined;
+    if (!marker) continue;
+    const [kind, rest] = [marker.slice(0, marker.indexOf(":")), marker.slice(marker.indexOf(":") + 1)];
+    if (kind === "gateway") {
+      if (rest in configNetworks) continue;
+      // The gateway address is the one on its device that is not a /32 (noprefixroute keeps the prefix length).
+      const address = observed.addresses.find((a) => a.device === link.name && a.prefixLength < 32);
+      if (!address || link.name !== gatewayDevice(rest)) problems.push(`gateway device ${link.name} (${link.alias}) has no gateway address to rebuild network '${rest}' from`);
+      else networks[rest] = { gateway: `${address.ip}/${address.prefixLength}` };
+    } else if (kind === "tap" || kind === "netns") {
+      endpointLinks.push({ device: link.name, kind, ip: rest });
+    }
+  }
+  const resolved = resolveNetworks(configNetworks, networks);
+  if (!resolved.ok) return { state: { networks, endpoints: [] }, problems: [...problems, resolved.error] };
+
+  const endpoints: EndpointInput[] = [];
+  for (const l of endpointLinks.sort((a, b) => a.device.localeCompare(b.device))) {
+    const network = resolved.value.find((n) => prefixContains(networkPrefix(n), l.ip));
+    if (!network) {
+      problems.push(`device ${l.device} (${ALIAS_PREFIX}${l.kind}:${l.ip}) fits no known network`);
+      continue;
+    }
+    const neighbour = observed.neighbours.find((n) => n.device === l.device && n.ip === l.ip && n.mac);
+    // The default MAC is left implicit, as an operator would have written it.
+    const mac = neighbour?.mac && neighbour.mac !== defaultGuestMac(network.name, l.ip) ? { mac: neighbour.mac } : {};
+    if (l.kind === "tap") {
+      endpoints.push({ kind: "tap", network: network.name, ip: l.ip, ...mac, ...(l.device !== tapName(network.name, l.ip) ? { name: l.device } : {}) });
+    } else {
+      const netns = vethNetns.get(l.device);
+      if (!netns) problems.push(`veth ${l.device} (${ALIAS_PREFIX}netns:${l.ip}) has its peer in no named namespace`);
+      else endpoints.push({ kind: "netns", network: network.name, ip: l.ip, ...mac, netns });
+    }
+  }
+  const state = { networks, endpoints };
+  const check = resolveDesired({ configNetworks, runtimeNetworks: networks, endpoints });
+  if (!check.ok) problems.push(check.error);
+  return { state, problems };
+}
