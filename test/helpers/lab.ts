@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
+import { request } from "node:http";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -136,6 +137,18 @@ export class Daemon {
     const r = await this.ctlOnHost(["-o", "json", "doctor", "--config", this.configPath, ...extra]);
     const out = r.stdout.trim() ? (JSON.parse(r.stdout) as { findings: Finding[] }) : { findings: [] };
     return { exitCode: r.exitCode ?? -1, findings: out.findings, stderr: r.stderr };
+  }
+
+  /** One raw API call, as any client could send it: status code and body text. */
+  request(method: string, path: string, body = ""): Promise<{ status: number; body: string }> {
+    return new Promise((resolve, reject) => {
+      const req = request({ socketPath: this.socket, method, path, headers: { "content-type": "application/json" } }, (res) => {
+        let text = "";
+        res.on("data", (c) => (text += c)).on("end", () => resolve({ status: res.statusCode ?? 0, body: text }));
+      });
+      req.on("error", reject);
+      req.end(body);
+    });
   }
 
   async status(): Promise<StatusJson> {
