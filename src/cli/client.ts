@@ -32,8 +32,9 @@ export function call<T = unknown>(socketPath: string, method: string, path: stri
     );
     // A stopped (SIGSTOP) or wedged daemon accepts the connection and never answers.
     if (timeoutMs !== undefined) req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: "ETIMEDOUT" })));
-    req.on("error", (e: NodeJS.ErrnoException) =>
-      reject(new UnreachableError(`cannot reach vmrouted at ${socketPath}: ${e.code ?? e.message} (is the daemon running?)`)));
+    req.on("error", (e: NodeJS.ErrnoException) => reject(e.code === "EACCES"
+      ? new ApiError(`permission denied on ${socketPath}: the vmrouted API is for root only`)
+      : new UnreachableError(`cannot reach vmrouted at ${socketPath}: ${e.code ?? e.message} (is the daemon running?)`)));
     req.end(payload);
   });
 }

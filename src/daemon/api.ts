@@ -1,4 +1,5 @@
-import { chmod, mkdir, rm } from "node:fs/promises";
+import { chmod, lstat, mkdir, rm } from "node:fs/promises";
+import { connect } from "node:net";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
@@ -44,6 +45,21 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
   res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
   res.end(text);
+}
+
+/**
+ * Before vmrouted changes anything: the socket path must be free, or a socket
+ * nobody answers on (left by a killed run). Another vmrouted answering there
+ * means two daemons on one host; a file that is not a socket is not ours to remove.
+ */
+export async function checkSocketPath(socketPath: string): Promise<void> {
+  const info = await lstat(socketPath).catch(() => undefined);
+  if (!info) return;
+  if (!info.isSocket()) throw new InputError(`api.socket ${socketPath} exists and is not a socket; not replacing it`);
+  const answered = await new Promise<boolean>((resolve) => {
+    const probe = connect(socketPath).once("connect", () => { probe.destroy(); resolve(true); }).once("error", () => resolve(false));
+  });
+  if (answered) throw new InputError(`another vmrouted is already serving ${socketPath}; not starting a second one`);
 }
 
 export async function startApi(socketPath: string, routes: Route[], log: Logger): Promise<Server> {

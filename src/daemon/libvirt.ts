@@ -106,6 +106,12 @@ export class LibvirtService {
     if (named !== undefined && named !== domain) throw new InputError(`hook: domain XML is for '${named}', not '${domain}'`);
     const interfaces = routedInterfaces(doc);
     if (next === undefined) return { domain, lifecycle: this.domains.get(domain)?.lifecycle ?? "unknown", endpoints: [] };
+    // A start whose interfaces cannot be served is refused before anything is recorded.
+    if (next === "prepared")
+      for (const i of interfaces) {
+        const r = resolveEndpoint({ kind: "tap", network: i.network, ip: i.ip, mac: i.mac, name: i.tap }, this.deps.networks());
+        if (!r.ok) throw new InputError(`hook: domain '${domain}': ${r.error.replace(/^endpoint tap \S+: /, `interface ${i.ip}: `)}`);
+      }
     applyHook(this.domains, { domain, op, subop, interfaces }, ++this.seq);
     const record = this.domains.get(domain);
     if (record) record.since = Date.now();

@@ -11,7 +11,7 @@ import { detectGatewayKind } from "../dataplane/capabilities.js";
 import { startMonitor } from "../dataplane/monitor.js";
 import { observe } from "../dataplane/observe.js";
 import { InputError } from "../model/errors.js";
-import { startApi, TextBody, type Route } from "./api.js";
+import { checkSocketPath, startApi, TextBody, type Route } from "./api.js";
 import { Metrics, startMetricsListener } from "./metrics.js";
 import { Controller } from "./controller.js";
 import { LibvirtService } from "./libvirt.js";
@@ -35,6 +35,7 @@ async function main(argv: string[]): Promise<void> {
   program.parse(argv);
   const config = await loadConfig(program.opts<{ config: string }>().config);
   const log = pino({ level: config.log.level, base: { node: config.node.name } });
+  await checkSocketPath(config.api.socket);
 
   const gatewayKind = await detectGatewayKind();
   if (gatewayKind.reason) log.warn({ gatewayKind: gatewayKind.kind }, gatewayKind.reason);
