@@ -11,7 +11,7 @@ import { Virsh, VirshError } from "../libvirt/virsh.js";
 import { InputError } from "../model/errors.js";
 import { resolveEndpoint } from "../model/resolve.js";
 import { describeZodError } from "../model/spec.js";
-import type { Network } from "../model/types.js";
+import type { Endpoint, Network } from "../model/types.js";
 import { writeFileAtomic } from "./atomic-file.js";
 import type { ReconcileReport } from "./reconciler.js";
 
@@ -128,8 +128,26 @@ export class LibvirtService {
     return { domain, lifecycle: record?.lifecycle ?? "defined", endpoints: mine };
   }
 
+  /**
+   * Interface changes and refreshes run one at a time: a refresh reading
+   * libvirt between our record update and the metadata write of a hot-plug
+   * would drop the new interface (and the next pass its tap, as libvirt opens
+   * it). Hooks are not queued here: libvirt waits on them while it may hold
+   * the job a refresh's virsh call waits for; their sequence numbers order them.
+   */
+  private exclusive<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(task, task);
+    this.lock = run.catch(() => undefined);
+    return run;
+  }
+  private lock: Promise<unknown> = Promise.resolve();
+
   /** Rebuilds the cache from libvirt; hook events that arrived meanwhile win. */
-  async refresh(): Promise<void> {
+  refresh(): Promise<void> {
+    return this.exclusive(() => this.refreshNow());
+  }
+
+  private async refreshNow(): Promise<void> {
     const startSeq = this.seq;
     let fresh: Map<string, Record>;
     try {
@@ -188,12 +206,16 @@ export class LibvirtService {
     if (!parsed.success) throw new InputError(describeZodError(parsed.error, "iface"));
     const r = resolveEndpoint({ kind: "tap", ...parsed.data }, this.deps.networks());
     if (!r.ok) throw new InputError(r.error.replace(/^endpoint tap/, "iface"));
+    return this.exclusive(() => this.addInterfaceNow(domain, r.value));
+  }
+
+  private async addInterfaceNow(domain: string, endpoint: Endpoint): Promise<RoutedInterface> {
     const state = await this.domainState(domain);
-    await this.refresh();
-    const owner = this.claimedIps().get(parsed.data.ip);
-    if (owner) throw new InputError(`iface ${parsed.data.ip}: ip is already used by domain '${owner}'`);
-    if (this.deps.apiClaims().has(parsed.data.ip)) throw new InputError(`iface ${parsed.data.ip}: ip is already used by another endpoint`);
-    const iface: RoutedInterface = { network: r.value.network, ip: r.value.ip, mac: r.value.mac, tap: r.value.device };
+    await this.refreshNow();
+    const owner = this.claimedIps().get(endpoint.ip);
+    if (owner) throw new InputError(`iface ${endpoint.ip}: ip is already used by domain '${owner}'`);
+    if (this.deps.apiClaims().has(endpoint.ip)) throw new InputError(`iface ${endpoint.ip}: ip is already used by another endpoint`);
+    const iface: RoutedInterface = { network: endpoint.network, ip: endpoint.ip, mac: endpoint.mac, tap: endpoint.device };
     const live = state === "running" || state === "paused";
     if (!live) {
       const doc = parseDomainXml(await this.deps.virsh.dumpXml(domain, true));
@@ -225,7 +247,11 @@ export class LibvirtService {
     return iface;
   }
 
-  async removeInterface(domain: string, ip: string): Promise<RoutedInterface> {
+  removeInterface(domain: string, ip: string): Promise<RoutedInterface> {
+    return this.exclusive(() => this.removeInterfaceNow(domain, ip));
+  }
+
+  private async removeInterfaceNow(domain: string, ip: string): Promise<RoutedInterface> {
     const state = await this.domainState(domain);
     const live = state === "running" || state === "paused";
     if (!live) {

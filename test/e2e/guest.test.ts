@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BgpLab, HOST_ADDRESS, RR_ADDRESS } from "../helpers/bgp-lab.js";
 import { assertLabReady, Daemon, Netns, rootSnapshot, runId, waitFor } from "../helpers/lab.js";
-import { LibvirtLab } from "../helpers/libvirt-lab.js";
+import { type LibvirtLab, startLibvirtWithDaemon } from "../helpers/libvirt-lab.js";
 
 // The whole chain with a real guest:
 //   guest (qemu, TCG) --tap--> host: vmrouted + gobgpd + libvirtd --veth--> rr: BIRD 2 + kernel
@@ -37,12 +37,7 @@ beforeAll(async () => {
   rootBefore = await rootSnapshot();
   lab = await BgpLab.start(id, { reflectorInstallsRoutes: true });
   task = await Netns.create(`vmrt-${id}-task`);
-  libvirt = await LibvirtLab.create(lab.host);
-  daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, libvirtUri: libvirt.uri });
-  const inst = await daemon.ctl(["install-hook", "--hooks-dir", libvirt.hooksDir, "--config", daemon.configPath]);
-  expect(inst.exitCode, inst.stderr).toBe(0);
-  await libvirt.start();
-  await daemon.start();
+  ({ libvirt, daemon } = await startLibvirtWithDaemon(lab.host, { bgp: { gobgp: "127.0.0.1:50051" } }));
   await lab.waitForSession();
   await libvirt.defineGuest("guest1", { ip: `${GUEST_IP}/24`, gateway: GATEWAY, ping: [GATEWAY, RR_ADDRESS, TASK_IP], watch: RR_ADDRESS });
 }, 300_000);

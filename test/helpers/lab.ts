@@ -157,6 +157,17 @@ export class Daemon {
     return JSON.parse(r.stdout) as StatusJson;
   }
 
+  /** The daemon run to its exit with another config (for starts that must be refused): exit code and stderr. */
+  async runToExit(configPath: string): Promise<{ code: number | null; stderr: string }> {
+    const child = spawn("ip", ["netns", "exec", this.host.name, process.execPath, DAEMON, "--config", configPath], { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 20000);
+    const code = await new Promise<number | null>((r) => child.once("exit", r));
+    clearTimeout(timer);
+    return { code, stderr };
+  }
+
   async cleanup(): Promise<void> {
     await this.stop();
     await rm(this.dir, { recursive: true, force: true });

@@ -3,7 +3,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
-import { type Netns, REPO, sh, stopChild, waitFor } from "./lab.js";
+import { Daemon, type DaemonOptions, type Netns, REPO, sh, stopChild, waitFor } from "./lab.js";
 
 // A real libvirtd (qemu driver, TCG) isolated from the machine by
 // scripts/lab/libvirtd.sh: it runs in the test's host network namespace, in a
@@ -101,4 +101,21 @@ export class LibvirtLab {
     await this.stop();
     await rm(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * libvirtd and vmrouted wired together in `host`: the hook shim installed
+ * before libvirtd starts (it reads hooks only at start), then both started.
+ * `beforeInstall` runs first (e.g. to place someone else's hook).
+ */
+export async function startLibvirtWithDaemon(host: Netns, options: Omit<DaemonOptions, "libvirtUri">,
+  beforeInstall?: (libvirt: LibvirtLab) => Promise<void>): Promise<{ libvirt: LibvirtLab; daemon: Daemon }> {
+  const libvirt = await LibvirtLab.create(host);
+  const daemon = await Daemon.create(host, { ...options, libvirtUri: libvirt.uri });
+  await beforeInstall?.(libvirt);
+  const inst = await daemon.ctl(["install-hook", "--hooks-dir", libvirt.hooksDir, "--config", daemon.configPath]);
+  if (inst.exitCode !== 0) throw new Error(`install-hook failed: ${inst.stderr}`);
+  await libvirt.start();
+  await daemon.start();
+  return { libvirt, daemon };
 }

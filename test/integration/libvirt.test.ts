@@ -3,8 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BgpLab } from "../helpers/bgp-lab.js";
-import { assertLabReady, Daemon, type Finding, netState, rootSnapshot, runId, sh, waitFor } from "../helpers/lab.js";
-import { LibvirtLab } from "../helpers/libvirt-lab.js";
+import { assertLabReady, Daemon, type Finding, netState, rootSnapshot, runId, waitFor } from "../helpers/lab.js";
+import { type LibvirtLab, startLibvirtWithDaemon } from "../helpers/libvirt-lab.js";
 
 // A real libvirtd + qemu (TCG) in the host namespace, driven through the
 // installed hook shim; gobgpd and a BIRD route reflector as in bgp.test.ts.
@@ -29,15 +29,9 @@ beforeAll(async () => {
   assertLabReady();
   rootBefore = await rootSnapshot();
   lab = await BgpLab.start(id);
-  libvirt = await LibvirtLab.create(lab.host);
-  daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, libvirtUri: libvirt.uri });
   // Someone else's hook, which install-hook must leave alone.
-  await writeFile(join(libvirt.hooksDir, "qemu"), "#!/bin/sh\nexit 0\n", { mode: 0o755 });
-  // Installed before libvirtd starts: libvirtd reads hooks only at start or on SIGHUP.
-  const inst = await daemon.ctl(["install-hook", "--hooks-dir", libvirt.hooksDir, "--config", daemon.configPath]);
-  expect(inst.exitCode, inst.stderr).toBe(0);
-  await libvirt.start();
-  await daemon.start();
+  ({ libvirt, daemon } = await startLibvirtWithDaemon(lab.host, { bgp: { gobgp: "127.0.0.1:50051" } },
+    (l) => writeFile(join(l.hooksDir, "qemu"), "#!/bin/sh\nexit 0\n", { mode: 0o755 })));
   await lab.waitForSession();
   await libvirt.define("vm1");
 });

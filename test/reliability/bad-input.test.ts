@@ -1,12 +1,11 @@
-import { spawn } from "node:child_process";
 import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
 import { stringify } from "yaml";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { assertLabReady, Daemon, Netns, netState, REPO, rootSnapshot, runId, sh } from "../helpers/lab.js";
-import { LibvirtLab } from "../helpers/libvirt-lab.js";
+import { assertLabReady, type Daemon, Netns, netState, rootSnapshot, runId, sh } from "../helpers/lab.js";
+import { type LibvirtLab, startLibvirtWithDaemon } from "../helpers/libvirt-lab.js";
 
 // Bad input changes nothing: one clear line on stderr (or one {"error"} from
 // the API), a non-zero exit, and the kernel, libvirt and vmrouted's state
@@ -35,12 +34,7 @@ beforeAll(async () => {
   assertLabReady();
   rootBefore = await rootSnapshot();
   host = await Netns.create(`vmrt-${id}-bad`);
-  libvirt = await LibvirtLab.create(host);
-  daemon = await Daemon.create(host, { libvirtUri: libvirt.uri });
-  const inst = await daemon.ctl(["install-hook", "--hooks-dir", libvirt.hooksDir, "--config", daemon.configPath]);
-  expect(inst.exitCode, inst.stderr).toBe(0);
-  await libvirt.start();
-  await daemon.start();
+  ({ libvirt, daemon } = await startLibvirtWithDaemon(host, {}));
   files = await mkdtemp(join(tmpdir(), "vmrouted-bad-"));
   expect((await daemon.ctl(["tap", "add", "--network", "service", "--ip", "172.31.16.10"])).exitCode).toBe(0);
   await libvirt.define("vm1");
@@ -235,7 +229,7 @@ describe("config file (vmrouted --config)", () => {
     const before = await everything();
     const config = join(files, `config-${Math.random().toString(36).slice(2)}.yaml`);
     await writeFile(config, text());
-    const r = await runDaemon(config);
+    const r = await daemon.runToExit(config);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^vmrouted: /);
     expect(r.stderr).toMatch(message);
@@ -245,7 +239,7 @@ describe("config file (vmrouted --config)", () => {
     expect((await daemon.status()).endpoints.length).toBeGreaterThan(0); // the running daemon still answers
   });
   it("a missing config file", async () => {
-    const r = await runDaemon(join(files, "nope.yaml"));
+    const r = await daemon.runToExit(join(files, "nope.yaml"));
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toMatch(/^vmrouted: config .*nope\.yaml: cannot read: ENOENT$/);
   });
@@ -264,15 +258,3 @@ describe("API access", () => {
     expect(root.stdout.trim()).toBe("HTTP 200");
   });
 });
-
-/** The daemon run to its exit inside the test's namespace (each case expects it to refuse). */
-async function runDaemon(config: string): Promise<{ code: number | null; stderr: string }> {
-  const child = spawn("ip", ["netns", "exec", host.name, process.execPath, join(REPO, "dist/daemon/main.js"), "--config", config],
-    { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
-  const timer = setTimeout(() => child.kill("SIGKILL"), 20000);
-  const code = await new Promise<number | null>((r) => child.once("exit", r));
-  clearTimeout(timer);
-  return { code, stderr };
-}

@@ -217,7 +217,7 @@ describe("a corrupt state file", () => {
     try {
       await writeFile(statePath, "{not json");
       const kernelBefore = await netState(lab.host.name);
-      const r = await runDaemonOnce();
+      const r = await daemon.runToExit(daemon.configPath);
       expect(r.code).toBe(1);
       expect(r.stderr.trim().split("\n")).toHaveLength(1);
       expect(r.stderr).toMatch(/^vmrouted: state file .* is not valid JSON .*cannot rebuild it from the kernel .*tap-stray .*fits no known network.*nothing was changed/);
@@ -231,13 +231,3 @@ describe("a corrupt state file", () => {
     expect((await daemon.status()).endpoints).toHaveLength(3);
   });
 });
-
-/** The daemon run to its exit (it is expected to refuse to start). */
-async function runDaemonOnce(): Promise<{ code: number | null; stderr: string }> {
-  const child = spawn("ip", ["netns", "exec", lab.host.name, process.execPath, join(REPO, "dist/daemon/main.js"), "--config", daemon.configPath],
-    { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
-  const code = await new Promise<number | null>((r) => child.once("exit", r));
-  return { code, stderr };
-}

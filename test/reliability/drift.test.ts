@@ -81,6 +81,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  daemon?.child?.kill("SIGCONT"); // in case a test failed while it was paused
   await daemon?.cleanup();
   for (const ns of [host, ...tasks]) await ns?.destroy();
   console.log(`drift repaired after (ms): ${JSON.stringify(repairs)}`);
@@ -132,8 +133,14 @@ describe("drift", () => {
   ];
 
   it.each(drifts)("%s: repaired, nothing else touched", async (what, change) => {
-    await change();
-    expect(await whole()).not.toBe(baseline); // the change was real
+    // vmrouted paused (our child, by pid) while the change is made and seen, or it may repair it first.
+    daemon.child!.kill("SIGSTOP");
+    try {
+      await change();
+      expect(await whole()).not.toBe(baseline); // the change was real
+    } finally {
+      daemon.child!.kill("SIGCONT");
+    }
     repairs[what] = await waitFor(async () => (await whole()) === baseline, 20000, `repair of: ${what}`, 100);
     expect(await foreign()).toBe(foreignBaseline);
   });

@@ -2,8 +2,8 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BgpLab, HOST_ADDRESS } from "../helpers/bgp-lab.js";
-import { assertLabReady, Daemon, rootSnapshot, runId, waitFor } from "../helpers/lab.js";
-import { LibvirtLab } from "../helpers/libvirt-lab.js";
+import { assertLabReady, type Daemon, rootSnapshot, runId, waitFor } from "../helpers/lab.js";
+import { type LibvirtLab, startLibvirtWithDaemon } from "../helpers/libvirt-lab.js";
 
 // Faults around vmrouted: gobgpd killed, the route reflector restarted,
 // libvirtd restarted, the link to the route reflector cut. Each time the
@@ -44,12 +44,7 @@ beforeAll(async () => {
   assertLabReady();
   rootBefore = await rootSnapshot();
   lab = await BgpLab.start(id);
-  libvirt = await LibvirtLab.create(lab.host);
-  daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, libvirtUri: libvirt.uri });
-  const inst = await daemon.ctl(["install-hook", "--hooks-dir", libvirt.hooksDir, "--config", daemon.configPath]);
-  expect(inst.exitCode, inst.stderr).toBe(0);
-  await libvirt.start();
-  await daemon.start();
+  ({ libvirt, daemon } = await startLibvirtWithDaemon(lab.host, { bgp: { gobgp: "127.0.0.1:50051" } }));
   await lab.waitForSession();
   await libvirt.define("vm1");
   expect((await daemon.ctl(["iface", "add", "vm1", "--network", "service", "--ip", VM_IP])).exitCode).toBe(0);
