@@ -6,7 +6,7 @@ import {
   addRoutedInterface, interfaceXml, metadataXml, parseDomainXml, removeRoutedInterface, routedInterfaces,
   serializeDomainXml, domainName, type RoutedInterface,
 } from "../libvirt/domain-xml.js";
-import { applyHook, lifecycleAfter, type DomainRecord } from "../libvirt/domains.js";
+import { applyHook, lifecycleAfter, resolveInterface, type DomainRecord } from "../libvirt/domains.js";
 import { Virsh, VirshError } from "../libvirt/virsh.js";
 import { InputError } from "../model/errors.js";
 import { resolveEndpoint } from "../model/resolve.js";
@@ -109,8 +109,8 @@ export class LibvirtService {
     // A start whose interfaces cannot be served is refused before anything is recorded.
     if (next === "prepared")
       for (const i of interfaces) {
-        const r = resolveEndpoint({ kind: "tap", network: i.network, ip: i.ip, mac: i.mac, name: i.tap }, this.deps.networks());
-        if (!r.ok) throw new InputError(`hook: domain '${domain}': ${r.error.replace(/^endpoint tap \S+: /, `interface ${i.ip}: `)}`);
+        const r = resolveInterface(i, this.deps.networks());
+        if (!r.ok) throw new InputError(`hook: domain '${domain}': interface ${i.ip}: ${r.reason}`);
       }
     applyHook(this.domains, { domain, op, subop, interfaces }, ++this.seq);
     const record = this.domains.get(domain);

@@ -26,9 +26,10 @@ export function rebuildRuntimeState(
   const networks: Record<string, NetworkInput> = {};
   const endpointLinks: Array<{ device: string; kind: string; ip: string }> = [];
   for (const link of observed.links.values()) {
-    const marker = link.alias?.startsWith(ALIAS_PREFIX) ? link.alias.slice(ALIAS_PREFIX.length) : undefined;
-    if (!marker) continue;
-    const [kind, rest] = [marker.slice(0, marker.indexOf(":")), marker.slice(marker.indexOf(":") + 1)];
+    // vmrouted:<kind>:<rest> (rest: the network of a gateway, the IP of an endpoint)
+    const m = link.alias?.startsWith(ALIAS_PREFIX) ? /^([a-z]+):(.+)$/.exec(link.alias.slice(ALIAS_PREFIX.length)) : null;
+    if (!m) continue;
+    const kind = m[1]!, rest = m[2]!;
     if (kind === "gateway") {
       if (rest in configNetworks) continue;
       // The gateway address is the one on its device that is not a /32 (noprefixroute keeps the prefix length).

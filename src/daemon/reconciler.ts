@@ -5,6 +5,7 @@ import type { Operation } from "../dataplane/operations.js";
 import { plan, type PlanSettings } from "../dataplane/plan.js";
 import type { ObserveRequest } from "../dataplane/observe.js";
 import type { DesiredState } from "../model/types.js";
+import type { CreationJournal } from "./creation-journal.js";
 import { endpointStatus, networkStatus, type EndpointStatus, type NetworkStatus } from "./report.js";
 
 // The one path that changes the host: desired → observe → plan → apply →
@@ -19,11 +20,7 @@ export interface ReconcileDeps {
   settings: PlanSettings;
   log: Logger;
   /** Devices about to be created, written down first (creation-journal.ts); without it nothing is adopted. */
-  journal?: {
-    annotate(observed: ObservedState): ObservedState;
-    before(operations: Operation[], observed: ObservedState): Promise<void>;
-    settle(observed: ObservedState): Promise<void>;
-  };
+  journal?: Pick<CreationJournal, "annotate" | "before" | "settle">;
   /** Called after every pass with the endpoints' state (the BGP announcer listens here). */
   onReport?: (report: ReconcileReport) => Promise<void> | void;
   /** Called after every pass with what triggered it and how many operations failed (metrics). */

@@ -73,6 +73,12 @@ export interface VmEndpoints {
   rejected: Array<{ domain: string; ip: string; reason: string }>;
 }
 
+/** A routed interface from domain XML as a tap endpoint, or why it cannot be one (the reason alone, without the endpoint prefix). */
+export function resolveInterface(i: RoutedInterface, networks: Network[]): { ok: true; value: Endpoint } | { ok: false; reason: string } {
+  const r = resolveEndpoint({ kind: "tap", network: i.network, ip: i.ip, mac: i.mac, name: i.tap }, networks);
+  return r.ok ? r : { ok: false, reason: r.error.replace(/^endpoint tap \S+: /, "") };
+}
+
 /**
  * Endpoints for domains that need a host side. An interface that does not
  * resolve (unknown network, IP taken by another endpoint) is rejected, not
@@ -86,9 +92,9 @@ export function vmEndpoints(domains: Iterable<DomainRecord>, networks: Network[]
   for (const d of sorted) {
     if (d.lifecycle === "defined") continue;
     for (const i of d.interfaces) {
-      const r = resolveEndpoint({ kind: "tap", network: i.network, ip: i.ip, mac: i.mac, name: i.tap }, networks);
+      const r = resolveInterface(i, networks);
       if (!r.ok) {
-        rejected.push({ domain: d.name, ip: i.ip, reason: r.error.replace(/^endpoint tap \S+: /, "") });
+        rejected.push({ domain: d.name, ip: i.ip, reason: r.reason });
         continue;
       }
       if (used.has(i.ip) || used.has(`dev:${i.tap}`)) {

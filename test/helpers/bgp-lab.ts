@@ -107,6 +107,17 @@ export class BgpLab {
     return Number(m[1]);
   }
 
+  /** BIRD has exactly these prefixes from the host (any order), each with the host as next hop. */
+  async holdsExactly(prefixes: string[]): Promise<boolean> {
+    const routes = await this.birdRoutes();
+    return JSON.stringify([...routes.keys()].sort()) === JSON.stringify([...prefixes].sort()) && [...routes.values()].every((nh) => nh === HOST_ADDRESS);
+  }
+
+  /** Waits until BIRD holds exactly these prefixes; returns how long that took (ms). */
+  waitForExactly(prefixes: string[], timeoutMs = 20000, what = `BIRD to have exactly ${prefixes.length} route(s)`): Promise<number> {
+    return waitFor(() => this.holdsExactly(prefixes), timeoutMs, what, 100);
+  }
+
   /** prefix → BGP next hop, as BIRD has them. */
   async birdRoutes(): Promise<Map<string, string>> {
     const r = await sh("birdc", ["-s", this.birdSocket, "show", "route", "all", "protocol", "host1"], { reject: false });

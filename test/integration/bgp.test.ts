@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BgpLab, HOST_ADDRESS } from "../helpers/bgp-lab.js";
+import { BgpLab } from "../helpers/bgp-lab.js";
 import { assertLabReady, Daemon, rootSnapshot, runId, sh, waitFor } from "../helpers/lab.js";
 
 // Real gobgpd (host namespace, next to vmrouted) and a real BIRD 2 route
@@ -21,12 +21,7 @@ async function apply(text: string): Promise<void> {
   expect(r.exitCode, r.stderr).toBe(0);
 }
 
-async function birdHasExactly(expected: string[], timeoutMs = 20000): Promise<number> {
-  return waitFor(async () => {
-    const routes = await lab.birdRoutes();
-    return JSON.stringify([...routes.keys()].sort()) === JSON.stringify(expected) && [...routes.values()].every((nh) => nh === HOST_ADDRESS);
-  }, timeoutMs, `BIRD to have exactly ${expected.length} route(s)`);
-}
+const birdHasExactly = (expected: string[], timeoutMs?: number) => lab.waitForExactly(expected, timeoutMs);
 
 
 beforeAll(async () => {

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StateStore } from "../../src/daemon/store.js";
 import { defaultGuestMac } from "../../src/model/mac.js";
 import { tapName } from "../../src/model/naming.js";
-import { BgpLab, HOST_ADDRESS } from "../helpers/bgp-lab.js";
+import { BgpLab } from "../helpers/bgp-lab.js";
 import { assertLabReady, Daemon, netState, REPO, rootSnapshot, runId, waitFor } from "../helpers/lab.js";
 import { randomSource } from "../helpers/random.js";
 
@@ -29,6 +29,7 @@ interface Link { ifname: string; ifalias?: string; group?: string; flags?: strin
 const range = (from: number, n: number) => Array.from({ length: n }, (_, i) => `172.30.${(from + i) >> 8}.${(from + i) & 255}`);
 const TARGETS: Record<string, string[]> = { a: range(10, 1000), b: range(510, 1000), none: [] };
 const specBody = (ips: string[]) => JSON.stringify({ endpoints: ips.map((ip) => ({ kind: "tap", network: NETWORK, ip })) });
+const slash32 = (ips: string[]) => ips.map((ip) => `${ip}/32`);
 const sameSet = (a: string[], b: string[]) => JSON.stringify([...a].sort()) === JSON.stringify([...b].sort());
 
 /** What differs between the host and exactly `ips` as taps (undefined: nothing). */
@@ -56,11 +57,6 @@ async function kernelDifference(ips: string[]): Promise<string | undefined> {
   if (routeSet(neighbours.map((n) => `${n.dst} ${n.dev} ${n.lladdr}`)) !== routeSet(ips.map((ip) => `${ip} ${tapName(NETWORK, ip)} ${defaultGuestMac(NETWORK, ip)}`)))
     problems.push(`neighbours: ${neighbours.length} permanent, ${ips.length} wanted (or wrong)`);
   return problems.length ? `${problems.length} problem(s): ${problems.slice(0, 5).join("; ")}` : undefined;
-}
-
-async function reflectorHasExactly(ips: string[]): Promise<boolean> {
-  const routes = await lab.birdRoutes();
-  return sameSet([...routes.keys()], ips.map((ip) => `${ip}/32`)) && [...routes.values()].every((nh) => nh === HOST_ADDRESS);
 }
 
 async function storedIps(): Promise<string[]> {
@@ -93,7 +89,7 @@ describe("crash during apply", () => {
     expect((await daemon.request("PUT", "/v1/spec", specBody(TARGETS.a!))).status).toBe(200);
     const applyMs = Date.now() - started;
     await waitFor(async () => (await kernelDifference(TARGETS.a!)) === undefined, 60000, "the first apply");
-    await waitFor(() => reflectorHasExactly(TARGETS.a!), 60000, "the RR to have the first 1,000");
+    await lab.waitForExactly(slash32(TARGETS.a!), 60000, "the RR to have the first 1,000");
     let current = "a";
     const trials: Array<Record<string, unknown>> = [];
     for (let trial = 0; trial < TRIALS; trial++) {
@@ -116,7 +112,7 @@ describe("crash during apply", () => {
         `trial ${trial} (seed ${random.seed}, kill at ${delay} ms): kernel to hold exactly '${kept}'`).catch((e) => {
         throw new Error(`${(e as Error).message}: ${difference}\n${daemon.log.slice(-3000)}`);
       });
-      const rrMs = await waitFor(() => reflectorHasExactly(TARGETS[kept!]!), 60000, `trial ${trial} (seed ${random.seed}): RR to hold exactly '${kept}'`);
+      const rrMs = await lab.waitForExactly(slash32(TARGETS[kept!]!), 60000, `trial ${trial} (seed ${random.seed}): RR to hold exactly '${kept}'`);
       trials.push({ trial, from: current, to: target, killAtMs: delay, answeredBeforeKill: answered, stored: kept, kernelExactMs: kernelMs, rrExactMs: rrMs, restartToExactMs: Date.now() - restarted });
       current = kept!;
     }

@@ -1,7 +1,7 @@
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BgpLab, HOST_ADDRESS } from "../helpers/bgp-lab.js";
+import { BgpLab } from "../helpers/bgp-lab.js";
 import { assertLabReady, type Daemon, rootSnapshot, runId, waitFor } from "../helpers/lab.js";
 import { type LibvirtLab, startLibvirtWithDaemon } from "../helpers/libvirt-lab.js";
 
@@ -30,14 +30,9 @@ async function setTaps(list: string[]): Promise<void> {
   expect(r.status, r.body).toBe(200);
 }
 
-async function reflectorHasExactly(expected: string[]): Promise<boolean> {
-  const routes = await lab.birdRoutes();
-  return JSON.stringify([...routes.keys()].sort()) === JSON.stringify(expected) && [...routes.values()].every((nh) => nh === HOST_ADDRESS);
-}
-
 /** Waits until the RR holds exactly the desired set; returns how long that took (ms). */
 function exactAtReflector(what: string, timeoutMs = 90000): Promise<number> {
-  return waitFor(() => reflectorHasExactly(wanted()), timeoutMs, `the route reflector to hold exactly the desired set (${what})`, 100);
+  return lab.waitForExactly(wanted(), timeoutMs, `the route reflector to hold exactly the desired set (${what})`);
 }
 
 beforeAll(async () => {
