@@ -4,25 +4,47 @@
 #   NAME OP SUBOP EXTRA   with the domain XML on stdin,
 # waits for it with no timeout of its own, and deadlocks if it calls back into
 # libvirt. So: never call virsh here, and bound our own wait.
+# It talks to vmrouted's API socket with curl: no Node on the path of a VM
+# start. Only `prepare begin` and `migrate begin` wait for vmrouted (the taps
+# must exist before qemu opens them); every other call is answered as soon as
+# vmrouted has recorded it, and applied in order (each call carries a sequence).
 NODE='@NODE@'
 CLI='@CLI@'
 SOCKET='@SOCKET@'
 CONFIG='@CONFIG@'
 TIMEOUT='@TIMEOUT@'
 
+seq=$(date +%s%N)
 xml=$(cat)
 # migrate and restore: libvirt takes the XML printed on stdout; we change nothing.
 case "$2" in migrate|restore) printf '%s\n' "$xml" ;; esac
 # Domains without vmrouted's metadata are none of our business.
 case "$xml" in *'https://vmrouted.dev/xmlns/interfaces/1'*) ;; *) exit 0 ;; esac
-# Only these calls change anything for vmrouted; skip starting Node for the rest.
 case "$2/$3" in
-  prepare/begin|migrate/begin|started/begin|reconnect/begin|stopped/end|release/end) ;;
+  prepare/begin|migrate/begin) blocking=1 ;;
+  started/begin|reconnect/begin|stopped/end|release/end) blocking=0 ;;
   *) exit 0 ;;
 esac
 
-printf '%s' "$xml" | timeout "$TIMEOUT" "$NODE" "$CLI" --socket "$SOCKET" hook --config "$CONFIG" -- "$1" "$2" "$3" "${4:--}" >/dev/null
+answer=$(printf '%s' "$xml" | curl -sS --max-time "$TIMEOUT" --unix-socket "$SOCKET" -X POST \
+  -H 'content-type: application/xml' --data-binary @- \
+  --url-query "domain=$1" --url-query "op=$2" --url-query "subop=$3" --url-query "extra=${4:--}" --url-query "seq=$seq" \
+  -w '\n%{http_code}' http://vmrouted/v1/hook 2>&1)
 rc=$?
-# Only a failed prepare (or incoming migration) may stop a domain: its tap could not be made.
-case "$2/$3" in prepare/begin|migrate/begin) exit $rc ;; esac
+if [ "$rc" -eq 7 ]; then
+  # vmrouted is not running (curl: cannot connect). Only a start needs anything
+  # now: its taps, made directly (the daemon routes and announces the domain
+  # when it is back, from its libvirt resync).
+  [ "$blocking" = 1 ] || exit 0
+  printf '%s' "$xml" | timeout "$TIMEOUT" "$NODE" "$CLI" --socket "$SOCKET" hook --config "$CONFIG" -- "$1" "$2" "$3" "${4:--}" >/dev/null
+  exit $?
+fi
+code=$(printf '%s\n' "$answer" | tail -n 1)
+if [ "$rc" -ne 0 ] || [ "$code" != 200 ]; then
+  # One line for libvirt's error message: vmrouted's {"error": "..."} or curl's own.
+  body=$(printf '%s\n' "$answer" | sed '$d' | sed -n 's/^{"error":"\(.*\)"}$/\1/p')
+  echo "vmrouted: ${body:-$(printf '%s\n' "$answer" | head -n 1)}" >&2
+  # Only a failed prepare (or incoming migration) may stop a domain: its tap could not be made.
+  [ "$blocking" = 1 ] && exit 1
+fi
 exit 0

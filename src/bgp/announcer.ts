@@ -1,16 +1,21 @@
 import type { Logger } from "pino";
 import type { BgpStatus } from "../daemon/status.js";
 import { toApiPath, type GobgpTransport, type PeerInfo } from "./gobgp.js";
-import { diffAnnouncements, pathFor, type AnnouncePolicy, type BgpPath } from "./paths.js";
+import { diffAnnouncements, pathFor, samePath, type AnnouncePolicy, type Announcement, type BgpPath } from "./paths.js";
 
-// Keeps gobgpd's local paths equal to the set of ready endpoints.
+// Keeps gobgpd's local paths equal to the newest set of ready endpoints, in a
+// loop of its own: the reconciler publishes the set and never waits. A gobgpd
+// that is down or hung delays announcements and nothing else; whatever was
+// published meanwhile, only the newest set is sent when it answers again.
 //
 // The record is what may be in gobgpd from us (persisted, so a restarted
 // vmrouted still knows what it announced); it is never rebuilt by listing
 // gobgpd's RIB. gobgpd keeps API paths only in memory, so every new
 // connection is treated as a possibly restarted gobgpd: everything desired is
-// announced again and everything else in the record withdrawn. The end of the
-// WatchEvent stream is how we learn gobgpd went away.
+// announced again (at once: before gobgpd's graceful-restart End-of-RIB
+// deferral ends, so the reflector never sees a withdrawal) and everything else
+// in the record withdrawn. The end of the WatchEvent stream is how we learn
+// gobgpd went away.
 
 export interface AnnouncerDeps {
   address: string;
@@ -22,6 +27,8 @@ export interface AnnouncerDeps {
   retryMs?: number;
   /** Called for each failed attempt to reach or update gobgpd (metrics). */
   onFailure?: () => void;
+  /** Called after every successful connection (the importer shares it). */
+  onConnected?: (transport: GobgpTransport) => void;
 }
 
 export class Announcer {
@@ -30,9 +37,11 @@ export class Announcer {
   reconnects = 0;
   private desired = new Map<string, BgpPath>();
   private haveDesired = false;
+  private version = 0;
+  private pushed = -1;
+  private needFull = true;
   private record: Map<string, BgpPath>;
   private transport: GobgpTransport | undefined;
-  private queue: Promise<unknown> = Promise.resolve();
   private stopped = false;
   private cancelWatch: (() => void) | undefined;
   private wake: (() => void) | undefined;
@@ -41,25 +50,37 @@ export class Announcer {
     this.record = new Map(deps.record.map((p) => [p.prefix, p]));
   }
 
-  /** The IPs that should be announced now (the ready endpoints). Resolves once gobgpd has them, or at once when it is unreachable. */
-  setDesired(ips: string[]): Promise<void> {
-    this.desired = new Map(ips.map((ip) => pathFor(ip, this.deps.policy)).map((p) => [p.prefix, p]));
-    const first = !this.haveDesired;
+  /** What should be announced now (the ready endpoints). Returns at once; the loop sends it. */
+  setDesired(announcements: Announcement[]): void {
+    this.desired = new Map(announcements.map((a) => pathFor(a, this.deps.policy)).map((p) => [p.prefix, p]));
     this.haveDesired = true;
-    return this.enqueue(() => this.push(first));
+    this.version++;
+    this.wake?.();
   }
 
   /** Paths gobgpd has from us that are still wanted. */
   announcedCount(): number {
-    return this.state === "up" ? [...this.record.keys()].filter((p) => this.desired.has(p)).length : 0;
+    let n = 0;
+    for (const prefix of this.desired.keys()) if (this.isAnnouncedPrefix(prefix)) n++;
+    return n;
   }
 
   isAnnounced(ip: string): boolean {
-    return this.state === "up" && this.record.has(`${ip}/32`) && this.desired.has(`${ip}/32`);
+    return this.isAnnouncedPrefix(`${ip}/32`);
+  }
+
+  private isAnnouncedPrefix(prefix: string): boolean {
+    const want = this.desired.get(prefix), had = this.record.get(prefix);
+    return this.state === "up" && !this.needFull && !!want && !!had && samePath(want, had);
+  }
+
+  /** Sent everything published so far (tests and the bench wait for this). */
+  get converged(): boolean {
+    return this.state === "up" && this.haveDesired && this.pushed === this.version && !this.needFull;
   }
 
   start(): void {
-    void this.connectLoop();
+    void this.loop();
   }
 
   stop(): void {
@@ -82,33 +103,87 @@ export class Announcer {
     return { enabled: true, state: this.state, ...(reason ? { reason } : {}), peers, announced: this.announcedCount() };
   }
 
-  private enqueue(task: () => Promise<void>): Promise<void> {
-    const run = this.queue.then(task, task);
-    this.queue = run.catch(() => undefined);
-    return run;
+  private async loop(): Promise<void> {
+    let first = true;
+    while (!this.stopped) {
+      if (this.state !== "up") {
+        // Every attempt after the first waits: a gobgpd that accepts connections but fails every call is not hammered.
+        if (!first) await new Promise((r) => setTimeout(r, this.deps.retryMs ?? 1000).unref());
+        first = false;
+        if (!this.stopped) await this.connect();
+        continue;
+      }
+      if (!this.haveDesired || (this.pushed === this.version && !this.needFull)) {
+        await this.pause();
+        continue;
+      }
+      const version = this.version;
+      const full = this.needFull;
+      this.needFull = false;
+      if (await this.push(full)) this.pushed = version;
+    }
   }
 
-  /** Sends the difference (or, after a new connection, everything) to gobgpd. */
-  private async push(full: boolean): Promise<void> {
-    if (this.state !== "up" || !this.transport || !this.haveDesired) return;
+  /** Waits for new work. */
+  private pause(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.wake = () => {
+        this.wake = undefined;
+        resolve();
+      };
+    });
+  }
+
+  private async connect(): Promise<boolean> {
+    const transport = this.deps.connect(this.deps.address);
+    try {
+      const global = await transport.getBgp();
+      if (!global.asn) throw new Error("gobgpd has no global BGP config yet (asn 0)");
+      const watch = transport.watch();
+      this.cancelWatch = watch.cancel;
+      this.transport = transport;
+      this.state = "up";
+      this.reason = "";
+      this.needFull = true;
+      this.deps.log.info({ gobgp: this.deps.address, asn: global.asn, routerId: global.routerId }, "connected to gobgpd");
+      this.deps.onConnected?.(transport);
+      void watch.ended.then((ended) => {
+        if (this.stopped || this.transport !== transport) return;
+        this.reconnects++;
+        this.markDown(`gobgpd connection lost (${ended}); will re-announce everything`);
+      });
+      return true;
+    } catch (e) {
+      transport.close();
+      this.markDown(`cannot reach gobgpd at ${this.deps.address}: ${(e as Error).message}`);
+      return false;
+    }
+  }
+
+  /** Sends the difference (or, after a new connection, everything). False when gobgpd failed. */
+  private async push(full: boolean): Promise<boolean> {
+    const transport = this.transport;
+    if (!transport) return false;
     const diff = diffAnnouncements(this.desired, full ? new Map() : this.record);
     if (full) for (const [prefix, path] of this.record) if (!this.desired.has(prefix)) diff.withdraw.push(path);
-    if (diff.announce.length === 0 && diff.withdraw.length === 0) return;
+    if (diff.announce.length === 0 && diff.withdraw.length === 0) return true;
     // Remember what may be in gobgpd before sending: a crash mid-stream must not forget a path.
     for (const p of diff.announce) this.record.set(p.prefix, p);
     await this.deps.persist([...this.record.values()]);
     try {
-      await this.transport.addPathStream([
+      await transport.addPathStream([
         ...diff.announce.map((p) => toApiPath(p, false)),
         ...diff.withdraw.map((p) => toApiPath(p, true)),
       ]);
     } catch (e) {
+      this.needFull = true;
       this.markDown(`AddPathStream failed: ${(e as Error).message}`);
-      return;
+      return false;
     }
     for (const p of diff.withdraw) this.record.delete(p.prefix);
     await this.deps.persist([...this.record.values()]);
     this.deps.log.info({ announced: diff.announce.length, withdrawn: diff.withdraw.length, full }, "bgp paths updated");
+    return true;
   }
 
   private markDown(reason: string): void {
@@ -116,37 +191,11 @@ export class Announcer {
     if (this.state !== "down") this.deps.log.warn({ reason, gobgp: this.deps.address }, "gobgpd unreachable; kernel side keeps working");
     this.state = "down";
     this.reason = reason;
+    this.needFull = true;
     this.cancelWatch?.();
-  }
-
-  private async connectLoop(): Promise<void> {
-    while (!this.stopped) {
-      const transport = this.deps.connect(this.deps.address);
-      try {
-        const global = await transport.getBgp();
-        if (!global.asn) throw new Error("gobgpd has no global BGP config yet (asn 0)");
-        const watch = transport.watch();
-        this.cancelWatch = watch.cancel;
-        this.transport = transport;
-        this.state = "up";
-        this.reason = "";
-        this.deps.log.info({ gobgp: this.deps.address, asn: global.asn, routerId: global.routerId }, "connected to gobgpd");
-        await this.enqueue(() => this.push(true));
-        const ended = await watch.ended;
-        if (!this.stopped) {
-          this.reconnects++;
-          this.markDown(`gobgpd connection lost (${ended}); will re-announce everything`);
-        }
-      } catch (e) {
-        this.markDown(`cannot reach gobgpd at ${this.deps.address}: ${(e as Error).message}`);
-      }
-      this.transport = undefined;
-      transport.close();
-      if (this.stopped) return;
-      await new Promise<void>((resolve) => {
-        this.wake = resolve;
-        setTimeout(resolve, this.deps.retryMs ?? 1000).unref();
-      });
-    }
+    this.cancelWatch = undefined;
+    this.transport?.close();
+    this.transport = undefined;
+    this.wake?.();
   }
 }

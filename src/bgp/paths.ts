@@ -14,16 +14,35 @@ export interface AnnouncePolicy {
   /** "ASN:VALUE" strings from the config. */
   communities: string[];
   localPref?: number;
+  /** Marks the elevated path of a VM that just moved here (every host prefers it). */
+  migrationCommunity: string;
 }
+
+/** A ready endpoint to announce; elevated while a live-migrated VM settles on this host. */
+export interface Announcement {
+  ip: string;
+  elevated?: boolean;
+}
+
+/** The local-pref of an elevated path: above any normal one (BGP prefers the highest local-pref first). */
+export const ELEVATED_LOCAL_PREF_BONUS = 100;
+const DEFAULT_LOCAL_PREF = 100;
 
 export function encodeCommunity(text: string): number {
   const [asn, value] = text.split(":").map(Number);
   return (asn! * 65536) + value!;
 }
 
-export function pathFor(ip: string, policy: AnnouncePolicy): BgpPath {
+export function pathFor(a: Announcement, policy: AnnouncePolicy): BgpPath {
+  if (a.elevated)
+    return {
+      prefix: `${a.ip}/32`,
+      nextHop: policy.nextHop,
+      communities: [...policy.communities, policy.migrationCommunity].map(encodeCommunity),
+      localPref: (policy.localPref ?? DEFAULT_LOCAL_PREF) + ELEVATED_LOCAL_PREF_BONUS,
+    };
   return {
-    prefix: `${ip}/32`,
+    prefix: `${a.ip}/32`,
     nextHop: policy.nextHop,
     communities: policy.communities.map(encodeCommunity),
     ...(policy.localPref !== undefined ? { localPref: policy.localPref } : {}),

@@ -6,13 +6,20 @@ export class ApiError extends Error {}
 /** The daemon could not be reached at all (as opposed to answering with an error). */
 export class UnreachableError extends ApiError {}
 
+/** A body sent as it is (the domain XML of a hook call), not as JSON. */
+export class RawBody {
+  constructor(readonly contentType: string, readonly text: string) {}
+}
+
 export function call<T = unknown>(socketPath: string, method: string, path: string, body?: unknown, timeoutMs?: number): Promise<T> {
-  const payload = body === undefined ? undefined : JSON.stringify(body);
+  const raw = body instanceof RawBody;
+  const payload = body === undefined ? undefined : raw ? body.text : JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const req = request(
       {
         socketPath, method, path,
-        headers: payload ? { "content-type": "application/json", "content-length": Buffer.byteLength(payload) } : {},
+        headers: payload !== undefined
+          ? { "content-type": raw ? body.contentType : "application/json", "content-length": Buffer.byteLength(payload) } : {},
       },
       (res) => {
         const chunks: Buffer[] = [];

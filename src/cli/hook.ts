@@ -2,11 +2,10 @@ import { chmod, mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../config/load.js";
-import { configSchema } from "../config/schema.js";
 import { applyPlan } from "../dataplane/apply.js";
 import { observe } from "../dataplane/observe.js";
 import { plan } from "../dataplane/plan.js";
-import { StateStore } from "../daemon/store.js";
+import { runtimeFile } from "../state/stored.js";
 import { parseDomainXml, routedInterfaces } from "../libvirt/domain-xml.js";
 import { vmEndpoints } from "../libvirt/domains.js";
 import { InputError } from "../model/errors.js";
@@ -31,19 +30,23 @@ export async function readStdin(limit: number): Promise<string> {
 
 /** Creates the taps of a starting domain directly, touching nothing but them. */
 export async function ensureTapsWithoutDaemon(domain: string, xml: string, configPath: string): Promise<string[]> {
-  const config = await loadConfig(configPath).catch(() => configSchema.parse({ node: { address: "192.0.2.1" } }));
-  const runtime = await new StateStore(config.stateDir).load().catch(() => ({ networks: {}, endpoints: [] }));
+  // The daemon's own config, or nothing: defaults would mark the taps with the wrong group or protocol.
+  const config = await loadConfig(configPath);
+  // Read only (the daemon keeps aside and rebuilds a corrupt file): runtime networks, if readable.
+  const runtime = (await runtimeFile(config.stateDir).load()).value;
   const networks = resolveNetworks(config.networks, runtime.networks);
   if (!networks.ok) throw new InputError(networks.error);
   const interfaces = routedInterfaces(parseDomainXml(xml, "hook domain XML"));
   const vm = vmEndpoints([{ name: domain, lifecycle: "prepared", interfaces, seq: 0 }], networks.value, new Set());
   if (vm.rejected.length) throw new InputError(`${vm.rejected[0]!.ip}: ${vm.rejected[0]!.reason}`);
   const ids = new Set(vm.endpoints.map((e) => e.id));
-  const desired = { networks: networks.value, endpoints: vm.endpoints };
+  const desired = { networks: networks.value, endpoints: vm.endpoints, learned: [] };
   const settings = { ...config.dataplane, gatewayKind: "bridge" as const };
-  const ops = plan(desired, await observe({ netns: [] }), settings).operations.filter((op) => ids.has(op.subject));
+  // Only these taps are read, so only these taps can be planned for: nothing else on the host is touched.
+  const look = () => observe({ netns: [], scope: { devices: vm.endpoints.map((e) => e.device), dsts: [] } });
+  const ops = plan(desired, await look(), settings, { gateways: new Set() }).operations.filter((op) => ids.has(op.subject));
   await applyPlan(ops);
-  const after = plan(desired, await observe({ netns: [] }), settings);
+  const after = plan(desired, await look(), settings, { gateways: new Set() });
   const missing = after.endpoints.filter((c) => !c.link || c.conflict);
   if (missing.length) throw new Error(`tap ${missing[0]!.endpoint.device} could not be created${missing[0]!.conflict ? `: ${missing[0]!.conflict}` : ""}`);
   return vm.endpoints.map((e) => e.device);

@@ -4,7 +4,7 @@ import { loadConfig, parseYaml } from "../config/load.js";
 import type { Status } from "../daemon/status.js";
 import { InputError } from "../model/errors.js";
 import type { Spec } from "../model/spec.js";
-import { ApiError, call, UnreachableError } from "./client.js";
+import { ApiError, call, RawBody, UnreachableError } from "./client.js";
 import { ensureTapsWithoutDaemon, installHook, MAX_HOOK_XML, readStdin } from "./hook.js";
 import { doctorHuman, domainsTable, endpointsTable, networksTable, render, statusHuman, type DomainView, type OutputFormat } from "./format.js";
 
@@ -124,7 +124,8 @@ export function buildProgram(out: (s: string) => void): Command {
     .action(async (domain: string, op: string, subop: string, extra: string, o: { config: string }) => {
       const xml = await readStdin(MAX_HOOK_XML + 1);
       try {
-        const r = await api("POST", "/v1/hook", { domain, op, subop, extra, xml });
+        const query = new URLSearchParams({ domain, op, subop, extra, seq: `${BigInt(Date.now()) * 1_000_000n}` });
+        const r = await api("POST", `/v1/hook?${query}`, new RawBody("application/xml", xml));
         show(r, () => "ok");
       } catch (e) {
         // The daemon is down while a domain starts: make its taps so qemu can open them.

@@ -42,6 +42,10 @@ export const configSchema = z
         gobgp: hostPort.default("127.0.0.1:50051"),
         communities: z.array(community).default([]),
         localPref: z.number().int().min(0).max(4294967295).optional(),
+        /** Install the best paths other hosts announce as kernel routes (protocol dataplane.learnedProtocol). */
+        importRoutes: z.boolean().default(true),
+        /** Added to a live-migrated VM's path while it settles; with a higher local-pref every host prefers it. */
+        migrationCommunity: community.default("64512:666"),
       })
       .strict()
       .optional(),
@@ -50,15 +54,20 @@ export const configSchema = z
       .object({
         /** Route protocol number marking our routes (name it in /etc/iproute2/rt_protos.d/). */
         routeProtocol: z.number().int().min(5).max(254).default(94),
+        /** Route protocol number marking routes learned from other hosts (BGP import). */
+        learnedProtocol: z.number().int().min(5).max(254).default(96),
+        /** Metric of endpoint and learned routes; a migrating VM's preferred route gets half of it. */
+        routeMetric: z.number().int().min(2).max(4294967295).default(1024),
         /** netdev group of our taps and veths. */
         netdevGroup: z.number().int().min(1).max(2147483647).default(94),
         /** Group devices are moved to just before one bulk `ip link del group`. */
         teardownGroup: z.number().int().min(1).max(2147483647).default(95),
-        /** Full resync interval: repairs drift that raises no kernel event (sysctls). */
-        resyncSeconds: z.number().min(0.5).max(3600).default(5),
+        /** Full resync interval: repairs drift that raises no kernel event (sysctls). Kernel events repair the rest at once. */
+        resyncSeconds: z.number().min(0.5).max(86400).default(30),
       })
       .strict()
       .refine((d) => d.netdevGroup !== d.teardownGroup, { message: "teardownGroup must differ from netdevGroup", path: ["teardownGroup"] })
+      .refine((d) => d.routeProtocol !== d.learnedProtocol, { message: "learnedProtocol must differ from routeProtocol", path: ["learnedProtocol"] })
       .default({}),
     libvirt: z
       .object({
@@ -67,6 +76,13 @@ export const configSchema = z
         uri: z.string().min(1).default("qemu:///system"),
         /** How often domains are re-read from libvirt (hooks are the fast path). */
         resyncSeconds: z.number().min(1).max(3600).default(30),
+      })
+      .strict()
+      .default({}),
+    migration: z
+      .object({
+        /** How long a live-migrated VM's route and path stay preferred on its new host. */
+        settleSeconds: z.number().min(1).max(3600).default(30),
       })
       .strict()
       .default({}),

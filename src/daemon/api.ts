@@ -14,7 +14,13 @@ export class TextBody {
 }
 
 export type Handler = (body: unknown, params: URLSearchParams, match: string[]) => Promise<unknown>;
-export interface Route { method: string; path: RegExp; handler: Handler }
+export interface Route {
+  method: string;
+  path: RegExp;
+  handler: Handler;
+  /** The body is handed over as text, not parsed as JSON (the hook shim posts the domain XML as it is). */
+  raw?: boolean;
+}
 
 const MAX_BODY = 4 * 1024 * 1024;
 
@@ -24,7 +30,7 @@ class HttpError extends Error {
   }
 }
 
-async function readBody(req: IncomingMessage): Promise<unknown> {
+async function readBody(req: IncomingMessage, raw: boolean): Promise<unknown> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
@@ -33,6 +39,7 @@ async function readBody(req: IncomingMessage): Promise<unknown> {
     chunks.push(chunk as Buffer);
   }
   const text = Buffer.concat(chunks).toString("utf8");
+  if (raw) return text;
   if (text.trim() === "") return undefined;
   try {
     return JSON.parse(text);
@@ -71,7 +78,7 @@ export async function startApi(socketPath: string, routes: Route[], log: Logger)
     try {
       if (!route) throw new HttpError(404, `no such API call: ${req.method} ${url.pathname}`);
       const match = route.path.exec(url.pathname)!.slice(1).map(decodeURIComponent);
-      const body = await readBody(req);
+      const body = await readBody(req, route.raw === true);
       const result = await route.handler(body, url.searchParams, match);
       if (result instanceof TextBody) res.writeHead(200, { "content-type": result.contentType }).end(result.text);
       else send(res, 200, result);

@@ -1,9 +1,8 @@
-import { readFile, rm } from "node:fs/promises";
 import { z } from "zod";
 import { adoptableDevices, createdDevices, highestIfindex, type CreationRecord } from "../dataplane/creations.js";
 import type { ObservedState } from "../dataplane/observed.js";
 import type { Operation } from "../dataplane/operations.js";
-import { writeFileAtomic } from "./atomic-file.js";
+import { StateFile } from "../state/files.js";
 
 // dataplane/creations.ts, on disk (stateDir/creating.json): written before a
 // batch that creates devices, removed once every device it names is marked or gone.
@@ -12,18 +11,20 @@ const recordSchema = z.object({ devices: z.array(z.string()), ifindexAbove: z.nu
 
 export class CreationJournal {
   private record: CreationRecord | undefined;
-  constructor(private readonly path: string) {}
+  private readonly file: StateFile<CreationRecord | undefined>;
+  constructor(stateDir: string) {
+    this.file = new StateFile(stateDir, "creating.json", recordSchema, () => undefined);
+  }
 
-  /** A record that cannot be read is dropped: without it nothing is adopted, which is the safe side. */
+  /** A record that cannot be read is kept aside and nothing is adopted, which is the safe side. Returns the problem. */
   async load(): Promise<string | undefined> {
-    try {
-      const parsed = recordSchema.safeParse(JSON.parse(await readFile(this.path, "utf8")));
-      if (parsed.success) this.record = parsed.data;
-      else return `${this.path} is not a creation record; ignored`;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "ENOENT") return `${this.path} unreadable (${(e as Error).message}); ignored`;
+    const loaded = await this.file.load();
+    if (loaded.state !== "corrupt") {
+      this.record = loaded.value;
+      return undefined;
     }
-    return undefined;
+    const kept = await this.file.keepAside();
+    return `${loaded.problem}; kept as ${kept}, nothing adopted`;
   }
 
   /** observed, with the devices this journal may adopt. */
@@ -41,13 +42,13 @@ export class CreationJournal {
       devices: [...new Set([...(this.record?.devices ?? []), ...devices])],
       ifindexAbove: this.record ? Math.min(this.record.ifindexAbove, above) : above,
     };
-    await writeFileAtomic(this.path, JSON.stringify(this.record) + "\n");
+    await this.file.save(this.record);
   }
 
   /** After a pass: forgotten once nothing it names is left unmarked. */
   async settle(observed: ObservedState): Promise<void> {
     if (!this.record || adoptableDevices(this.record, observed).size > 0) return;
     this.record = undefined;
-    await rm(this.path, { force: true });
+    await this.file.remove();
   }
 }

@@ -1,42 +1,32 @@
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
 import type { Logger } from "pino";
 import { z } from "zod";
 import {
-  addRoutedInterface, interfaceXml, metadataXml, parseDomainXml, removeRoutedInterface, routedInterfaces,
-  serializeDomainXml, domainName, type RoutedInterface,
+  addRoutedInterface, domainName, domainUuid, interfaceXml, metadataXml, parseDomainXml, removeRoutedInterface,
+  routedInterfaces, serializeDomainXml, type RoutedInterface,
 } from "../libvirt/domain-xml.js";
-import { applyHook, lifecycleAfter, resolveInterface, type DomainRecord } from "../libvirt/domains.js";
+import { applyHook, lifecycleAfter, mergeResync, resolveInterface, sameDomains, type DomainRecord } from "../libvirt/domains.js";
+import { readDomains } from "../libvirt/read.js";
 import { Virsh, VirshError } from "../libvirt/virsh.js";
 import { InputError } from "../model/errors.js";
 import { resolveEndpoint } from "../model/resolve.js";
 import { describeZodError } from "../model/spec.js";
 import type { Endpoint, Network } from "../model/types.js";
-import { writeFileAtomic } from "./atomic-file.js";
-import type { ReconcileReport } from "./reconciler.js";
+import type { DesiredStore } from "../state/desired.js";
+import { Serial } from "../state/serial.js";
+import type { EndpointStatus } from "./report.js";
 
-// libvirt domains: hook calls (from the domain XML on stdin, never calling
-// back into libvirt), a periodic resync from virsh, and `iface add/remove`.
-// The cache is persisted so that a vmrouted restarted while libvirtd is down
-// does not tear down running VMs' taps.
+// libvirt domains: hook calls (from the domain XML libvirt hands the hook,
+// never calling back into libvirt), a periodic resync from virsh, and
+// `iface add/remove`. Every change of the domains goes through the desired
+// state's one writer; this service only decides what the change is.
 
-const PREPARE_GRACE_MS = 120_000;
-
-const recordSchema = z.object({
-  name: z.string(),
-  lifecycle: z.enum(["defined", "prepared", "running", "stopped"]),
-  interfaces: z.array(z.object({ network: z.string(), ip: z.string(), mac: z.string(), tap: z.string() }).strict()),
-  seq: z.number(),
-  since: z.number().optional(),
-});
-const fileSchema = z.object({ version: z.literal(1), domains: z.array(recordSchema) });
-
-export const hookBodySchema = z.object({
+export const hookQuerySchema = z.object({
   domain: z.string().min(1).max(256),
   op: z.string().max(32),
   subop: z.string().max(32),
   extra: z.string().max(256).default("-"),
-  xml: z.string(),
+  /** The shim's sequence for this call (nanoseconds since the epoch): an older call never overrides a newer one. */
+  seq: z.string().regex(/^\d{1,24}$/, "must be digits").optional(),
 }).strict();
 
 export const ifaceBodySchema = z.object({
@@ -45,151 +35,118 @@ export const ifaceBodySchema = z.object({
   mac: z.string().optional(),
 }).strict();
 
-type Record = DomainRecord & { since?: number };
-
 export interface LibvirtDeps {
   virsh: Virsh;
-  stateDir: string;
+  store: DesiredStore;
   log: Logger;
-  reconcile: (reason: string) => Promise<ReconcileReport>;
+  /** Resolves once everything changed so far has been through a reconcile pass. */
+  settled: () => Promise<void>;
+  /** An endpoint's reported state, as of the pass that last looked at it. */
+  endpoint: (id: string) => EndpointStatus | undefined;
   networks: () => Network[];
-  /** IPs and device names taken by tap/netns endpoints. */
+  /** IPs and device names (dev:NAME) taken by tap/netns endpoints. */
   apiClaims: () => Set<string>;
 }
 
+export interface HookAnswer {
+  domain: string;
+  lifecycle: string;
+  /** Set when the call was older than one already applied, and so ignored. */
+  ignored?: string;
+  endpoints: EndpointStatus[];
+}
+
 export class LibvirtService {
-  private domains = new Map<string, Record>();
-  private seq = 0;
   state: "unknown" | "up" | "down" = "unknown";
   reason = "not synced with libvirt yet";
-  private readonly file: string;
+  /** Domains whose XML could not be read at the last resync, with why (their records are kept as they were). */
+  unreadable: Array<{ uuid: string; error: string }> = [];
+  private seq = 0;
+  /**
+   * Interface changes and resyncs run one at a time: a resync reading libvirt
+   * between our record update and the metadata write of a hot-plug would drop
+   * the new interface. Hooks are not queued here: libvirt waits on them while
+   * it may hold the job a resync's virsh call waits for; their seq orders them.
+   */
+  private readonly exclusive = new Serial();
 
   constructor(private readonly deps: LibvirtDeps) {
-    this.file = join(deps.stateDir, "domains.json");
+    for (const d of deps.store.current.domains.values()) this.seq = Math.max(this.seq, d.seq);
   }
 
   records(): DomainRecord[] {
-    return [...this.domains.values()];
+    return [...this.deps.store.current.domains.values()];
   }
 
-  /** IPs used by any domain's routed interfaces, running or not. */
-  claimedIps(): Map<string, string> {
-    const ips = new Map<string, string>();
-    for (const d of this.domains.values()) for (const i of d.interfaces) ips.set(i.ip, d.name);
-    return ips;
-  }
-
-  async load(): Promise<void> {
-    try {
-      const parsed = fileSchema.safeParse(JSON.parse(await readFile(this.file, "utf8")));
-      if (!parsed.success) throw new Error("not a vmrouted domain cache");
-      for (const d of parsed.data.domains) this.domains.set(d.name, d);
-      this.seq = Math.max(0, ...parsed.data.domains.map((d) => d.seq));
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "ENOENT")
-        this.deps.log.error({ file: this.file, err: (e as Error).message }, "domain cache unreadable; waiting for libvirt");
-    }
-  }
-
-  private persist(): Promise<void> {
-    return writeFileAtomic(this.file, JSON.stringify({ version: 1, domains: this.records() }) + "\n");
-  }
-
-  /** A hook call. Uses only the XML libvirt handed the hook. */
-  async hook(body: unknown): Promise<{ domain: string; lifecycle: string; endpoints: ReconcileReport["endpoints"] }> {
-    const parsed = hookBodySchema.safeParse(body);
+  /** A hook call: the domain XML libvirt handed the hook is all it uses. */
+  async hook(query: unknown, xml: string): Promise<HookAnswer> {
+    const parsed = hookQuerySchema.safeParse(query);
     if (!parsed.success) throw new InputError(describeZodError(parsed.error, "hook"));
-    const { domain, op, subop, xml } = parsed.data;
+    const { domain, op, subop, seq } = parsed.data;
     const next = lifecycleAfter(op, subop); // throws on an unknown operation
     const doc = parseDomainXml(xml, "hook domain XML");
     const named = domainName(doc);
     if (named !== undefined && named !== domain) throw new InputError(`hook: domain XML is for '${named}', not '${domain}'`);
     const interfaces = routedInterfaces(doc);
-    if (next === undefined) return { domain, lifecycle: this.domains.get(domain)?.lifecycle ?? "unknown", endpoints: [] };
+    const uuid = domainUuid(doc);
+    if (next === undefined) return { domain, lifecycle: this.deps.store.current.domains.get(domain)?.lifecycle ?? "unknown", endpoints: [] };
     // A start whose interfaces cannot be served is refused before anything is recorded.
     if (next === "prepared")
       for (const i of interfaces) {
         const r = resolveInterface(i, this.deps.networks());
         if (!r.ok) throw new InputError(`hook: domain '${domain}': interface ${i.ip}: ${r.reason}`);
       }
-    applyHook(this.domains, { domain, op, subop, interfaces }, ++this.seq);
-    const record = this.domains.get(domain);
-    if (record) record.since = Date.now();
-    await this.persist();
-    const report = await this.deps.reconcile(`hook ${domain} ${op} ${subop}`);
-    const mine = report.endpoints.filter((e) => e.domain === domain);
-    if (next === "prepared") {
-      // Fail the start only when the tap cannot exist: qemu could not open it.
-      for (const i of interfaces) {
-        const e = mine.find((x) => x.ip === i.ip);
-        if (!e || !e.conditions.device) throw new Error(`tap ${i.tap} for ${i.ip} could not be created: ${e?.reason ?? "interface rejected (see vmroutectl status)"}`);
-      }
+    const applied = await this.deps.store.change(`hook: ${domain} ${op} ${subop}`, (d) => {
+      const record = d.domains.get(domain);
+      if (seq !== undefined && record?.hookSeq !== undefined && BigInt(seq) < BigInt(record.hookSeq))
+        return { next: {}, result: `a later hook call (${record.hookSeq}) was already applied` };
+      const domains = applyHook(d.domains, { domain, ...(uuid ? { uuid } : {}), op, subop, interfaces }, ++this.seq);
+      const after = domains.get(domain);
+      if (seq !== undefined && after) (domains as Map<string, DomainRecord>).set(domain, { ...after, hookSeq: seq });
+      return { next: { domains }, result: undefined };
+    });
+    const lifecycle = this.deps.store.current.domains.get(domain)?.lifecycle ?? "defined";
+    if (applied !== undefined) {
+      this.deps.log.warn({ domain, op, subop, seq }, `hook call ignored: ${applied}`);
+      return { domain, lifecycle, ignored: applied, endpoints: [] };
     }
-    return { domain, lifecycle: record?.lifecycle ?? "defined", endpoints: mine };
+    // Only a start (or an incoming migration) waits: qemu opens the taps next.
+    if (next !== "prepared") return { domain, lifecycle, endpoints: [] };
+    await this.deps.settled();
+    const endpoints = interfaces.map((i) => this.deps.endpoint(`vm:${i.ip}`));
+    interfaces.forEach((i, n) => {
+      const e = endpoints[n];
+      // Fail the start only when the tap cannot exist: qemu could not open it.
+      if (!e || !e.conditions.device) throw new Error(`tap ${i.tap} for ${i.ip} could not be created: ${e?.reason ?? "interface rejected (see vmroutectl status)"}`);
+    });
+    return { domain, lifecycle, endpoints: endpoints.filter((e): e is EndpointStatus => !!e) };
   }
 
-  /**
-   * Interface changes and refreshes run one at a time: a refresh reading
-   * libvirt between our record update and the metadata write of a hot-plug
-   * would drop the new interface (and the next pass its tap, as libvirt opens
-   * it). Hooks are not queued here: libvirt waits on them while it may hold
-   * the job a refresh's virsh call waits for; their sequence numbers order them.
-   */
-  private exclusive<T>(task: () => Promise<T>): Promise<T> {
-    const run = this.lock.then(task, task);
-    this.lock = run.catch(() => undefined);
-    return run;
-  }
-  private lock: Promise<unknown> = Promise.resolve();
-
-  /** Rebuilds the cache from libvirt; hook events that arrived meanwhile win. */
+  /** Re-reads every domain from libvirt; hook calls that arrived meanwhile win. */
   refresh(): Promise<void> {
-    return this.exclusive(() => this.refreshNow());
+    return this.exclusive.run(() => this.refreshNow());
   }
 
   private async refreshNow(): Promise<void> {
     const startSeq = this.seq;
-    let fresh: Map<string, Record>;
+    let read: Awaited<ReturnType<typeof readDomains>>;
     try {
-      const listing = await this.deps.virsh.list();
-      const xmls = await this.deps.virsh.dumpAll(listing);
-      const running = new Set<string>();
-      fresh = new Map();
-      for (const [i, text] of xmls.entries()) {
-        try {
-          const doc = parseDomainXml(text, "libvirt domain XML");
-          const name = domainName(doc);
-          if (!name) continue;
-          if (listing[i]?.running) running.add(name);
-          fresh.set(name, { name, lifecycle: running.has(name) ? "running" : "defined", interfaces: routedInterfaces(doc), seq: 0 });
-        } catch (e) {
-          this.deps.log.warn({ err: (e as Error).message }, "skipping a domain whose XML cannot be read");
-        }
-      }
+      read = await readDomains(this.deps.virsh);
     } catch (e) {
       if (this.state !== "down") this.deps.log.warn({ err: (e as Error).message }, "libvirt unreachable; keeping the last known domains");
       this.state = "down";
       this.reason = (e as Error).message;
       return;
     }
-    const now = Date.now();
-    for (const [name, old] of this.domains) {
-      const f = fresh.get(name);
-      if (old.seq > startSeq) fresh.set(name, old);
-      // Between prepare and started libvirt still says "shut off": keep the tap for qemu.
-      else if (old.lifecycle === "prepared" && f?.lifecycle !== "running" && now - (old.since ?? 0) < PREPARE_GRACE_MS) fresh.set(name, old);
-      else if (f) Object.assign(f, { seq: old.seq, ...(old.since !== undefined ? { since: old.since } : {}) });
-    }
-    // What matters is lifecycle and interfaces; seq/since are bookkeeping.
-    const essence = (m: Map<string, Record>) => JSON.stringify([...m.values()].map((d) => [d.name, d.lifecycle, d.interfaces]).sort());
-    const changed = essence(this.domains) !== essence(fresh);
-    this.domains = fresh;
+    if (read.unreadable.length) this.deps.log.warn({ unreadable: read.unreadable }, "domains whose XML could not be read keep their last known state");
+    this.unreadable = read.unreadable;
     this.state = "up";
     this.reason = "";
-    if (changed) {
-      await this.persist();
-      await this.deps.reconcile("libvirt resync");
-    }
+    const bad = new Set(read.unreadable.map((u) => u.uuid));
+    await this.deps.store.change("libvirt: resync", (d) => {
+      const domains = mergeResync(d.domains, read.listed, bad, startSeq, Date.now());
+      return { next: sameDomains(domains, d.domains) ? {} : { domains }, result: undefined };
+    });
   }
 
   private async domainState(name: string): Promise<string> {
@@ -206,14 +163,14 @@ export class LibvirtService {
     if (!parsed.success) throw new InputError(describeZodError(parsed.error, "iface"));
     const r = resolveEndpoint({ kind: "tap", ...parsed.data }, this.deps.networks());
     if (!r.ok) throw new InputError(r.error.replace(/^endpoint tap/, "iface"));
-    return this.exclusive(() => this.addInterfaceNow(domain, r.value));
+    return this.exclusive.run(() => this.addInterfaceNow(domain, r.value));
   }
 
   private async addInterfaceNow(domain: string, endpoint: Endpoint): Promise<RoutedInterface> {
     const state = await this.domainState(domain);
     await this.refreshNow();
-    const owner = this.claimedIps().get(endpoint.ip);
-    if (owner) throw new InputError(`iface ${endpoint.ip}: ip is already used by domain '${owner}'`);
+    const owner = this.records().find((d) => d.interfaces.some((i) => i.ip === endpoint.ip));
+    if (owner) throw new InputError(`iface ${endpoint.ip}: ip is already used by domain '${owner.name}'`);
     if (this.deps.apiClaims().has(endpoint.ip)) throw new InputError(`iface ${endpoint.ip}: ip is already used by another endpoint`);
     const iface: RoutedInterface = { network: endpoint.network, ip: endpoint.ip, mac: endpoint.mac, tap: endpoint.device };
     const live = state === "running" || state === "paused";
@@ -221,15 +178,15 @@ export class LibvirtService {
       const doc = parseDomainXml(await this.deps.virsh.dumpXml(domain, true));
       addRoutedInterface(doc, iface);
       await this.deps.virsh.define(serializeDomainXml(doc));
-      this.upsert(domain, "defined", [...this.interfacesOf(domain), iface]);
-      await this.persist();
+      await this.setInterfaces(domain, "defined", [...this.interfacesOf(domain), iface], `iface add ${domain} ${iface.ip}`);
       return iface;
     }
     // Running: the tap must exist before libvirt opens it for the hot-plug.
     const before = this.interfacesOf(domain);
-    this.upsert(domain, "running", [...before, iface]);
-    await this.persist();
-    await this.deps.reconcile(`iface add ${domain} ${iface.ip}`);
+    // Checked first, so that a foreign interface with our tap name is refused before anything changes.
+    addRoutedInterface(parseDomainXml(await this.deps.virsh.dumpXml(domain, false)), iface);
+    await this.setInterfaces(domain, "running", [...before, iface], `iface add ${domain} ${iface.ip}`);
+    await this.deps.settled();
     let attached = false;
     try {
       await this.deps.virsh.attachDevice(domain, interfaceXml(iface), true);
@@ -239,16 +196,14 @@ export class LibvirtService {
       // Undo in reverse: the domain must not keep an interface whose tap goes away.
       if (attached) await this.deps.virsh.detachDevice(domain, interfaceXml(iface), true).catch((d: Error) =>
         this.deps.log.error({ domain, ip: iface.ip, err: d.message }, "rollback: detaching the interface failed"));
-      this.upsert(domain, "running", before);
-      await this.persist();
-      await this.deps.reconcile(`iface add ${domain} ${iface.ip} rolled back`);
+      await this.setInterfaces(domain, "running", before, `iface add ${domain} ${iface.ip} rolled back`);
       throw new InputError(`iface add: ${(e as Error).message}`);
     }
     return iface;
   }
 
   removeInterface(domain: string, ip: string): Promise<RoutedInterface> {
-    return this.exclusive(() => this.removeInterfaceNow(domain, ip));
+    return this.exclusive.run(() => this.removeInterfaceNow(domain, ip));
   }
 
   private async removeInterfaceNow(domain: string, ip: string): Promise<RoutedInterface> {
@@ -258,8 +213,7 @@ export class LibvirtService {
       const doc = parseDomainXml(await this.deps.virsh.dumpXml(domain, true));
       const iface = removeRoutedInterface(doc, ip);
       await this.deps.virsh.define(serializeDomainXml(doc));
-      this.upsert(domain, "defined", this.interfacesOf(domain).filter((i) => i.ip !== ip));
-      await this.persist();
+      await this.setInterfaces(domain, "defined", this.interfacesOf(domain).filter((i) => i.ip !== ip), `iface remove ${domain} ${ip}`);
       return iface;
     }
     const current = routedInterfaces(parseDomainXml(await this.deps.virsh.dumpXml(domain, false)));
@@ -268,17 +222,21 @@ export class LibvirtService {
     const rest = current.filter((i) => i.ip !== ip);
     await this.deps.virsh.detachDevice(domain, interfaceXml(iface), true);
     await this.deps.virsh.setMetadata(domain, rest.length ? metadataXml(rest) : undefined, true);
-    this.upsert(domain, "running", rest);
-    await this.persist();
-    await this.deps.reconcile(`iface remove ${domain} ${ip}`);
+    await this.setInterfaces(domain, "running", rest, `iface remove ${domain} ${ip}`);
+    await this.deps.settled();
     return iface;
   }
 
   private interfacesOf(domain: string): RoutedInterface[] {
-    return this.domains.get(domain)?.interfaces ?? [];
+    return this.deps.store.current.domains.get(domain)?.interfaces ?? [];
   }
 
-  private upsert(name: string, lifecycle: DomainRecord["lifecycle"], interfaces: RoutedInterface[]): void {
-    this.domains.set(name, { name, lifecycle, interfaces, seq: ++this.seq, since: Date.now() });
+  private setInterfaces(name: string, lifecycle: DomainRecord["lifecycle"], interfaces: RoutedInterface[], why: string): Promise<void> {
+    return this.deps.store.change(`api: ${why}`, (d) => {
+      const domains = new Map(d.domains);
+      const old = d.domains.get(name);
+      domains.set(name, { ...old, name, lifecycle, interfaces, seq: ++this.seq, since: Date.now() });
+      return { next: { domains }, result: undefined };
+    });
   }
 }

@@ -1,6 +1,6 @@
 import { createServer, type Server } from "node:http";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { ReconcileReport } from "./reconciler.js";
+import type { PassSummary, ReconcileReport } from "./reconciler.js";
 
 /** What the metrics read from the announcer when scraped. */
 export interface BgpSource {
@@ -15,9 +15,10 @@ export interface BgpSource {
 
 export class Metrics {
   readonly registry = new Registry();
-  private readonly endpoints = new Gauge({ name: "vmrouted_endpoints", help: "Endpoints by state", labelNames: ["state"], registers: [this.registry] });
-  private readonly networks = new Gauge({ name: "vmrouted_networks", help: "Networks (gateways) by state", labelNames: ["state"], registers: [this.registry] });
-  readonly reconciles = new Counter({ name: "vmrouted_reconciles_total", help: "Reconcile passes", labelNames: ["trigger"], registers: [this.registry] });
+  readonly reconciles = new Counter({
+    name: "vmrouted_reconciles_total", help: "Reconcile passes, by what triggered them and whether they looked at everything",
+    labelNames: ["trigger", "scope"], registers: [this.registry],
+  });
   readonly reconcileSeconds = new Histogram({
     name: "vmrouted_reconcile_duration_seconds", help: "Duration of a reconcile pass (observe, plan, apply, verify)",
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [this.registry],
@@ -27,10 +28,6 @@ export class Metrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: "vmrouted_" });
-    for (const state of ["ready", "pending", "degraded"]) {
-      this.endpoints.set({ state }, 0);
-      this.networks.set({ state }, 0);
-    }
     for (const source of ["apply", "reconcile", "bgp", "libvirt"]) this.errors.inc({ source }, 0);
   }
 
@@ -50,16 +47,44 @@ export class Metrics {
     });
   }
 
-  recordPass(report: ReconcileReport, trigger: string, failedOperations: number): void {
-    this.reconciles.inc({ trigger });
-    this.reconcileSeconds.observe(report.durationMs / 1000);
-    this.kernelOperations.inc(report.operations);
-    if (failedOperations) this.errors.inc({ source: "apply" }, failedOperations);
-    for (const [gauge, items] of [[this.endpoints, report.endpoints], [this.networks, report.networks]] as const) {
-      const counts: Record<string, number> = { ready: 0, pending: 0, degraded: 0 };
+  recordPass(pass: PassSummary): void {
+    this.reconciles.inc({ trigger: pass.trigger, scope: pass.full ? "full" : "scoped" });
+    this.reconcileSeconds.observe(pass.durationMs / 1000);
+    this.kernelOperations.inc(pass.operations);
+    if (pass.failedOperations) this.errors.inc({ source: "apply" }, pass.failedOperations);
+  }
+
+  /** Endpoint, network and learned-route gauges, read from the reported state at each scrape. */
+  attachReconciler(reconciler: { report(): ReconcileReport }): void {
+    const count = <T extends { state: string }>(items: T[], states: string[]) => {
+      const counts = Object.fromEntries(states.map((s) => [s, 0]));
       for (const i of items) counts[i.state] = (counts[i.state] ?? 0) + 1;
-      for (const [state, n] of Object.entries(counts)) gauge.set({ state }, n);
-    }
+      return counts;
+    };
+    new Gauge({
+      name: "vmrouted_endpoints", help: "Endpoints by state", labelNames: ["state"], registers: [this.registry],
+      collect() { for (const [state, n] of Object.entries(count(reconciler.report().endpoints, ["ready", "pending", "degraded"]))) this.set({ state }, n); },
+    });
+    new Gauge({
+      name: "vmrouted_networks", help: "Networks (gateways) by state", labelNames: ["state"], registers: [this.registry],
+      collect() { for (const [state, n] of Object.entries(count(reconciler.report().networks, ["ready", "pending", "degraded"]))) this.set({ state }, n); },
+    });
+    new Gauge({
+      name: "vmrouted_learned_routes", help: "Routes learned from other hosts, by state", labelNames: ["state"], registers: [this.registry],
+      collect() { for (const [state, n] of Object.entries(count(reconciler.report().learned, ["installed", "pending", "conflict"]))) this.set({ state }, n); },
+    });
+  }
+
+  /** Kernel events judged, and how many objects they showed had drifted. */
+  attachKernelWatch(watch: { judged: number; drifted: number }): void {
+    new Counter({
+      name: "vmrouted_kernel_events_total", help: "Kernel events about links, addresses, routes and neighbours judged", registers: [this.registry],
+      collect() { this.reset(); this.inc(watch.judged); },
+    });
+    new Counter({
+      name: "vmrouted_kernel_drift_total", help: "Objects found moved away from the desired state by kernel events", registers: [this.registry],
+      collect() { this.reset(); this.inc(watch.drifted); },
+    });
   }
 
   text(): Promise<string> {

@@ -5,7 +5,7 @@ import { gatewayDevice, tapName } from "../model/naming.js";
 import { networkPrefix, resolveDesired, resolveNetworks } from "../model/resolve.js";
 import { prefixContains } from "../model/ipv4.js";
 import type { EndpointInput, NetworkInput } from "../model/spec.js";
-import type { RuntimeState } from "./store.js";
+import type { RuntimeState } from "../state/stored.js";
 
 // Pure: the runtime state (API networks, tap and netns endpoints) read back
 // from what vmrouted marked in the kernel, for when the state file is corrupt.

@@ -2,28 +2,37 @@ import type { Logger } from "pino";
 import { observe, observeVethNetns } from "../dataplane/observe.js";
 import { InputError } from "../model/errors.js";
 import type { NetworkInput } from "../model/spec.js";
+import type { Desired } from "../state/desired.js";
+import { domainsFile, runtimeFile } from "../state/stored.js";
 import { rebuildRuntimeState } from "./rebuild.js";
-import { CorruptStateError, type RuntimeState, type StateStore } from "./store.js";
 
-// Loading the runtime state at start. A corrupt state file is never taken as
-// "nothing desired" (the first pass would then delete every endpoint): it is
-// kept aside, and the state is rebuilt from what vmrouted marked in the
-// kernel. If the kernel cannot explain everything we own, we stop, changing nothing.
+// Loading the desired state at start, with the state files' one policy
+// (state/files.ts): a file that cannot be used is never taken as "nothing
+// desired" (the first pass would then delete every endpoint). state.json is
+// rebuilt from what vmrouted marked in the kernel; if the kernel cannot
+// explain everything we own, we stop, changing nothing. domains.json is
+// rebuilt from libvirt, which is read before the first pass anyway.
 
-export async function loadRuntimeState(store: StateStore, configNetworks: Record<string, NetworkInput>, log: Logger): Promise<RuntimeState> {
-  try {
-    return await store.load();
-  } catch (e) {
-    if (!(e instanceof CorruptStateError)) throw e;
+export async function loadDesired(stateDir: string, configNetworks: Record<string, NetworkInput>, log: Logger): Promise<Desired> {
+  const stateFile = runtimeFile(stateDir);
+  const domainsCache = domainsFile(stateDir);
+  const [state, domains] = await Promise.all([stateFile.load(), domainsCache.load()]);
+  let runtime = state.value;
+  if (state.state === "corrupt") {
     const [observed, veths] = await Promise.all([observe({ netns: [] }), observeVethNetns()]);
     const rebuilt = rebuildRuntimeState(observed, veths, configNetworks);
     if (rebuilt.problems.length)
-      throw new InputError(`${e.message}; cannot rebuild it from the kernel (${rebuilt.problems.length} problem(s), first: ${rebuilt.problems[0]}); nothing was changed`);
-    const kept = await store.quarantine();
-    await store.save(rebuilt.state);
-    const counts = { networks: Object.keys(rebuilt.state.networks).length, endpoints: rebuilt.state.endpoints.length };
+      throw new InputError(`${state.problem}; cannot rebuild it from the kernel (${rebuilt.problems.length} problem(s), first: ${rebuilt.problems[0]}); nothing was changed`);
+    const kept = await stateFile.keepAside();
+    await stateFile.save(rebuilt.state);
+    runtime = rebuilt.state;
+    const counts = { networks: Object.keys(runtime.networks).length, endpoints: runtime.endpoints.length };
     log.error({ kept, ...counts },
-      `${e.message}; kept it as ${kept} and rebuilt the state from the kernel: ${counts.networks} runtime network(s), ${counts.endpoints} tap/netns endpoint(s)`);
-    return rebuilt.state;
+      `${state.problem}; kept it as ${kept} and rebuilt the state from the kernel: ${counts.networks} runtime network(s), ${counts.endpoints} tap/netns endpoint(s)`);
   }
+  if (domains.state === "corrupt") {
+    const kept = await domainsCache.keepAside();
+    log.error({ kept }, `${domains.problem}; kept it as ${kept}; the domains are read from libvirt before anything changes`);
+  }
+  return { runtime, domains: domains.value, learned: new Map() };
 }

@@ -1,4 +1,4 @@
-import { endpointComplete, type EndpointCheck, type GatewayCheck } from "../dataplane/check.js";
+import { endpointComplete, type EndpointCheck, type GatewayCheck, type LearnedCheck } from "../dataplane/check.js";
 import type { LinkStats } from "../dataplane/observed.js";
 import type { EndpointKind } from "../model/types.js";
 
@@ -29,6 +29,8 @@ export interface EndpointStatus {
   device: string;
   netns?: string;
   domain?: string;
+  /** Preferred over every other host's route and path (a live-migrated VM settling here). */
+  elevated?: boolean;
   state: EndpointState;
   reason: string;
   conditions: EndpointConditions;
@@ -71,6 +73,7 @@ export function endpointStatus(c: EndpointCheck, failures: string[] | undefined)
   const base = {
     id: e.id, kind: e.kind, network: e.network, ip: e.ip, mac: e.mac, device: e.device,
     ...(e.netns !== undefined ? { netns: e.netns } : {}), ...(e.domain !== undefined ? { domain: e.domain } : {}),
+    ...(e.elevated ? { elevated: true } : {}),
     conditions, counters: c.link?.stats ?? ZERO,
   };
   if (c.pending) return { ...base, state: "pending", reason: c.pending };
@@ -85,4 +88,21 @@ export function endpointStatus(c: EndpointCheck, failures: string[] | undefined)
     : !c.innerOk ? `${e.netns ? `inside namespace '${e.netns}': ` : ""}eth0 not configured`
     : `device ${e.device} not in group or wrong MAC`;
   return { ...base, state: "degraded", reason: withFailures(problem, failures) };
+}
+
+/** A route learned from another host, as installed (or why not). */
+export interface LearnedStatus {
+  prefix: string;
+  nextHop: string;
+  metric: number;
+  elevated: boolean;
+  state: "installed" | "pending" | "conflict";
+  reason: string;
+}
+
+export function learnedStatus(c: LearnedCheck, failures: string[] | undefined): LearnedStatus {
+  const base = { prefix: c.route.prefix, nextHop: c.route.nextHop, metric: c.metric, elevated: c.route.elevated };
+  if (c.conflict) return { ...base, state: "conflict", reason: c.conflict };
+  if (c.ok) return { ...base, state: "installed", reason: "" };
+  return { ...base, state: "pending", reason: withFailures(`route ${c.route.prefix} via ${c.route.nextHop} missing`, failures) };
 }

@@ -1,6 +1,7 @@
 import type { Config } from "../config/schema.js";
+import { VERSION } from "../version.js";
 import type { ReconcileReport } from "./reconciler.js";
-import type { EndpointStatus, NetworkStatus } from "./report.js";
+import type { EndpointStatus, LearnedStatus, NetworkStatus } from "./report.js";
 
 // The reported state as the API returns it (`vmroutectl status -o json`).
 
@@ -11,39 +12,54 @@ export interface BgpStatus {
   reason?: string;
   peers: Array<{ address: string; state: string; uptimeSeconds?: number; prefixesSent?: number }>;
   announced: number;
+  /** Routes learned from other hosts, installed in the kernel (the whole list: GET /v1/routes). */
+  learned?: number;
 }
 
 export interface Status {
+  version: string;
   node: { name: string; address: string };
   networks: NetworkStatus[];
   endpoints: EndpointStatus[];
   bgp: BgpStatus;
-  libvirt: { enabled: boolean; state: string; reason?: string; rejected: Array<{ domain: string; ip: string; reason: string }> };
-  dataplane: { gatewayKind: string; gatewayKindReason?: string; routeProtocol: number; netdevGroup: number };
-  reconcile: { at?: string; durationMs?: number; passes: number; operationsApplied: number };
+  libvirt: {
+    enabled: boolean; state: string; reason?: string;
+    rejected: Array<{ domain: string; ip: string; reason: string }>;
+    /** Domains whose XML could not be read at the last resync (their last known state is kept). */
+    unreadable: Array<{ uuid: string; error: string }>;
+  };
+  dataplane: { gatewayKind: string; gatewayKindReason?: string; routeProtocol: number; learnedProtocol: number; netdevGroup: number };
+  reconcile: { at?: string; durationMs?: number; passes: number; operationsApplied: number; passesByTrigger: Record<string, number> };
 }
 
 export function buildStatus(
   config: Config,
-  report: ReconcileReport | undefined,
-  extra: { bgp: BgpStatus; libvirt: Status["libvirt"]; gatewayKind: { kind: string; reason?: string }; passes: number; operationsApplied: number },
+  report: ReconcileReport,
+  extra: {
+    bgp: BgpStatus; libvirt: Status["libvirt"]; gatewayKind: { kind: string; reason?: string };
+    passes: number; operationsApplied: number; passesByTrigger: Record<string, number>;
+  },
 ): Status {
+  const learned: LearnedStatus[] = report.learned;
   return {
+    version: VERSION,
     node: { name: config.node.name, address: config.node.address },
-    networks: report?.networks ?? [],
-    endpoints: report?.endpoints ?? [],
-    bgp: extra.bgp,
+    networks: report.networks,
+    endpoints: report.endpoints,
+    bgp: extra.bgp.enabled ? { ...extra.bgp, learned: learned.filter((l) => l.state === "installed").length } : extra.bgp,
     libvirt: extra.libvirt,
     dataplane: {
       gatewayKind: extra.gatewayKind.kind,
       ...(extra.gatewayKind.reason ? { gatewayKindReason: extra.gatewayKind.reason } : {}),
       routeProtocol: config.dataplane.routeProtocol,
+      learnedProtocol: config.dataplane.learnedProtocol,
       netdevGroup: config.dataplane.netdevGroup,
     },
     reconcile: {
-      ...(report ? { at: report.at, durationMs: report.durationMs } : {}),
+      ...(report.at ? { at: report.at, durationMs: report.durationMs } : {}),
       passes: extra.passes,
       operationsApplied: extra.operationsApplied,
+      passesByTrigger: extra.passesByTrigger,
     },
   };
 }

@@ -4,7 +4,8 @@ import { hostSideMac } from "../model/mac.js";
 import { gatewayDevice } from "../model/naming.js";
 import type { Endpoint, Network } from "../model/types.js";
 import { NETNS_INNER_IFNAME } from "../model/types.js";
-import type { ObservedLink, ObservedNetns, ObservedRoute, ObservedState } from "./observed.js";
+import type { LearnedRoute } from "../model/types.js";
+import type { ObservedIndex, ObservedLink, ObservedNetns, ObservedRoute, ObservedState } from "./observed.js";
 import { endpointAlias, endpointSysctls, gatewayAlias, isOwnedAlias } from "./ownership.js";
 
 // Desired vs observed for one gateway or one endpoint. The planner turns a
@@ -16,9 +17,20 @@ export const SCOPE_LINK = 253;
 
 export interface DataplaneSettings {
   routeProtocol: number;
+  /** Protocol of the routes learned from other hosts (BGP import). */
+  learnedProtocol: number;
+  /** Metric of endpoint and learned routes; an elevated route (live migration) has half of it. */
+  routeMetric: number;
   netdevGroup: number;
   teardownGroup: number;
 }
+
+/** The metric of a route that must win over the normal ones (Calico uses 512 against 1024). */
+export function routeMetricFor(elevated: boolean | undefined, settings: Pick<DataplaneSettings, "routeMetric">): number {
+  return elevated ? Math.floor(settings.routeMetric / 2) : settings.routeMetric;
+}
+
+const isOurs = (protocol: number, settings: DataplaneSettings) => protocol === settings.routeProtocol || protocol === settings.learnedProtocol;
 
 export interface GatewayCheck {
   network: Network;
@@ -37,7 +49,7 @@ export interface GatewayCheck {
   connectedRoute?: ObservedRoute;
 }
 
-export function checkGateway(network: Network, observed: ObservedState): GatewayCheck {
+export function checkGateway(network: Network, observed: ObservedState, index: ObservedIndex): GatewayCheck {
   const device = gatewayDevice(network.name);
   const alias = gatewayAlias(network.name);
   const cidr = `${network.gateway}/${network.prefixLength}`;
@@ -45,7 +57,7 @@ export function checkGateway(network: Network, observed: ObservedState): Gateway
   const base: GatewayCheck = { network, device, alias, cidr, addressOk: false, extraAddresses: [] };
   if (!link) return base;
   if (!ownedAs(link, alias, observed)) return { ...base, conflict: `device ${device} exists and is not owned by vmrouted` };
-  const addresses = observed.addresses.filter((a) => a.device === device);
+  const addresses = index.addressesByDevice.get(device) ?? [];
   const prefix = networkPrefix(network);
   const subnet = `${formatIpv4(prefix.base)}/${prefix.length}`;
   return {
@@ -54,7 +66,7 @@ export function checkGateway(network: Network, observed: ObservedState): Gateway
     aliasOk: link.alias === alias,
     addressOk: addresses.some((a) => `${a.ip}/${a.prefixLength}` === cidr && a.noprefixroute),
     extraAddresses: addresses.map((a) => `${a.ip}/${a.prefixLength}`).filter((c) => c !== cidr),
-    connectedRoute: observed.routes.find((r) => r.device === device && r.dst === subnet && r.protocol === KERNEL_PROTOCOL),
+    connectedRoute: index.routesByDst.get(subnet)?.find((r) => r.device === device && r.protocol === KERNEL_PROTOCOL),
   };
 }
 
@@ -82,7 +94,9 @@ export interface EndpointCheck {
   innerOk: boolean;
 }
 
-export function checkEndpoint(endpoint: Endpoint, network: Network, observed: ObservedState, settings: DataplaneSettings): EndpointCheck {
+export function checkEndpoint(
+  endpoint: Endpoint, network: Network, observed: ObservedState, index: ObservedIndex, settings: DataplaneSettings,
+): EndpointCheck {
   const alias = endpointAlias(endpoint.id);
   const hostMac = hostSideMac(endpoint.mac);
   const link = observed.links.get(endpoint.device);
@@ -91,12 +105,15 @@ export function checkEndpoint(endpoint: Endpoint, network: Network, observed: Ob
     badSysctls: [], routeOk: false, neighbourOk: false, innerOk: endpoint.kind !== "netns",
   };
   const dst = `${endpoint.ip}/32`;
-  const foreignRoute = observed.routes.find((r) => r.dst === dst && r.protocol !== settings.routeProtocol);
+  const routes = index.routesByDst.get(dst) ?? [];
+  // A learned route to a local workload's IP is ours too (the elevated path of a VM that just moved away).
+  const foreignRoute = routes.find((r) => !isOurs(r.protocol, settings));
   if (foreignRoute)
     return { ...check, conflict: `a route to ${dst} with protocol ${foreignRoute.protocol} exists and is not owned by vmrouted` };
   if (endpoint.netns !== undefined) {
     const ns = observed.netns.get(endpoint.netns);
     if (!ns?.exists) return { ...check, pending: `network namespace '${endpoint.netns}' does not exist` };
+    if (ns.error) return { ...check, pending: `network namespace '${endpoint.netns}' cannot be read: ${ns.error}` };
     if (ns.inner && !isOwnedAlias(ns.inner.alias) && !isPeer(link, ns.inner))
       return { ...check, conflict: `namespace '${endpoint.netns}' already has an ${NETNS_INNER_IFNAME} not owned by vmrouted` };
   }
@@ -127,9 +144,29 @@ export function checkEndpoint(endpoint: Endpoint, network: Network, observed: Ob
     up: link.up,
     carrier: link.carrier,
     badSysctls: endpointSysctls(endpoint.device).filter((s) => sysctls[s.field] !== s.value).map(({ key, value }) => ({ key, value })),
-    routeOk: observed.routes.some((r) => r.dst === dst && r.device === endpoint.device && r.protocol === settings.routeProtocol && r.scope === SCOPE_LINK),
-    neighbourOk: observed.neighbours.some((n) => n.device === endpoint.device && n.ip === endpoint.ip && n.permanent && n.mac === endpoint.mac),
+    routeOk: routes.some((r) => r.device === endpoint.device && r.protocol === settings.routeProtocol && r.scope === SCOPE_LINK &&
+      r.metric === routeMetricFor(endpoint.elevated, settings)),
+    neighbourOk: (index.neighboursByDevice.get(endpoint.device) ?? []).some((n) => n.ip === endpoint.ip && n.permanent && n.mac === endpoint.mac),
     innerOk,
+  };
+}
+
+export interface LearnedCheck {
+  route: LearnedRoute;
+  metric: number;
+  /** A route to the prefix that is not ours: left alone, reported, ours not installed. */
+  conflict?: string;
+  ok: boolean;
+}
+
+export function checkLearned(route: LearnedRoute, index: ObservedIndex, settings: DataplaneSettings): LearnedCheck {
+  const metric = routeMetricFor(route.elevated, settings);
+  const routes = index.routesByDst.get(route.prefix) ?? [];
+  const foreign = routes.find((r) => !isOurs(r.protocol, settings));
+  if (foreign) return { route, metric, ok: false, conflict: `a route to ${route.prefix} with protocol ${foreign.protocol} exists and is not owned by vmrouted` };
+  return {
+    route, metric,
+    ok: routes.some((r) => r.protocol === settings.learnedProtocol && r.gateway === route.nextHop && r.metric === metric),
   };
 }
 

@@ -17,7 +17,7 @@ export interface BatchFailure {
 
 export async function ipJson<T>(args: string[], netns?: string): Promise<T> {
   const full = [...(netns ? ["-n", netns] : []), "-N", "-j", ...args];
-  const { stdout } = await execa("ip", full, { stripFinalNewline: true });
+  const { stdout } = await execa("ip", full, { stripFinalNewline: true, maxBuffer: 512 * 1024 * 1024 });
   return (stdout.trim() === "" ? [] : JSON.parse(stdout)) as T;
 }
 
@@ -29,19 +29,38 @@ export async function ipJson<T>(args: string[], netns?: string): Promise<T> {
  */
 export async function ipBatch(lines: string[], netns?: string): Promise<BatchFailure[]> {
   if (lines.length === 0) return [];
+  const result = await runBatch(lines, netns, []);
+  if (result.exitCode === 0) return [];
+  return parseBatchErrors(result.stderr, lines.length);
+}
+
+/**
+ * Several `show`/`list` commands in one ip process (`-j`), each answer
+ * matched to its command: ip prints one JSON line per command that worked and
+ * nothing for one that failed (a device that does not exist), and names the
+ * failed lines on stderr. Scoped observations read a few devices this way.
+ */
+export async function ipBatchJson<T = Record<string, unknown>>(commands: string[], netns?: string): Promise<Array<T[] | undefined>> {
+  if (commands.length === 0) return [];
+  const result = await runBatch(commands, netns, ["-N", "-d", "-s", "-j"]);
+  const failed = new Set(parseBatchErrors(result.stderr, commands.length).map((f) => f.line));
+  const outputs = result.stdout.split("\n").filter((l) => l.trim() !== "");
+  let next = 0;
+  return commands.map((_c, i) => (failed.has(i + 1) ? undefined : JSON.parse(outputs[next++] ?? "[]") as T[]));
+}
+
+async function runBatch(lines: string[], netns: string | undefined, flags: string[]) {
   const path = join(tmpdir(), `vmrouted-batch-${process.pid}-${++batchCount}`);
   const file = await open(path, "w+", 0o600);
-  let result;
   try {
     await unlink(path);
     await file.writeFile(lines.join("\n") + "\n");
     // ip opens our descriptor's file through /proc (it stays readable, unlinked, until ip is done with it).
-    result = await execa("ip", [...(netns ? ["-n", netns] : []), "-force", "-batch", `/proc/${process.pid}/fd/${file.fd}`], { reject: false });
+    return await execa("ip", [...(netns ? ["-n", netns] : []), ...flags, "-force", "-batch", `/proc/${process.pid}/fd/${file.fd}`],
+      { reject: false, maxBuffer: 512 * 1024 * 1024 });
   } finally {
     await file.close();
   }
-  if (result.exitCode === 0) return [];
-  return parseBatchErrors(result.stderr, lines.length);
 }
 
 /**

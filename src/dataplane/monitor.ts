@@ -1,24 +1,30 @@
 import { execa, type ResultPromise } from "execa";
+import { parseMonitorRecord, type KernelEvent } from "./events.js";
 
-// Kernel change events as a trigger only: any line from `ip monitor` about
-// links, addresses, routes or permanent neighbours schedules a reconcile. The
-// reconcile itself re-reads everything, so no event needs parsing.
+// The kernel's change events, from `ip monitor` (numeric, detailed, labelled),
+// parsed into KernelEvents (events.ts judges them). ip flushes its output after
+// every message, so a chunk ends on a record boundary; a record's continuation
+// lines (a link's alias) are indented.
 
 export interface Monitor {
   stop(): void;
 }
 
-export function startMonitor(onChange: () => void, onError: (message: string) => void): Monitor {
+export function startMonitor(onEvents: (events: KernelEvent[]) => void, onError: (message: string) => void): Monitor {
   let stopped = false;
   let child: ResultPromise | undefined;
   const run = () => {
     if (stopped) return;
-    child = execa("ip", ["monitor", "link", "address", "route", "neigh"], { buffer: false, reject: false });
+    let partial = "";
+    child = execa("ip", ["-N", "-d", "monitor", "label", "link", "address", "route", "neigh"], { buffer: false, reject: false });
     child.stdout?.setEncoding("utf8");
     child.stdout?.on("data", (chunk: string) => {
-      // Neighbour churn from ordinary traffic (REACHABLE/STALE) is not drift.
-      const relevant = chunk.split("\n").some((l) => l && (!/ lladdr /.test(l) || /PERMANENT|^Deleted/.test(l)));
-      if (relevant) onChange();
+      const text = partial + chunk;
+      const end = text.lastIndexOf("\n");
+      partial = end < 0 ? text : text.slice(end + 1);
+      if (end < 0) return;
+      const events = splitRecords(text.slice(0, end)).flatMap((r) => parseMonitorRecord(r) ?? []);
+      if (events.length) onEvents(events);
     });
     child.then((r) => {
       if (stopped) return;
@@ -33,4 +39,13 @@ export function startMonitor(onChange: () => void, onError: (message: string) =>
       child?.kill();
     },
   };
+}
+
+export function splitRecords(text: string): string[] {
+  const records: string[] = [];
+  for (const line of text.split("\n")) {
+    if (line.startsWith("[")) records.push(line);
+    else if (records.length && /^\s/.test(line)) records[records.length - 1] += "\n" + line;
+  }
+  return records;
 }

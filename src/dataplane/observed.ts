@@ -42,6 +42,8 @@ export interface ObservedRoute {
   /** Route type: unicast unless stated. */
   type: string;
   gateway?: string;
+  /** The route's priority (0 when the kernel shows none). */
+  metric: number;
 }
 
 export interface ObservedNeighbour {
@@ -61,6 +63,8 @@ export interface InterfaceSysctls {
 /** The inside of a named network namespace holding a netns endpoint. */
 export interface ObservedNetns {
   exists: boolean;
+  /** It exists but could not be read: its endpoint waits, nothing is concluded from it. */
+  error?: string;
   /** The inner interface (eth0), if present. */
   inner?: { alias?: string; mac?: string; up: boolean; addresses: string[]; ifindex?: number; peerIndex?: number };
   defaultGateway?: string;
@@ -78,6 +82,34 @@ export interface ObservedState {
   netns: Map<string, ObservedNetns>;
   /** Devices vmrouted created but may not have marked yet (creations.ts): treated as its own. */
   adoptable?: Set<string>;
+}
+
+/**
+ * The observation indexed for planning: one lookup per endpoint instead of a
+ * scan of every route and neighbour (at 10,000 endpoints the scans dominated).
+ */
+export interface ObservedIndex {
+  routesByDst: Map<string, ObservedRoute[]>;
+  neighboursByDevice: Map<string, ObservedNeighbour[]>;
+  addressesByDevice: Map<string, ObservedAddress[]>;
+}
+
+export function indexObserved(observed: ObservedState): ObservedIndex {
+  const group = <T, K>(items: T[], key: (t: T) => K) => {
+    const map = new Map<K, T[]>();
+    for (const item of items) {
+      const k = key(item);
+      const list = map.get(k);
+      if (list) list.push(item);
+      else map.set(k, [item]);
+    }
+    return map;
+  };
+  return {
+    routesByDst: group(observed.routes, (r) => r.dst),
+    neighboursByDevice: group(observed.neighbours, (n) => n.device),
+    addressesByDevice: group(observed.addresses, (a) => a.device),
+  };
 }
 
 export function emptyObserved(): ObservedState {

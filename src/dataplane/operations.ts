@@ -11,8 +11,8 @@ export type Operation = { subject: string } & (
   | { op: "link.delete-group"; group: number }
   | { op: "address.replace"; device: string; cidr: string }
   | { op: "address.delete"; device: string; cidr: string }
-  | { op: "route.replace"; dst: string; device: string; protocol: number }
-  | { op: "route.delete"; dst: string; device?: string; protocol: number }
+  | { op: "route.replace"; dst: string; device?: string; via?: string; protocol: number; metric: number }
+  | { op: "route.delete"; dst: string; device?: string; via?: string; protocol: number; metric?: number }
   | { op: "neighbour.replace"; device: string; ip: string; mac: string }
   | { op: "neighbour.delete"; device: string; ip: string }
   | { op: "sysctl.set"; key: string; value: string }
@@ -50,9 +50,13 @@ export function renderBatchLine(op: Operation): string | undefined {
     case "address.delete":
       return `address del ${op.cidr} dev ${op.device}`;
     case "route.replace":
-      return `route replace ${op.dst} dev ${op.device} proto ${op.protocol} scope link`;
+      // An endpoint route goes to its device (scope link); a learned one via another host's address.
+      return op.via !== undefined
+        ? `route replace ${op.dst} via ${op.via} proto ${op.protocol} metric ${op.metric}`
+        : `route replace ${op.dst} dev ${op.device} proto ${op.protocol} scope link metric ${op.metric}`;
     case "route.delete":
-      return `route del ${op.dst}${op.device ? ` dev ${op.device}` : ""} proto ${op.protocol}`;
+      return `route del ${op.dst}${op.via !== undefined ? ` via ${op.via}` : ""}${op.device ? ` dev ${op.device}` : ""} proto ${op.protocol}` +
+        (op.metric !== undefined ? ` metric ${op.metric}` : "");
     case "neighbour.replace":
       return `neigh replace ${op.ip} lladdr ${op.mac} dev ${op.device} nud permanent`;
     case "neighbour.delete":

@@ -1,61 +1,87 @@
 import type { DesiredState, Endpoint } from "../model/types.js";
 import { NETNS_INNER_IFNAME } from "../model/types.js";
-import { checkEndpoint, checkGateway, type DataplaneSettings, type EndpointCheck, type GatewayCheck } from "./check.js";
-import type { ObservedState } from "./observed.js";
+import {
+  checkEndpoint, checkGateway, checkLearned, routeMetricFor,
+  type DataplaneSettings, type EndpointCheck, type GatewayCheck, type LearnedCheck,
+} from "./check.js";
+import { indexObserved, type ObservedState } from "./observed.js";
 import type { Operation } from "./operations.js";
 import { gatewayDevice } from "../model/naming.js";
 import { ALIAS_PREFIX, endpointAlias, endpointSysctls, IP_FORWARD_KEY, isGatewayAlias, isOwnedAlias } from "./ownership.js";
 
 // Pure: (desired, observed) → operations, in the order they must run. Planning
 // against the state just produced by applying a plan yields no operations.
+//
+// The observation may be partial (a scoped pass reads only the devices and
+// destinations it was told changed): the planner removes only what it sees,
+// so it never touches an object of ours it was not shown.
 
 export interface PlanSettings extends DataplaneSettings {
   /** Device kind for new gateway devices: dummy, or bridge where the kernel has no dummy driver. */
   gatewayKind: "dummy" | "bridge";
 }
 
+export interface PlanOptions {
+  /**
+   * The observation lists every link, so the teardown group is known to hold
+   * nothing foreign: leaving devices may go in one `ip link del group`.
+   * A partial observation deletes them one by one.
+   */
+  completeLinks?: boolean;
+  /** Plan only these networks' gateways (a scoped pass); all of them without it. */
+  gateways?: ReadonlySet<string>;
+}
+
 export interface Plan {
   operations: Operation[];
   gateways: GatewayCheck[];
   endpoints: EndpointCheck[];
+  learned: LearnedCheck[];
 }
 
 const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 const byId = (a: Endpoint, b: Endpoint) => compare(a.id, b.id);
 
-export function plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings): Plan {
-  const removals: Operation[] = [];
-  const creates: Operation[] = [];
-  const sets: Operation[] = [];
-  const addresses: Operation[] = [];
-  const routes: Operation[] = [];
-  const after: Operation[] = [];
-
-  const networks = [...desired.networks].sort((a, b) => compare(a.name, b.name));
-  const gateways = networks.map((n) => checkGateway(n, observed));
-  for (const g of gateways) planGateway(g, settings, { creates, sets, addresses, removals, routes });
-
-  if (networks.length > 0 && observed.ipForward !== "1")
-    after.push({ subject: "host", op: "sysctl.set", key: IP_FORWARD_KEY, value: "1" });
-
-  const endpoints = [...desired.endpoints].sort(byId);
-  const networkByName = new Map(networks.map((n) => [n.name, n]));
-  const checks: EndpointCheck[] = [];
-  for (const e of endpoints) {
-    const network = networkByName.get(e.network);
-    if (!network) continue; // resolve.ts guarantees it; a missing network would be a bug upstream
-    const c = checkEndpoint(e, network, observed, settings);
-    checks.push(c);
-    planEndpoint(c, network.gateway, network.prefixLength, settings, { creates, sets, routes, after, removals });
-  }
-
-  removals.push(...planRemovals(desired, observed, settings));
-  const operations = [...removals, ...creates, ...sets, ...addresses, ...routes, ...after];
-  return { operations, gateways, endpoints: checks };
+/**
+ * Operation order: devices leave first (their names may be reused), then are
+ * created and set up, addresses, routes and neighbours added, then stale
+ * routes, neighbours and addresses removed (after their replacements: a route
+ * whose metric changes never has a gap), then sysctls and namespace insides.
+ */
+interface Buckets {
+  leave: Operation[]; creates: Operation[]; sets: Operation[]; addresses: Operation[];
+  routes: Operation[]; stale: Operation[]; after: Operation[];
 }
 
-interface Buckets {
-  creates: Operation[]; sets: Operation[]; addresses?: Operation[]; removals: Operation[]; routes: Operation[]; after?: Operation[];
+export function plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings, options: PlanOptions = {}): Plan {
+  const out: Buckets = { leave: [], creates: [], sets: [], addresses: [], routes: [], stale: [], after: [] };
+  const index = indexObserved(observed);
+
+  const networks = [...desired.networks].sort((a, b) => compare(a.name, b.name));
+  const gateways = networks.filter((n) => !options.gateways || options.gateways.has(n.name)).map((n) => checkGateway(n, observed, index));
+  for (const g of gateways) planGateway(g, settings, out);
+
+  if (networks.length > 0 && observed.ipForward !== "1")
+    out.after.push({ subject: "host", op: "sysctl.set", key: IP_FORWARD_KEY, value: "1" });
+
+  const networkByName = new Map(networks.map((n) => [n.name, n]));
+  const endpoints: EndpointCheck[] = [];
+  for (const e of [...desired.endpoints].sort(byId)) {
+    const network = networkByName.get(e.network);
+    if (!network) continue; // resolve.ts guarantees it; a missing network would be a bug upstream
+    const c = checkEndpoint(e, network, observed, index, settings);
+    endpoints.push(c);
+    planEndpoint(c, network.gateway, network.prefixLength, settings, out);
+  }
+
+  const learned = [...desired.learned].sort((a, b) => compare(a.prefix, b.prefix)).map((r) => checkLearned(r, index, settings));
+  for (const c of learned)
+    if (!c.ok && !c.conflict)
+      out.routes.push({ subject: `learned:${c.route.prefix}`, op: "route.replace", dst: c.route.prefix, via: c.route.nextHop, protocol: settings.learnedProtocol, metric: c.metric });
+
+  planRemovals(desired, observed, settings, options, out);
+  const operations = [...out.leave, ...out.creates, ...out.sets, ...out.addresses, ...out.routes, ...out.stale, ...out.after];
+  return { operations, gateways, endpoints, learned };
 }
 
 function planGateway(g: GatewayCheck, settings: PlanSettings, out: Buckets): void {
@@ -67,10 +93,10 @@ function planGateway(g: GatewayCheck, settings: PlanSettings, out: Buckets): voi
   } else if (!g.link.up || !g.aliasOk) {
     out.sets.push({ subject, op: "link.set", device: g.device, ...(g.aliasOk ? {} : { alias: g.alias }), up: true });
   }
-  for (const cidr of g.extraAddresses) out.removals.push({ subject, op: "address.delete", device: g.device, cidr });
-  if (!g.addressOk) out.addresses!.push({ subject, op: "address.replace", device: g.device, cidr: g.cidr });
+  for (const cidr of g.extraAddresses) out.stale.push({ subject, op: "address.delete", device: g.device, cidr });
+  if (!g.addressOk) out.addresses.push({ subject, op: "address.replace", device: g.device, cidr: g.cidr });
   if (g.connectedRoute)
-    out.routes.push({ subject, op: "route.delete", dst: g.connectedRoute.dst, device: g.device, protocol: g.connectedRoute.protocol });
+    out.stale.push({ subject, op: "route.delete", dst: g.connectedRoute.dst, device: g.device, protocol: g.connectedRoute.protocol });
 }
 
 function planEndpoint(c: EndpointCheck, gateway: string, prefixLength: number, settings: PlanSettings, out: Buckets): void {
@@ -78,7 +104,7 @@ function planEndpoint(c: EndpointCheck, gateway: string, prefixLength: number, s
   const subject = e.id;
   if (c.pending || c.conflict) return;
   const fresh = !c.link || c.wrongKind;
-  if (c.link && c.wrongKind) out.removals.push({ subject, op: "link.delete", device: e.device });
+  if (c.link && c.wrongKind) out.leave.push({ subject, op: "link.delete", device: e.device });
   if (fresh) {
     out.creates.push(e.kind === "netns"
       ? { subject, op: "veth.create", device: e.device, netns: e.netns!, inner: NETNS_INNER_IFNAME }
@@ -95,21 +121,22 @@ function planEndpoint(c: EndpointCheck, gateway: string, prefixLength: number, s
   }
   // A fresh device starts with the kernel's defaults: set every sysctl.
   const sysctls = fresh ? endpointSysctls(e.device) : c.badSysctls;
-  for (const s of sysctls) out.after!.push({ subject, op: "sysctl.set", key: s.key, value: s.value });
+  for (const s of sysctls) out.after.push({ subject, op: "sysctl.set", key: s.key, value: s.value });
   if (e.deviceOnly !== undefined) return;
   if (fresh || !c.routeOk)
-    out.routes.push({ subject, op: "route.replace", dst: `${e.ip}/32`, device: e.device, protocol: settings.routeProtocol });
+    out.routes.push({
+      subject, op: "route.replace", dst: `${e.ip}/32`, device: e.device, protocol: settings.routeProtocol, metric: routeMetricFor(e.elevated, settings),
+    });
   if (fresh || !c.neighbourOk) out.routes.push({ subject, op: "neighbour.replace", device: e.device, ip: e.ip, mac: e.mac });
   if (e.kind === "netns" && (fresh || !c.innerOk))
-    out.after!.push({
+    out.after.push({
       subject, op: "netns.configure", netns: e.netns!, device: NETNS_INNER_IFNAME, alias: c.alias, mac: e.mac,
       cidr: `${e.ip}/${prefixLength}`, gateway,
     });
 }
 
 /** Owned objects that are no longer desired. Devices leave in one bulk group delete when that is safe. */
-function planRemovals(desired: DesiredState, observed: ObservedState, settings: PlanSettings): Operation[] {
-  const ops: Operation[] = [];
+function planRemovals(desired: DesiredState, observed: ObservedState, settings: PlanSettings, options: PlanOptions, out: Buckets): void {
   const wantedEndpointDevices = new Map(desired.endpoints.map((e) => [e.device, e]));
   const wantedGatewayDevices = new Set(desired.networks.map((n) => gatewayDevice(n.name)));
   const leaving: string[] = [];
@@ -123,7 +150,7 @@ function planRemovals(desired: DesiredState, observed: ObservedState, settings: 
     }
     if (isGatewayAlias(link.alias)) {
       if (!wantedGatewayDevices.has(link.name))
-        ops.push({ subject: link.alias.slice(ALIAS_PREFIX.length), op: "link.delete", device: link.name });
+        out.leave.push({ subject: link.alias.slice(ALIAS_PREFIX.length), op: "link.delete", device: link.name });
       continue;
     }
     const wanted = wantedEndpointDevices.get(link.name);
@@ -131,36 +158,45 @@ function planRemovals(desired: DesiredState, observed: ObservedState, settings: 
     // A wanted device left in the teardown group (by a crash between the two
     // steps of a bulk delete) must leave that group before the group goes.
     else if (link.group === settings.teardownGroup)
-      ops.push({ subject: wanted.id, op: "link.set", device: link.name, group: settings.netdevGroup });
+      out.leave.push({ subject: wanted.id, op: "link.set", device: link.name, group: settings.netdevGroup });
   }
   const leavingSet = new Set(leaving);
-  // Routes of ours that no desired endpoint explains (and whose device is not leaving anyway).
-  const routed = desired.endpoints.filter((e) => e.deviceOnly === undefined);
-  const wantedRoutes = new Set(routed.map((e) => `${e.ip}/32 ${e.device}`));
-  for (const r of [...observed.routes].sort((a, b) => compare(a.dst, b.dst) || compare(a.device ?? "", b.device ?? "") || a.protocol - b.protocol)) {
-    if (r.protocol !== settings.routeProtocol) continue;
+  // Routes of ours that no desired endpoint or learned route explains (and whose device is not leaving anyway).
+  const wantedRoutes = new Set([
+    ...desired.endpoints.filter((e) => e.deviceOnly === undefined)
+      .map((e) => `${settings.routeProtocol} ${e.ip}/32 dev ${e.device} ${routeMetricFor(e.elevated, settings)}`),
+    ...desired.learned.map((r) => `${settings.learnedProtocol} ${r.prefix} via ${r.nextHop} ${routeMetricFor(r.elevated, settings)}`),
+  ]);
+  const routeKey = (r: ObservedState["routes"][number]) =>
+    `${r.protocol} ${r.dst} ${r.protocol === settings.learnedProtocol ? `via ${r.gateway}` : `dev ${r.device}`} ${r.metric}`;
+  // A replacement with the same destination and metric overwrites the old route in place (the kernel's key).
+  const replaced = new Set(out.routes.flatMap((op) => (op.op === "route.replace" ? [`${op.dst} ${op.metric}`] : [])));
+  const ours = observed.routes.filter((r) => r.protocol === settings.routeProtocol || r.protocol === settings.learnedProtocol);
+  for (const r of ours.sort((a, b) => compare(routeKey(a), routeKey(b)))) {
     if (r.device && leavingSet.has(r.device)) continue;
-    if (!wantedRoutes.has(`${r.dst} ${r.device}`))
-      ops.push({ subject: "host", op: "route.delete", dst: r.dst, ...(r.device ? { device: r.device } : {}), protocol: r.protocol });
+    if (wantedRoutes.has(routeKey(r)) || replaced.has(`${r.dst} ${r.metric}`)) continue;
+    out.stale.push({
+      subject: r.protocol === settings.learnedProtocol ? `learned:${r.dst}` : "host", op: "route.delete", dst: r.dst,
+      ...(r.gateway ? { via: r.gateway } : {}), ...(r.device ? { device: r.device } : {}), protocol: r.protocol, metric: r.metric,
+    });
   }
   // Stale permanent neighbour entries on our endpoint devices.
   for (const n of [...observed.neighbours].sort((a, b) => compare(a.device, b.device) || compare(a.ip, b.ip))) {
     const wanted = wantedEndpointDevices.get(n.device);
     if (!wanted || !n.permanent || leavingSet.has(n.device)) continue;
     if (!isOwnedAlias(observed.links.get(n.device)?.alias)) continue;
-    if (n.ip !== wanted.ip || wanted.deviceOnly !== undefined) ops.push({ subject: wanted.id, op: "neighbour.delete", device: n.device, ip: n.ip });
+    if (n.ip !== wanted.ip || wanted.deviceOnly !== undefined) out.stale.push({ subject: wanted.id, op: "neighbour.delete", device: n.device, ip: n.ip });
   }
-  if (leaving.length === 0) return ops;
+  if (leaving.length === 0) return;
   // `ip link del group N` unregisters all devices with one RCU wait instead of
   // one per device (~80x faster for 1000 taps). Only safe while nothing we do
-  // not own sits in the teardown group.
-  const groupIsOurs = [...observed.links.values()].every((l) =>
+  // not own sits in the teardown group, which only a complete listing shows.
+  const groupIsOurs = options.completeLinks === true && [...observed.links.values()].every((l) =>
     l.group !== settings.teardownGroup || isOwnedAlias(l.alias) || observed.adoptable?.has(l.name));
-  if (groupIsOurs) {
-    for (const device of leaving.sort()) ops.push({ subject: "host", op: "link.set", device, group: settings.teardownGroup });
-    ops.push({ subject: "host", op: "link.delete-group", group: settings.teardownGroup });
+  if (groupIsOurs && leaving.length > 1) {
+    for (const device of leaving.sort()) out.leave.push({ subject: "host", op: "link.set", device, group: settings.teardownGroup });
+    out.leave.push({ subject: "host", op: "link.delete-group", group: settings.teardownGroup });
   } else {
-    for (const device of leaving.sort()) ops.push({ subject: "host", op: "link.delete", device });
+    for (const device of leaving.sort()) out.leave.push({ subject: "host", op: "link.delete", device });
   }
-  return ops;
 }

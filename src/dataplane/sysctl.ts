@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 
 const ROOT = "/proc/sys/";
 
-export async function readSysctl(key: string): Promise<string | undefined> {
+export function readSysctl(key: string): string | undefined {
   try {
     return readFileSync(ROOT + key, "utf8").trim();
   } catch {

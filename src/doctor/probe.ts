@@ -5,9 +5,9 @@ import { connectGobgp } from "../bgp/gobgp.js";
 import { call } from "../cli/client.js";
 import type { Config } from "../config/schema.js";
 import type { Status } from "../daemon/status.js";
-import { StateStore } from "../daemon/store.js";
+import { runtimeFile } from "../state/stored.js";
 import { observe } from "../dataplane/observe.js";
-import { domainName, parseDomainXml, routedInterfaces } from "../libvirt/domain-xml.js";
+import { readDomains } from "../libvirt/read.js";
 import { Virsh } from "../libvirt/virsh.js";
 import { gatewayDevice, TAP_PREFIX, VETH_PREFIX } from "../model/naming.js";
 import type { DoctorFacts } from "./diagnose.js";
@@ -24,7 +24,8 @@ export interface ProbeOptions {
 }
 
 export async function probe(config: Config, o: ProbeOptions): Promise<DoctorFacts> {
-  const state = await new StateStore(config.stateDir).load();
+  // Read only: a corrupt file is the daemon's to keep aside and rebuild; the doctor reports what it can.
+  const state = (await runtimeFile(config.stateDir).load()).value;
   const [daemon, kernel, firewall, bgp, libvirt] = await Promise.all([
     probeDaemon(o.socket), observe({ netns: [] }), probeFirewall(config.dataplane.netdevGroup),
     config.bgp ? probeGobgp(config.bgp.gobgp) : undefined,
@@ -85,13 +86,10 @@ async function probeGobgp(address: string): Promise<NonNullable<DoctorFacts["bgp
 async function probeLibvirt(uri: string, o: ProbeOptions) {
   const hook = await probeHook(o);
   try {
-    const virsh = new Virsh(uri);
-    const listing = await virsh.list();
-    const docs = (await virsh.dumpAll(listing)).map((x) => parseDomainXml(x, "domain XML from libvirt"));
-    const domains = docs.map((doc, i) => ({ name: domainName(doc) ?? listing[i]!.uuid, running: listing[i]!.running, interfaces: routedInterfaces(doc) }));
+    const { listed: domains } = await readDomains(new Virsh(uri));
     return {
       hook,
-      running: domains.filter((d) => d.running && d.interfaces.length).map((d) => ({ domain: d.name, taps: d.interfaces.map((i) => i.tap) })),
+      running: domains.filter((d) => d.active && d.interfaces.length).map((d) => ({ domain: d.name, taps: d.interfaces.map((i) => i.tap) })),
       claims: domains.flatMap((d) => d.interfaces.map((i) => ({ ip: i.ip, owner: `domain ${d.name}` }))),
     };
   } catch (e) {

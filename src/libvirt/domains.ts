@@ -20,10 +20,18 @@ export type Lifecycle =
 
 export interface DomainRecord {
   name: string;
+  /** libvirt's identity of the domain (from its own XML), when known. */
+  uuid?: string;
   lifecycle: Lifecycle;
   interfaces: RoutedInterface[];
   /** Bumped on every hook event: a libvirt resync that started earlier must not overwrite it. */
   seq: number;
+  /** When the lifecycle last changed (ms since the epoch). */
+  since?: number;
+  /** The hook shim's sequence of the last hook call applied (digits; later calls have larger ones). */
+  hookSeq?: string;
+  /** Live migration in progress on this host (migration.ts); absent when normal. */
+  migration?: { phase: "target" | "live" | "settling"; since: number; source?: string };
 }
 
 export const HOOK_OPS = ["prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "attach"] as const;
@@ -31,6 +39,7 @@ export type HookOp = (typeof HOOK_OPS)[number];
 
 export interface HookEvent {
   domain: string;
+  uuid?: string;
   op: string;
   subop: string;
   interfaces: RoutedInterface[];
@@ -56,15 +65,67 @@ export function lifecycleAfter(op: string, subop: string): Lifecycle | "released
   }
 }
 
-export function applyHook(domains: Map<string, DomainRecord>, event: HookEvent, seq: number): void {
+/** The domains after a hook call (a new map; the input is not changed). */
+export function applyHook(domains: ReadonlyMap<string, DomainRecord>, event: HookEvent, seq: number, now = Date.now()): ReadonlyMap<string, DomainRecord> {
   const next = lifecycleAfter(event.op, event.subop);
-  if (next === undefined) return;
+  if (next === undefined) return domains;
+  const result = new Map(domains);
+  const record = domains.get(event.domain);
   if (next === "released") {
-    const record = domains.get(event.domain);
-    if (record) domains.set(event.domain, { ...record, lifecycle: "defined", seq });
-    return;
+    if (record) result.set(event.domain, { ...record, lifecycle: "defined", seq, since: now });
+    return result;
   }
-  domains.set(event.domain, { name: event.domain, lifecycle: next, interfaces: event.interfaces, seq });
+  const uuid = event.uuid ?? record?.uuid;
+  result.set(event.domain, {
+    name: event.domain, ...(uuid ? { uuid } : {}), lifecycle: next, interfaces: event.interfaces, seq, since: now,
+    ...(record?.hookSeq ? { hookSeq: record.hookSeq } : {}), ...(record?.migration ? { migration: record.migration } : {}),
+  });
+  return result;
+}
+
+/** A domain as a libvirt listing and its own XML show it. */
+export interface ListedDomain {
+  name: string;
+  uuid: string;
+  /** qemu runs (running or paused): its taps are open. */
+  active: boolean;
+  interfaces: RoutedInterface[];
+}
+
+/** Between prepare and started libvirt still lists the domain as shut off: keep its tap for qemu this long. */
+export const PREPARE_GRACE_MS = 120_000;
+
+/**
+ * The domains after a resync from libvirt (pure). Hook calls that arrived
+ * while libvirt was being read (seq above startSeq) win; a domain whose XML
+ * could not be read keeps its record (its error is its own: it never shifts
+ * or drops another domain); a domain libvirt no longer lists is gone.
+ */
+export function mergeResync(
+  current: ReadonlyMap<string, DomainRecord>, listed: ListedDomain[], unreadable: ReadonlySet<string>, startSeq: number, now: number,
+): ReadonlyMap<string, DomainRecord> {
+  const result = new Map<string, DomainRecord>();
+  for (const d of listed)
+    result.set(d.name, { name: d.name, uuid: d.uuid, lifecycle: d.active ? "running" : "defined", interfaces: d.interfaces, seq: 0 });
+  for (const [name, old] of current) {
+    const fresh = result.get(name);
+    if (old.seq > startSeq) result.set(name, old);
+    else if (old.uuid !== undefined && unreadable.has(old.uuid)) result.set(name, old);
+    else if (old.lifecycle === "prepared" && fresh?.lifecycle !== "running" && now - (old.since ?? 0) < PREPARE_GRACE_MS) result.set(name, old);
+    else if (fresh) {
+      const keep: DomainRecord = { ...fresh, seq: old.seq, ...(old.hookSeq ? { hookSeq: old.hookSeq } : {}), ...(old.migration ? { migration: old.migration } : {}) };
+      // A lifecycle libvirt confirms keeps its time; a new one starts now.
+      result.set(name, old.lifecycle === fresh.lifecycle && old.since !== undefined ? { ...keep, since: old.since } : { ...keep, since: now });
+    }
+  }
+  return result;
+}
+
+/** What a resync compares: lifecycle and interfaces (seq and times are bookkeeping). */
+export function sameDomains(a: ReadonlyMap<string, DomainRecord>, b: ReadonlyMap<string, DomainRecord>): boolean {
+  const essence = (m: ReadonlyMap<string, DomainRecord>) =>
+    JSON.stringify([...m.values()].map((d) => [d.name, d.uuid, d.lifecycle, d.interfaces, d.migration?.phase]).sort());
+  return essence(a) === essence(b);
 }
 
 export interface VmEndpoints {

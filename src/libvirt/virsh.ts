@@ -11,7 +11,8 @@ export class VirshError extends Error {}
 
 export interface DomainListing {
   uuid: string;
-  running: boolean;
+  /** qemu runs (running, paused, ...): its taps are open. */
+  active: boolean;
 }
 
 const TIMEOUT_MS = 20_000;
@@ -30,17 +31,33 @@ export class Virsh {
   }
 
   async list(): Promise<DomainListing[]> {
-    const [all, running] = await Promise.all([this.run(["list", "--all", "--uuid"]), this.run(["list", "--state-running", "--uuid"])]);
-    const up = new Set(running.split("\n").map((l) => l.trim()).filter(Boolean));
-    return all.split("\n").map((l) => l.trim()).filter(Boolean).map((uuid) => ({ uuid, running: up.has(uuid) }));
+    // Without --all, virsh lists the active domains (running and paused alike: qemu holds their taps).
+    const [all, active] = await Promise.all([this.run(["list", "--all", "--uuid"]), this.run(["list", "--uuid"])]);
+    const up = new Set(active.split("\n").map((l) => l.trim()).filter(Boolean));
+    return all.split("\n").map((l) => l.trim()).filter(Boolean).map((uuid) => ({ uuid, active: up.has(uuid) }));
   }
 
-  /** Every domain's XML in one virsh process (live XML for running domains, persistent config otherwise). */
-  async dumpAll(domains: DomainListing[]): Promise<string[]> {
-    if (domains.length === 0) return [];
-    const script = domains.map((d) => `dumpxml ${d.running ? "" : "--inactive "}${d.uuid}`).join(" ; ");
-    const out = await this.run([script]);
-    return out.match(/<domain[\s>][\s\S]*?<\/domain>/g) ?? [];
+  /**
+   * Every domain's XML in one virsh process (live XML for active domains,
+   * persistent config otherwise), by uuid. Each dump is followed by a marker,
+   * so a dump that fails (a domain undefined meanwhile) leaves its own slot
+   * empty and never shifts another domain's XML; callers still check the
+   * uuid inside each XML. Domains whose dump failed are missing from the map.
+   */
+  async dumpAll(domains: DomainListing[]): Promise<Map<string, string>> {
+    const result = new Map<string, string>();
+    if (domains.length === 0) return result;
+    const marker = `vmrouted-dump-end-${process.pid}`;
+    const script = domains.map((d) => `dumpxml ${d.active ? "" : "--inactive "}${d.uuid} ; echo ${marker}`).join(" ; ");
+    // A failed dump makes virsh exit non-zero after running the rest; the slots tell which one.
+    const r = await execa("virsh", ["-q", "-c", this.uri, script], { reject: false, timeout: TIMEOUT_MS, maxBuffer: 256 * 1024 * 1024 });
+    if (r.timedOut || (r.stdout.trim() === "" && r.exitCode !== 0)) throw new VirshError(`virsh dumpxml: ${r.stderr.split("\n")[0] || "failed"}`);
+    const slots = r.stdout.split(marker);
+    domains.forEach((d, i) => {
+      const xml = slots[i]?.trim();
+      if (xml) result.set(d.uuid, xml);
+    });
+    return result;
   }
 
   async state(name: string): Promise<string> {

@@ -22,7 +22,7 @@ export function resolveNetwork(name: string, input: NetworkInput, source: Networ
   const gw = parseIpv4(prefix.address)!;
   if (gw === prefix.base || gw === prefix.base + prefix.size - 1 || isUnusableHostAddress(prefix.address))
     return fail(`network '${name}': gateway ${prefix.address} is not a usable host address in ${input.gateway}`);
-  return { ok: true, value: { name, gateway: prefix.address, prefixLength: prefix.length, source } };
+  return { ok: true, value: { name, gateway: prefix.address, prefixLength: prefix.length, source, natOutgoing: input.natOutgoing === true } };
 }
 
 export function networkPrefix(network: Network): Prefix {
@@ -46,7 +46,7 @@ export function resolveNetworks(
     const fromConfig = networks.find((n) => n.name === name && n.source === "config");
     if (fromConfig) {
       // Listing a config network in a spec is fine as long as it says the same thing.
-      if (fromConfig.gateway !== r.value.gateway || fromConfig.prefixLength !== r.value.prefixLength)
+      if (fromConfig.gateway !== r.value.gateway || fromConfig.prefixLength !== r.value.prefixLength || fromConfig.natOutgoing !== r.value.natOutgoing)
         return fail(`network '${name}' comes from the config file and cannot be changed at runtime`);
       continue;
     }
@@ -147,5 +147,5 @@ export function resolveDesired(inputs: DesiredInputs): Result<DesiredState> {
   }
   const checked = checkEndpointSet(endpoints, networks.value);
   if (!checked.ok) return checked;
-  return { ok: true, value: { networks: networks.value, endpoints } };
+  return { ok: true, value: { networks: networks.value, endpoints, learned: [] } };
 }

@@ -5,7 +5,11 @@ import { z } from "zod";
 // address fits a network is checked in resolve.ts, against the whole state.
 
 export const networkInputSchema = z
-  .object({ gateway: z.string({ required_error: "is required" }) })
+  .object({
+    gateway: z.string({ required_error: "is required" }),
+    /** Masquerade traffic from this network to destinations outside every vmrouted network. */
+    natOutgoing: z.boolean().optional(),
+  })
   .strict();
 
 const tapInput = z

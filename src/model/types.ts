@@ -6,6 +6,8 @@ export interface Network {
   prefixLength: number;
   /** Networks from the config file always stay; runtime ones come and go through the API. */
   source: "config" | "runtime";
+  /** Traffic from the network to anything outside every vmrouted network is masqueraded. */
+  natOutgoing: boolean;
 }
 
 export type EndpointKind = "tap" | "netns" | "vm";
@@ -31,11 +33,28 @@ export interface Endpoint {
    * between stopped and release). The text says why, for status.
    */
   deviceOnly?: string;
+  /**
+   * The /32 and the announcement are preferred over every other host's (a
+   * live-migrated VM's destination while it settles): lower route metric,
+   * higher local-pref and the migration community.
+   */
+  elevated?: boolean;
+}
+
+/** A best path another host announces, as the BGP importer saw it. */
+export interface LearnedRoute {
+  /** "a.b.c.d/len" */
+  prefix: string;
+  nextHop: string;
+  /** Carries the migration community: the fabric prefers it to a local /32 (a VM that just moved away). */
+  elevated: boolean;
 }
 
 export interface DesiredState {
   networks: Network[];
   endpoints: Endpoint[];
+  /** Kernel routes for other hosts' workloads (`<prefix> via <next hop>`), already filtered (state/resolve.ts). */
+  learned: LearnedRoute[];
 }
 
 export function endpointId(kind: EndpointKind, ip: string): string {

@@ -4,7 +4,7 @@ import { resolveDesired } from "../../src/model/resolve.js";
 import type { EndpointInput } from "../../src/model/spec.js";
 import type { DesiredState } from "../../src/model/types.js";
 
-export const settings: PlanSettings = { routeProtocol: 94, netdevGroup: 94, teardownGroup: 95, gatewayKind: "bridge" };
+export const settings: PlanSettings = { routeProtocol: 94, learnedProtocol: 96, routeMetric: 1024, netdevGroup: 94, teardownGroup: 95, gatewayKind: "bridge" };
 
 export function desired(endpoints: EndpointInput[], networks: Record<string, { gateway: string }> = {}): DesiredState {
   const r = resolveDesired({ configNetworks: { service: { gateway: "172.31.16.1/24" } }, runtimeNetworks: networks, endpoints });

@@ -8,7 +8,7 @@ import { diffAnnouncements, encodeCommunity, pathFor, type BgpPath } from "../..
 // The announcer against a scripted stand-in for gobgpd's API (pure logic only:
 // the real gobgpd is in test/integration/bgp.test.ts).
 
-const policy = { nextHop: "10.1.1.3", communities: ["64512:100"], localPref: 100 };
+const policy = { nextHop: "10.1.1.3", communities: ["64512:100"], localPref: 100, migrationCommunity: "64512:666" };
 const log = pino({ level: "silent" });
 
 interface Call { rpc: "AddPathStream" | "DeletePath"; paths: ApiPath[] }
@@ -18,12 +18,22 @@ class FakeGobgp {
   rib = new Set<string>();
   endWatch: ((why: string) => void) | undefined;
   failNext = false;
+  /** Every AddPathStream fails while set. */
+  failing = false;
+  /** AddPathStream waits for this (a hung gobgpd). */
+  gate: Promise<void> | undefined;
   transport(): GobgpTransport {
     return {
       getBgp: async () => ({ asn: 64512, routerId: "10.1.1.3" }),
       listPeers: async () => [],
       addPathStream: async (paths) => {
         this.calls.push({ rpc: "AddPathStream", paths });
+        if (this.gate) {
+          const gate = this.gate;
+          this.gate = undefined;
+          await gate;
+        }
+        if (this.failing) throw new Error("UNAVAILABLE");
         if (this.failNext) {
           this.failNext = false;
           throw new Error("UNAVAILABLE");
@@ -57,6 +67,7 @@ function decodePrefix(p: ApiPath): string {
 }
 
 const settle = () => new Promise((r) => setTimeout(r, 5));
+const ips = (list: string[]) => list.map((ip) => ({ ip }));
 async function until(check: () => boolean): Promise<void> {
   for (let i = 0; i < 400 && !check(); i++) await settle();
   expect(check()).toBe(true);
@@ -73,8 +84,8 @@ function makeAnnouncer(fake: FakeGobgp, record: BgpPath[] = []) {
 
 describe("announcement diff", () => {
   it("announces new and changed paths and withdraws the rest", () => {
-    const rec = new Map([["10.0.0.1/32", pathFor("10.0.0.1", policy)], ["10.0.0.2/32", pathFor("10.0.0.2", policy)]]);
-    const want = new Map([["10.0.0.2/32", pathFor("10.0.0.2", { ...policy, localPref: 200 })], ["10.0.0.3/32", pathFor("10.0.0.3", policy)]]);
+    const rec = new Map([["10.0.0.1/32", pathFor({ ip: "10.0.0.1" }, policy)], ["10.0.0.2/32", pathFor({ ip: "10.0.0.2" }, policy)]]);
+    const want = new Map([["10.0.0.2/32", pathFor({ ip: "10.0.0.2" }, { ...policy, localPref: 200 })], ["10.0.0.3/32", pathFor({ ip: "10.0.0.3" }, policy)]]);
     const d = diffAnnouncements(want, rec);
     expect(d.announce.map((p) => p.prefix).sort()).toEqual(["10.0.0.2/32", "10.0.0.3/32"]);
     expect(d.withdraw.map((p) => p.prefix)).toEqual(["10.0.0.1/32"]);
@@ -83,7 +94,7 @@ describe("announcement diff", () => {
 
   it("encodes communities as ASN<<16 | value", () => {
     expect(encodeCommunity("64512:100")).toBe(64512 * 65536 + 100);
-    expect(pathFor("10.0.0.1", policy)).toEqual({ prefix: "10.0.0.1/32", nextHop: "10.1.1.3", communities: [4227858532], localPref: 100 });
+    expect(pathFor({ ip: "10.0.0.1" }, policy)).toEqual({ prefix: "10.0.0.1/32", nextHop: "10.1.1.3", communities: [4227858532], localPref: 100 });
   });
 });
 
@@ -106,14 +117,13 @@ describe("announcer", () => {
         a.start();
         let last: number[] = [];
         for (const step of steps) {
-          if (step.kind === "set") await a.setDesired((last = step.ips).map((i) => `10.0.0.${i}`));
+          if (step.kind === "set") a.setDesired(ips((last = step.ips).map((i) => `10.0.0.${i}`)));
           else if (step.kind === "restart") fake.restart();
           else fake.failNext = true;
           await settle();
         }
-        await a.setDesired(last.map((i) => `10.0.0.${i}`));
-        await until(() => a.state === "up");
-        await a.setDesired(last.map((i) => `10.0.0.${i}`));
+        a.setDesired(ips(last.map((i) => `10.0.0.${i}`)));
+        await until(() => a.converged);
         a.stop();
         for (const call of fake.calls) {
           expect(call.rpc).not.toBe("DeletePath");
@@ -128,7 +138,7 @@ describe("announcer", () => {
   it("re-announces everything when gobgpd restarts", async () => {
     const fake = new FakeGobgp();
     const { a } = makeAnnouncer(fake);
-    await a.setDesired(["10.0.0.1", "10.0.0.2"]);
+    a.setDesired(ips(["10.0.0.1", "10.0.0.2"]));
     a.start();
     await until(() => fake.rib.size === 2);
     fake.restart();
@@ -140,13 +150,14 @@ describe("announcer", () => {
 
   it("does not withdraw its record before it knows what is desired (a vmrouted restart)", async () => {
     const fake = new FakeGobgp();
-    const record = [pathFor("10.0.0.1", policy), pathFor("10.0.0.2", policy)];
+    const record = [pathFor({ ip: "10.0.0.1" }, policy), pathFor({ ip: "10.0.0.2" }, policy)];
     const { a } = makeAnnouncer(fake, record);
     a.start();
     await until(() => a.state === "up");
     await settle();
     expect(fake.calls).toEqual([]); // connected, but nothing desired known yet: nothing sent
-    await a.setDesired(["10.0.0.1"]);
+    a.setDesired(ips(["10.0.0.1"]));
+    await until(() => a.converged);
     const sent = fake.calls.flatMap((c) => c.paths.map((p) => `${p.isWithdraw ? "-" : "+"}${decodePrefix(p)}`));
     expect(sent.sort()).toEqual(["+10.0.0.1/32", "-10.0.0.2/32"]);
     a.stop();
@@ -156,13 +167,35 @@ describe("announcer", () => {
     const fake = new FakeGobgp();
     const { a, persisted } = makeAnnouncer(fake);
     a.start();
-    await a.setDesired(["10.0.0.1"]);
+    a.setDesired(ips(["10.0.0.1"]));
     await until(() => fake.rib.size === 1);
-    fake.failNext = true;
-    await a.setDesired([]);
+    fake.failing = true;
+    a.setDesired([]);
+    await until(() => fake.calls.length >= 3); // withdrawals tried, and failed, more than once
     expect(persisted().map((p) => p.prefix)).toEqual(["10.0.0.1/32"]);
-    await until(() => a.state === "up" && fake.rib.size === 0);
+    fake.failing = false;
+    await until(() => a.converged && fake.rib.size === 0);
     await until(() => persisted().length === 0);
+    a.stop();
+  });
+
+  it("never makes its caller wait for a hung gobgpd, and sends only the newest set once it answers", async () => {
+    const fake = new FakeGobgp();
+    const { a } = makeAnnouncer(fake);
+    a.start();
+    a.setDesired(ips(["10.0.0.1"]));
+    await until(() => a.converged);
+    let release!: () => void;
+    fake.gate = new Promise<void>((r) => (release = r));
+    a.setDesired(ips(["10.0.0.2"]));
+    await until(() => fake.calls.length === 2); // the call that hangs
+    const t = performance.now();
+    for (let i = 3; i <= 50; i++) a.setDesired(ips([`10.0.0.${i}`])); // returns at once, every time
+    expect(performance.now() - t).toBeLessThan(50);
+    release();
+    await until(() => a.converged);
+    expect([...fake.rib]).toEqual(["10.0.0.50/32"]);
+    expect(fake.calls.length).toBe(3); // the hung one, then one with the newest set
     a.stop();
   });
 });

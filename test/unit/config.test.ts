@@ -13,9 +13,42 @@ describe("config", () => {
     expect(c.node.name.length).toBeGreaterThan(0);
   });
 
-  it("accepts the DESIGN.md example", () => {
-    const c = parseConfig(`node:\n  address: 10.1.1.3\n  name: controller-03\napi:\n  socket: /run/vmrouted/vmrouted.sock\nstateDir: /var/lib/vmrouted\nbgp:\n  gobgp: 127.0.0.1:50051\n  communities: ["64512:100"]\n  localPref: 100\nnetworks:\n  service: { gateway: 172.31.16.1/24 }\n`);
-    expect(c.bgp).toEqual({ gobgp: "127.0.0.1:50051", communities: ["64512:100"], localPref: 100 });
+  it("accepts the DESIGN.md example, every key of it", () => {
+    const c = parseConfig(`node:
+  address: 10.1.1.3
+  name: controller-03
+api:
+  socket: /run/vmrouted/vmrouted.sock
+stateDir: /var/lib/vmrouted
+bgp:
+  gobgp: 127.0.0.1:50051
+  communities: ["64512:100"]
+  localPref: 100
+  importRoutes: true
+  migrationCommunity: "64512:666"
+networks:
+  service: { gateway: 172.31.16.1/24, natOutgoing: false }
+libvirt: { enabled: true, uri: qemu:///system, resyncSeconds: 30 }
+migration: { settleSeconds: 30 }
+dataplane:
+  routeProtocol: 94
+  learnedProtocol: 96
+  routeMetric: 1024
+  netdevGroup: 94
+  teardownGroup: 95
+  resyncSeconds: 30
+metrics: { listen: 127.0.0.1:9794 }
+log: { level: info }
+`);
+    expect(c.bgp).toEqual({ gobgp: "127.0.0.1:50051", communities: ["64512:100"], localPref: 100, importRoutes: true, migrationCommunity: "64512:666" });
+    expect(c.dataplane).toEqual({ routeProtocol: 94, learnedProtocol: 96, routeMetric: 1024, netdevGroup: 94, teardownGroup: 95, resyncSeconds: 30 });
+    expect(c.migration).toEqual({ settleSeconds: 30 });
+  });
+
+  it("defaults what DESIGN.md says", () => {
+    const c = parseConfig(`node: { address: 10.1.1.3 }\nbgp: {}\n`);
+    expect(c.bgp).toMatchObject({ importRoutes: true, migrationCommunity: "64512:666" });
+    expect(c.dataplane).toMatchObject({ learnedProtocol: 96, routeMetric: 1024, resyncSeconds: 30 });
   });
 
   it.each([

@@ -11,8 +11,8 @@ const iface = (ip: string, tap = `tap-${ip.split(".")[3]!.padStart(10, "0")}`) =
 
 describe("hook lifecycle", () => {
   it("follows libvirt's start and stop order", () => {
-    const domains = new Map<string, DomainRecord>();
-    const ev = (op: string, subop: string) => applyHook(domains, { domain: "vm1", op, subop, interfaces: [iface("172.31.16.5")] }, 1);
+    let domains: ReadonlyMap<string, DomainRecord> = new Map();
+    const ev = (op: string, subop: string) => (domains = applyHook(domains, { domain: "vm1", op, subop, interfaces: [iface("172.31.16.5")] }, 1));
     const states: string[] = [];
     for (const [op, sub] of [["prepare", "begin"], ["start", "begin"], ["started", "begin"], ["stopped", "end"], ["release", "end"]]) {
       ev(op!, sub!);

@@ -23,8 +23,9 @@ describe("iproute2 adapters (pure parts)", () => {
 
   it("normalises host routes to /32 and keeps numeric protocol and scope", () => {
     expect(toRoute({ dst: "172.31.16.5", dev: "tap-a", protocol: "94", scope: "253" })).toEqual({
-      dst: "172.31.16.5/32", device: "tap-a", protocol: 94, scope: 253, type: "unicast",
+      dst: "172.31.16.5/32", device: "tap-a", protocol: 94, scope: 253, type: "unicast", metric: 0,
     });
+    expect(toRoute({ dst: "172.31.16.5", dev: "tap-a", protocol: "94", scope: "253", metric: 1024 }).metric).toBe(1024);
     expect(toRoute({ dst: "default", gateway: "10.0.0.1", protocol: "4" }).dst).toBe("0.0.0.0/0");
   });
 });

@@ -88,12 +88,12 @@ const DRIFTS: Record<string, Drift> = {
   "mac changed": (s, p) => { const l = nth(owned(s), p); if (l) l.mac = "02:42:42:42:42:42"; },
   "rp_filter reset": (s, p) => { const l = nth(owned(s), p); const e = l && s.sysctls.get(l.name); if (e) e.rpFilter = "0"; },
   "proxy_arp reset": (s, p) => { const l = nth(owned(s), p); const e = l && s.sysctls.get(l.name); if (e) e.proxyArp = "0"; },
-  "stale route of ours": (s, p) => { const l = nth(owned(s), p); if (l) s.routes.push({ dst: `172.31.16.${200 + (p % 50)}/32`, device: l.name, protocol: 94, scope: 253, type: "unicast" }); },
+  "stale route of ours": (s, p) => { const l = nth(owned(s), p); if (l) s.routes.push({ dst: `172.31.16.${200 + (p % 50)}/32`, device: l.name, protocol: 94, scope: 253, type: "unicast", metric: 0 }); },
   "stale neighbour of ours": (s, p) => { const l = nth(owned(s), p); if (l) s.neighbours.push({ device: l.name, ip: `172.31.16.${200 + (p % 50)}`, mac: "02:00:00:00:00:07", permanent: true }); },
   "ip_forward off": (s) => { s.ipForward = "0"; },
   "gateway address deleted": (s) => { s.addresses = s.addresses.filter((a) => !a.device.startsWith("virgw-")); },
   "address added to a gateway": (s) => { if (s.links.has("virgw-service")) s.addresses.push({ device: "virgw-service", ip: "10.1.2.3", prefixLength: 8, noprefixroute: false }); },
-  "connected route back": (s) => { if (s.links.has("virgw-service")) s.routes.push({ dst: "172.31.16.0/24", device: "virgw-service", protocol: 2, scope: 253, type: "unicast" }); },
+  "connected route back": (s) => { if (s.links.has("virgw-service")) s.routes.push({ dst: "172.31.16.0/24", device: "virgw-service", protocol: 2, scope: 253, type: "unicast", metric: 0 }); },
   "inner eth0 reset": (s) => { for (const ns of s.netns.values()) if (ns.inner) ns.inner.addresses = []; },
 };
 function applyToModelInPlace(s: ObservedState, ops: Operation[]): void {
@@ -105,7 +105,7 @@ function applyToModelInPlace(s: ObservedState, ops: Operation[]): void {
 function addForeign(s: ObservedState, which: number): string[] {
   const names: string[] = [];
   if (which & 1) { s.links.set("tap-0000000000", { name: "tap-0000000000", kind: "tun", tunType: "tap", vnetHdr: true, group: 0, up: true, carrier: false }); names.push("tap-0000000000"); }
-  if (which & 2) s.routes.push({ dst: "172.31.16.33/32", device: "eth9", protocol: 4, scope: 253, type: "unicast" });
+  if (which & 2) s.routes.push({ dst: "172.31.16.33/32", device: "eth9", protocol: 4, scope: 253, type: "unicast", metric: 0 });
   if (which & 4) { s.links.set("vmlike0", { name: "vmlike0", kind: "tun", tunType: "tap", group: 94, up: true, carrier: false, alias: "someone:else" }); names.push("vmlike0"); }
   if (which & 8) s.neighbours.push({ device: "eth9", ip: "172.31.16.34", mac: "02:00:00:00:00:09", permanent: true });
   if (which & 16) { s.links.set("eth9", { name: "eth9", kind: "veth", group: 95, up: true, carrier: true }); names.push("eth9"); }
@@ -196,7 +196,7 @@ describe("planning (properties)", () => {
   it("is order-independent: any order of desired and observed collections gives the same operations", () => {
     fc.assert(fc.property(scenarioArb, fc.integer({ min: 1, max: 1 << 30 }), ({ want, host }, seed) => {
       const d = resolve(want);
-      const reversed: DesiredState = { networks: [...d.networks].reverse(), endpoints: [...d.endpoints].reverse() };
+      const reversed: DesiredState = { networks: [...d.networks].reverse(), endpoints: [...d.endpoints].reverse(), learned: [...d.learned].reverse() };
       const a = plan(d, host.observed, settings).operations;
       const b = plan(reversed, permuted(host.observed, seed), settings).operations;
       expect(b).toEqual(a);
@@ -270,13 +270,14 @@ const domainArb = fc.record({
   metadata: fc.option(fc.constantFrom(
     `<metadata><nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1"><nova:name>x</nova:name></nova:instance></metadata>`,
     `<metadata>\n    <other:x xmlns:other="urn:other"/>\n  </metadata>`,
+    `<metadata/>`, // libvirt keeps an empty one as it is
   ), { nil: undefined }),
-  // libvirt never writes an empty <devices> (there is always an emulator at least); a domain may come without one from elsewhere.
-  devices: fc.option(fc.array(nodeArb(3), { minLength: 1, maxLength: 6 }), { nil: undefined }),
+  // libvirt never writes an empty <devices> (there is always an emulator at least); a domain may come without one, or with <devices/>, from elsewhere.
+  devices: fc.option(fc.array(nodeArb(3), { maxLength: 6 }), { nil: undefined }),
   tail: fc.array(nodeArb(2), { maxLength: 3 }),
   declaration: fc.boolean(),
 }).map(({ name, metadata, devices, tail, declaration }) =>
-  `${declaration ? '<?xml version="1.0" encoding="UTF-8"?>\n' : ""}<domain type="kvm">\n  <name>${name}</name>\n  <uuid>0e4b2c1a-0000-4000-8000-000000000001</uuid>\n  ${metadata ?? ""}<memory unit="KiB">65536</memory>${devices ? `<devices>${devices.join("")}</devices>` : ""}${tail.join("")}</domain>`);
+  `${declaration ? '<?xml version="1.0" encoding="UTF-8"?>\n' : ""}<domain type="kvm">\n  <name>${name}</name>\n  <uuid>0e4b2c1a-0000-4000-8000-000000000001</uuid>\n  ${metadata ?? ""}<memory unit="KiB">65536</memory>${devices ? (devices.length ? `<devices>${devices.join("")}</devices>` : "<devices/>") : ""}${tail.join("")}</domain>`);
 
 const ifaceArb = fc.uniqueArray(fc.record({
   host: fc.integer({ min: 2, max: 250 }), mac: macArb,
@@ -287,21 +288,20 @@ const ifaceArb = fc.uniqueArray(fc.record({
 describe("domain XML (properties)", () => {
   it("patch then unpatch is the identity, over generated domain documents", () => {
     fc.assert(fc.property(domainArb, ifaceArb, fc.boolean(), (xml, ifaces, reverse) => {
-      const original = serializeDomainXml(parseDomainXml(xml));
       const doc = parseDomainXml(xml);
       for (const i of ifaces) addRoutedInterface(doc, i);
       // Through text, as it goes through libvirt.
       const patched = parseDomainXml(serializeDomainXml(doc));
       expect(routedInterfaces(patched)).toEqual(ifaces);
       for (const i of reverse ? [...ifaces].reverse() : ifaces) removeRoutedInterface(patched, i.ip);
-      expect(serializeDomainXml(patched)).toBe(original);
+      // Byte for byte: the text outside what vmrouted adds is never rewritten.
+      expect(serializeDomainXml(patched)).toBe(xml);
     }), { numRuns: 500 });
   });
 
-  it("serialising a parsed document keeps everything inside the root element (an apostrophe in an attribute may come back as &apos;)", () => {
-    const root = (xml: string) => xml.slice(xml.indexOf("<domain")).replaceAll("&apos;", "'");
+  it("serialising a parsed document gives back its text byte for byte", () => {
     fc.assert(fc.property(domainArb, (xml) => {
-      expect(root(serializeDomainXml(parseDomainXml(xml)))).toBe(root(xml));
+      expect(serializeDomainXml(parseDomainXml(xml))).toBe(xml);
     }), { numRuns: 500 });
   });
 });

@@ -1,0 +1,80 @@
+import { watch, mkdirSync, type FSWatcher } from "node:fs";
+import type { Logger } from "pino";
+import type { DataplaneSettings } from "../dataplane/check.js";
+import { driftScope, indexDesired, type DesiredIndex, type KernelEvent } from "../dataplane/events.js";
+import { startMonitor } from "../dataplane/monitor.js";
+import type { Scope } from "../dataplane/scope.js";
+import type { DesiredState } from "../model/types.js";
+
+// Kernel events as triggers: collected until the kernel has been quiet for a
+// moment (a batch's events arrive together, and their last state per object
+// is what counts), judged against the desired state (events.ts), and only
+// what moved away from it is marked dirty. While a pass applies, its own
+// events are held until it is done, so its echo is judged whole and ignored.
+// Named network namespaces coming and going (a netns endpoint waiting for its
+// namespace) raise no netlink event: /run/netns is watched for them.
+
+const QUIET_MS = 30;
+const NETNS_DIR = "/run/netns";
+
+export interface KernelWatchDeps {
+  desired: () => DesiredState;
+  settings: DataplaneSettings;
+  /** A pass is applying operations: its echo is still arriving. */
+  busy: () => boolean;
+  mark: (scope: Partial<Scope>, trigger: string) => void;
+  log: Logger;
+}
+
+export class KernelWatch {
+  private events: KernelEvent[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private index: { desired: DesiredState; index: DesiredIndex } | undefined;
+  private readonly monitor;
+  private netns: FSWatcher | undefined;
+  /** Events judged, and how many were found to matter (tests and metrics). */
+  judged = 0;
+  drifted = 0;
+
+  constructor(private readonly deps: KernelWatchDeps) {
+    this.monitor = startMonitor((events) => this.collect(events), (message) => deps.log.warn(message));
+    try {
+      // ip netns creates it too; an empty directory changes nothing on the host.
+      mkdirSync(NETNS_DIR, { recursive: true });
+      this.netns = watch(NETNS_DIR, (_event, name) => {
+        if (name) deps.mark({ netns: new Set([name.toString()]) }, "netns");
+      });
+    } catch (e) {
+      deps.log.warn({ err: (e as Error).message }, `cannot watch ${NETNS_DIR}; namespaces are noticed at the resync`);
+    }
+  }
+
+  private collect(events: KernelEvent[]): void {
+    this.events.push(...events);
+    this.schedule();
+  }
+
+  private schedule(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.judge(), QUIET_MS);
+  }
+
+  private judge(): void {
+    if (this.deps.busy()) return this.schedule();
+    const events = this.events;
+    this.events = [];
+    const desired = this.deps.desired();
+    if (this.index?.desired !== desired) this.index = { desired, index: indexDesired(desired) };
+    const scope = driftScope(events, this.index.index, this.deps.settings);
+    this.judged += events.length;
+    if (scope.devices.size + scope.dsts.size === 0) return;
+    this.drifted += scope.devices.size + scope.dsts.size;
+    this.deps.mark(scope, "kernel event");
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.monitor.stop();
+    this.netns?.close();
+  }
+}

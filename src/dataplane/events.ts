@@ -1,0 +1,176 @@
+import { hostSideMac } from "../model/mac.js";
+import { formatIpv4 } from "../model/ipv4.js";
+import { networkPrefix } from "../model/resolve.js";
+import { gatewayDevice } from "../model/naming.js";
+import type { DesiredState, Endpoint, LearnedRoute, Network } from "../model/types.js";
+import { KERNEL_PROTOCOL, routeMetricFor, type DataplaneSettings } from "./check.js";
+import { endpointAlias, gatewayAlias, isOwnedAlias } from "./ownership.js";
+
+// Kernel events (`ip -N -d monitor label link address route neigh`), parsed
+// and judged, pure. An event matters when it moves an object vmrouted owns or
+// depends on away from what is desired: a deleted /32, a downed tap, a foreign
+// route to a workload IP. The echo of vmrouted's own batch moves everything
+// towards the desired state and is ignored, so a pass is never followed by a
+// second pass caused only by its own changes; neither are traffic's neighbour
+// updates or anything about objects that are not ours.
+
+export type KernelEvent =
+  | { kind: "link"; deleted: boolean; name: string; up: boolean; group: number; alias?: string; mac?: string }
+  | { kind: "route"; deleted: boolean; dst: string; device?: string; via?: string; protocol: number; metric: number; table: number }
+  | { kind: "neigh"; deleted: boolean; device: string; ip: string; mac?: string; permanent: boolean }
+  | { kind: "addr"; deleted: boolean; device: string; cidr: string };
+
+/** What must be read again: devices and route destinations. */
+export interface EventScope {
+  devices: Set<string>;
+  dsts: Set<string>;
+}
+
+const MAIN_TABLE = 254;
+
+/** One monitor record: its `[LABEL]` first line and indented continuation lines. */
+export function parseMonitorRecord(record: string): KernelEvent | undefined {
+  const m = /^\[(LINK|ROUTE|NEIGH|ADDR)\](Deleted )?(.*)$/s.exec(record);
+  if (!m) return undefined;
+  const [, label, deletedWord, rest] = m;
+  const deleted = deletedWord !== undefined;
+  const first = rest!.split("\n")[0]!;
+  const words = first.trim().split(/\s+/);
+  const after = (key: string) => {
+    const i = words.indexOf(key);
+    return i >= 0 ? words[i + 1] : undefined;
+  };
+  switch (label) {
+    case "LINK": {
+      const head = /^\d+:\s+([^:@\s]+)(@\S+)?:\s+<([^>]*)>/.exec(first);
+      if (!head) return undefined;
+      const alias = /^\s+alias (.*)$/m.exec(rest!)?.[1]?.trimEnd();
+      const mac = /^\s+link\/\S+ ([0-9a-f:]{17})/m.exec(rest!)?.[1];
+      const group = after("group");
+      return {
+        kind: "link", deleted, name: head[1]!, up: head[3]!.split(",").includes("UP"),
+        group: group === undefined || group === "default" ? 0 : Number(group),
+        ...(alias ? { alias } : {}), ...(mac ? { mac } : {}),
+      };
+    }
+    case "ROUTE": {
+      // With -N: "<type> <dst> [via <gw>] dev <dev> table <n> proto <n> scope <n> [metric <n>] ..."
+      const typed = /^\d+$/.test(words[0] ?? "") ? words.slice(1) : words;
+      const dstWord = typed[0];
+      if (!dstWord || dstWord.includes(":")) return undefined; // IPv6: not ours
+      const dst = dstWord === "default" ? "0.0.0.0/0" : dstWord.includes("/") ? dstWord : `${dstWord}/32`;
+      const device = after("dev"), via = after("via");
+      return {
+        kind: "route", deleted, dst, ...(device ? { device } : {}), ...(via ? { via } : {}),
+        protocol: Number(after("proto") ?? 0), metric: Number(after("metric") ?? 0), table: Number(after("table") ?? MAIN_TABLE),
+      };
+    }
+    case "NEIGH": {
+      const ip = words[0];
+      const device = after("dev");
+      if (!ip || !device || ip.includes(":") || ip === "dev") return undefined;
+      const mac = after("lladdr");
+      return { kind: "neigh", deleted, device, ip, ...(mac ? { mac } : {}), permanent: words.includes("PERMANENT") };
+    }
+    case "ADDR": {
+      const a = /^\d+:\s+(\S+)\s+inet (\d+\.\d+\.\d+\.\d+\/\d+)/.exec(first);
+      if (!a) return undefined;
+      return { kind: "addr", deleted, device: a[1]!, cidr: a[2]! };
+    }
+  }
+  return undefined;
+}
+
+/** The last event per object: a batch's intermediate states (a tap created down, then set up) collapse into its final one. */
+export function lastPerObject(events: KernelEvent[]): KernelEvent[] {
+  const byKey = new Map<string, KernelEvent>();
+  for (const e of events) {
+    const key = e.kind === "link" ? `link ${e.name}`
+      : e.kind === "route" ? `route ${e.table} ${e.dst} ${e.metric} ${e.protocol}`
+      : e.kind === "neigh" ? `neigh ${e.device} ${e.ip}`
+      : `addr ${e.device} ${e.cidr}`;
+    byKey.delete(key); // keeps arrival order of the final states
+    byKey.set(key, e);
+  }
+  return [...byKey.values()];
+}
+
+/** Desired state indexed the way events name things. */
+export interface DesiredIndex {
+  endpointsByDevice: Map<string, Endpoint>;
+  endpointsByDst: Map<string, Endpoint>;
+  gatewaysByDevice: Map<string, Network>;
+  subnets: Map<string, Network>;
+  learned: Map<string, LearnedRoute>;
+}
+
+export function indexDesired(desired: DesiredState): DesiredIndex {
+  return {
+    endpointsByDevice: new Map(desired.endpoints.map((e) => [e.device, e])),
+    endpointsByDst: new Map(desired.endpoints.map((e) => [`${e.ip}/32`, e])),
+    gatewaysByDevice: new Map(desired.networks.map((n) => [gatewayDevice(n.name), n])),
+    subnets: new Map(desired.networks.map((n) => {
+      const p = networkPrefix(n);
+      return [`${formatIpv4(p.base)}/${p.length}`, n];
+    })),
+    learned: new Map(desired.learned.map((r) => [r.prefix, r])),
+  };
+}
+
+/** The objects that events moved away from the desired state (empty: nothing to do). */
+export function driftScope(events: KernelEvent[], index: DesiredIndex, settings: DataplaneSettings): EventScope {
+  const scope: EventScope = { devices: new Set(), dsts: new Set() };
+  for (const e of lastPerObject(events)) {
+    const away = judge(e, index, settings);
+    if (!away) continue;
+    if (e.kind === "route") scope.dsts.add(e.dst);
+    else if (e.kind === "link") scope.devices.add(e.name);
+    else scope.devices.add(e.device);
+  }
+  return scope;
+}
+
+/** True when the event leaves the kernel further from desired than before it (drift, or a conflict that came or went). */
+function judge(e: KernelEvent, index: DesiredIndex, settings: DataplaneSettings): boolean {
+  switch (e.kind) {
+    case "link": {
+      const endpoint = index.endpointsByDevice.get(e.name);
+      if (endpoint) {
+        const right = e.up && e.group === settings.netdevGroup && e.alias === endpointAlias(endpoint.id) && e.mac === hostSideMac(endpoint.mac);
+        return e.deleted || !right;
+      }
+      const network = index.gatewaysByDevice.get(e.name);
+      if (network) return e.deleted || !e.up || e.alias !== gatewayAlias(network.name);
+      // One of ours that is not desired appeared or changed (its deletion is the echo of ours).
+      return !e.deleted && isOwnedAlias(e.alias) && e.group !== settings.teardownGroup;
+    }
+    case "route": {
+      if (e.table !== MAIN_TABLE) return false;
+      const endpoint = index.endpointsByDst.get(e.dst);
+      const learned = index.learned.get(e.dst);
+      const ours = e.protocol === settings.routeProtocol || e.protocol === settings.learnedProtocol;
+      if (!ours) {
+        // A foreign route to a workload IP is a conflict (it came or went); a connected route on a gateway must go.
+        if (endpoint || learned) return true;
+        const network = index.subnets.get(e.dst);
+        return !!network && e.protocol === KERNEL_PROTOCOL && e.device === gatewayDevice(network.name) && !e.deleted;
+      }
+      const desired = e.protocol === settings.routeProtocol
+        ? endpoint && endpoint.deviceOnly === undefined && e.device === endpoint.device && e.metric === routeMetricFor(endpoint.elevated, settings)
+        : learned && e.via === learned.nextHop && e.metric === routeMetricFor(learned.elevated, settings);
+      return e.deleted ? !!desired : !desired;
+    }
+    case "neigh": {
+      const endpoint = index.endpointsByDevice.get(e.device);
+      if (!endpoint || !e.permanent) return false;
+      const desired = endpoint.deviceOnly === undefined && e.ip === endpoint.ip && e.mac === endpoint.mac;
+      return e.deleted ? desired : !desired;
+    }
+    case "addr": {
+      const network = index.gatewaysByDevice.get(e.device);
+      if (!network) return false;
+      const desired = e.cidr === `${network.gateway}/${network.prefixLength}`;
+      return e.deleted ? desired : !desired;
+    }
+  }
+}

@@ -1,0 +1,120 @@
+import { formatIpv4 } from "../model/ipv4.js";
+import { gatewayDevice } from "../model/naming.js";
+import { networkPrefix } from "../model/resolve.js";
+import type { DesiredState, Endpoint } from "../model/types.js";
+import type { ObservedState } from "./observed.js";
+
+// Pure: what a scoped pass looks at. Felix's route table keeps a dirty set and
+// resyncs everything only on a long timer; so does vmrouted. A scope names
+// devices, route destinations and namespaces; closing it over the desired
+// state adds what belongs with them (an endpoint's device brings its /32 and
+// its namespace, a gateway device its subnet), so a pass sees each object whole.
+
+export interface Scope {
+  /** Everything: observe all, plan all (startup, resync, or too much for a scoped read). */
+  full: boolean;
+  devices: Set<string>;
+  dsts: Set<string>;
+  netns: Set<string>;
+}
+
+export function emptyScope(): Scope {
+  return { full: false, devices: new Set(), dsts: new Set(), netns: new Set() };
+}
+
+export function scopeSize(s: Scope): number {
+  return s.devices.size + s.dsts.size + s.netns.size;
+}
+
+export function isEmptyScope(s: Scope): boolean {
+  return !s.full && scopeSize(s) === 0;
+}
+
+export function mergeScope(into: Scope, from: Partial<Scope>): void {
+  if (from.full) into.full = true;
+  for (const d of from.devices ?? []) into.devices.add(d);
+  for (const d of from.dsts ?? []) into.dsts.add(d);
+  for (const n of from.netns ?? []) into.netns.add(n);
+}
+
+function subnetOf(network: DesiredState["networks"][number]): string {
+  const p = networkPrefix(network);
+  return `${formatIpv4(p.base)}/${p.length}`;
+}
+
+/** Everything that differs between two desired states, as a scope (for the dirty set). */
+export function changedScope(before: DesiredState, after: DesiredState): Scope {
+  const scope = emptyScope();
+  // Resolution reuses the objects of unchanged inputs, so identity settles most comparisons.
+  const same = <T>(x: T | undefined, y: T | undefined) => x === y || (x !== undefined && y !== undefined && JSON.stringify(x) === JSON.stringify(y));
+  const diff = <T>(a: T[], b: T[], key: (t: T) => string, add: (t: T) => void) => {
+    if (a === b) return;
+    const old = new Map(a.map((t) => [key(t), t]));
+    const now = new Map(b.map((t) => [key(t), t]));
+    for (const t of a) if (!same(t, now.get(key(t)))) add(t);
+    for (const t of b) if (!same(old.get(key(t)), t)) add(t);
+  };
+  const endpoint = (e: Endpoint) => {
+    scope.devices.add(e.device);
+    scope.dsts.add(`${e.ip}/32`);
+    if (e.netns !== undefined) scope.netns.add(e.netns);
+  };
+  diff(before.endpoints, after.endpoints, (e) => e.id, endpoint);
+  diff(before.networks, after.networks, (n) => n.name, (n) => {
+    scope.devices.add(gatewayDevice(n.name));
+    scope.dsts.add(subnetOf(n));
+  });
+  diff(before.learned, after.learned, (r) => r.prefix, (r) => scope.dsts.add(r.prefix));
+  return scope;
+}
+
+/** The scope with what belongs to its objects (see above). */
+export function closeScope(scope: Scope, desired: DesiredState): Scope {
+  const closed: Scope = { full: scope.full, devices: new Set(scope.devices), dsts: new Set(scope.dsts), netns: new Set(scope.netns) };
+  for (const e of desired.endpoints) {
+    if (closed.devices.has(e.device) || closed.dsts.has(`${e.ip}/32`) || (e.netns !== undefined && closed.netns.has(e.netns))) {
+      closed.devices.add(e.device);
+      closed.dsts.add(`${e.ip}/32`);
+      if (e.netns !== undefined) closed.netns.add(e.netns);
+    }
+  }
+  for (const n of desired.networks)
+    if (closed.devices.has(gatewayDevice(n.name)) || closed.dsts.has(subnetOf(n))) {
+      closed.devices.add(gatewayDevice(n.name));
+      closed.dsts.add(subnetOf(n));
+    }
+  return closed;
+}
+
+/** The desired state restricted to a closed scope: what a scoped pass plans. Networks stay whole (endpoints need them). */
+export function restrictDesired(desired: DesiredState, scope: Scope): { desired: DesiredState; gateways: Set<string> } {
+  return {
+    desired: {
+      networks: desired.networks,
+      endpoints: desired.endpoints.filter((e) => scope.devices.has(e.device)),
+      learned: desired.learned.filter((r) => scope.dsts.has(r.prefix)),
+    },
+    gateways: new Set(desired.networks.filter((n) => scope.devices.has(gatewayDevice(n.name))).map((n) => n.name)),
+  };
+}
+
+/** The cached picture of the kernel with a scoped observation laid over it. */
+export function mergeObserved(base: ObservedState, part: ObservedState, scope: Scope): ObservedState {
+  const links = new Map(base.links);
+  const sysctls = new Map(base.sysctls);
+  for (const d of scope.devices) {
+    links.delete(d);
+    sysctls.delete(d);
+  }
+  for (const [name, link] of part.links) links.set(name, link);
+  for (const [name, s] of part.sysctls) sysctls.set(name, s);
+  const netns = new Map(base.netns);
+  for (const [name, ns] of part.netns) netns.set(name, ns);
+  return {
+    links, sysctls, netns,
+    addresses: [...base.addresses.filter((a) => !scope.devices.has(a.device)), ...part.addresses],
+    neighbours: [...base.neighbours.filter((n) => !scope.devices.has(n.device)), ...part.neighbours],
+    routes: [...base.routes.filter((r) => !scope.dsts.has(r.dst)), ...part.routes],
+    ...(part.ipForward !== undefined ? { ipForward: part.ipForward } : base.ipForward !== undefined ? { ipForward: base.ipForward } : {}),
+  };
+}

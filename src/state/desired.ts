@@ -1,0 +1,76 @@
+import type { DomainRecord } from "../libvirt/domains.js";
+import type { LearnedRoute } from "../model/types.js";
+import type { RuntimeState } from "./stored.js";
+import { Serial } from "./serial.js";
+
+// The desired state and its one writer. Every change (API call, spec, hook,
+// libvirt resync, BGP import) is a function queued here: it sees the newest
+// state, returns the next one (or throws: nothing changes), the whole
+// would-be state is validated, the parts that changed are persisted, and only
+// then is it published to the listeners (the reconciler marks what changed
+// dirty). No two changes interleave, and memory never differs from the files.
+
+export interface Desired {
+  /** Runtime networks and tap/netns endpoints (API, spec): state.json. */
+  readonly runtime: RuntimeState;
+  /** libvirt domains as hooks and resyncs reported them: domains.json. */
+  readonly domains: ReadonlyMap<string, DomainRecord>;
+  /** Best paths other hosts announce, by prefix (BGP importer). Not persisted: gobgpd has them. */
+  readonly learned: ReadonlyMap<string, LearnedRoute>;
+}
+
+export interface Change<T> {
+  /** The parts that change; the rest stays as it is. */
+  next: Partial<Desired>;
+  result: T;
+}
+
+export interface DesiredPersistence {
+  saveRuntime(runtime: RuntimeState): Promise<void>;
+  saveDomains(domains: ReadonlyMap<string, DomainRecord>): Promise<void>;
+}
+
+export type DesiredListener = (next: Desired, previous: Desired, reason: string) => void;
+
+export class DesiredStore {
+  private value: Desired;
+  private readonly queue = new Serial();
+  private readonly listeners: DesiredListener[] = [];
+  /** Changes published so far (a resync that read libvirt at version v knows what came after). */
+  version = 0;
+
+  constructor(
+    initial: Desired,
+    private readonly persistence: DesiredPersistence,
+    /** Throws (an InputError) when the whole would-be state is not acceptable. */
+    private readonly validate: (next: Desired, previous: Desired) => void,
+  ) {
+    this.value = initial;
+  }
+
+  get current(): Desired {
+    return this.value;
+  }
+
+  subscribe(listener: DesiredListener): void {
+    this.listeners.push(listener);
+  }
+
+  /** Queues a change; resolves with its result once it is persisted and published. */
+  change<T>(reason: string, fn: (current: Desired) => Change<T>): Promise<T> {
+    return this.queue.run(async () => {
+      const previous = this.value;
+      const { next: parts, result } = fn(previous);
+      const next: Desired = { ...previous, ...parts };
+      if (next.runtime === previous.runtime && next.domains === previous.domains && next.learned === previous.learned) return result;
+      this.validate(next, previous);
+      // Persisted before anyone sees it: a crash from here on leaves the old or the new state on disk.
+      if (next.runtime !== previous.runtime) await this.persistence.saveRuntime(next.runtime);
+      if (next.domains !== previous.domains) await this.persistence.saveDomains(next.domains);
+      this.value = next;
+      this.version++;
+      for (const listener of this.listeners) listener(next, previous, reason);
+      return result;
+    });
+  }
+}

@@ -1,0 +1,112 @@
+import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import type { z } from "zod";
+import { Serial } from "./serial.js";
+
+// Every file in stateDir (state.json, domains.json, announced.json,
+// creating.json) goes through StateFile, with one policy:
+// - written atomically: a temporary with a name no other write uses, fsync,
+//   rename, fsync of the directory; a crash leaves the old file or the new one;
+// - writes of one file run in order (two renames racing could leave the older
+//   content in place);
+// - a missing file is the empty value;
+// - a file that cannot be read or does not fit its schema is "corrupt": never
+//   taken as "nothing desired". Its owner rebuilds the content from where the
+//   truth lives (the kernel, libvirt, gobgpd), then calls keepAside(), which
+//   moves the file to <name>.corrupt-<time> where an operator can still read it.
+
+const TEMP_INFIX = ".tmp-";
+let writes = 0;
+
+export type Loaded<T> =
+  | { state: "ok"; value: T }
+  | { state: "missing"; value: T }
+  | { state: "corrupt"; value: T; problem: string };
+
+export class StateFile<T> {
+  readonly path: string;
+  private readonly writes = new Serial();
+
+  constructor(
+    dir: string,
+    readonly name: string,
+    private readonly schema: z.ZodType<T, z.ZodTypeDef, unknown>,
+    private readonly empty: () => T,
+    private readonly serialize: (value: T) => string = (v) => JSON.stringify(v) + "\n",
+  ) {
+    this.path = join(dir, name);
+  }
+
+  async load(): Promise<Loaded<T>> {
+    let text: string;
+    try {
+      text = await readFile(this.path, "utf8");
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return { state: "missing", value: this.empty() };
+      return { state: "corrupt", value: this.empty(), problem: `${this.path} cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})` };
+    }
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch (e) {
+      return { state: "corrupt", value: this.empty(), problem: `${this.path} is not valid JSON (${(e as Error).message})` };
+    }
+    const parsed = this.schema.safeParse(raw);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      const where = issue?.path.length ? `${issue.path.join(".")}: ` : "";
+      return { state: "corrupt", value: this.empty(), problem: `${this.path} is not a vmrouted ${this.name} (${where}${issue?.message ?? "invalid"})` };
+    }
+    return { state: "ok", value: parsed.data };
+  }
+
+  save(value: T): Promise<void> {
+    const text = this.serialize(value);
+    return this.writes.run(() => writeFileAtomic(this.path, text));
+  }
+
+  remove(): Promise<void> {
+    return this.writes.run(() => rm(this.path, { force: true }));
+  }
+
+  /** Moves a corrupt file aside (after its content was rebuilt); returns where it went. */
+  keepAside(now = new Date()): Promise<string> {
+    return this.writes.run(async () => {
+      const kept = `${this.path}.corrupt-${now.toISOString().replace(/[:.]/g, "-")}`;
+      await rename(this.path, kept);
+      return kept;
+    });
+  }
+}
+
+/**
+ * write-to-temp + fsync + rename + fsync(dir). The temporary's name is unique
+ * to this write (pid and a counter): two writes of one file never share it.
+ */
+export async function writeFileAtomic(path: string, text: string): Promise<void> {
+  const dir = dirname(path);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const tmp = `${path}${TEMP_INFIX}${process.pid}-${++writes}`;
+  const file = await open(tmp, "wx", 0o600);
+  try {
+    await file.writeFile(text);
+    await file.sync();
+  } finally {
+    await file.close();
+  }
+  await rename(tmp, path);
+  const d = await open(dir, "r");
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+}
+
+/** Temporaries a killed earlier run left behind (never renamed, so the file they were for is intact). */
+export async function removeStaleTemporaries(dir: string): Promise<void> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const mine = `${TEMP_INFIX}${process.pid}-`;
+  const stale = names.filter((n) => /\.tmp-\d+(-\d+)?$/.test(n) && !basename(n).includes(mine));
+  await Promise.all(stale.map((n) => rm(join(dir, n), { force: true })));
+}
