@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: the dataplane tools, the real daemons the tests run, and the
+# Debian packages: the dataplane tools, curl (the hook shim talks to the API
+# socket with it), the real daemons the tests run (FRR and BIRD as reflectors), and the
 # kernel + busybox the lab guest is built from (scripts/lab/guest.sh); nftables
 # for doctor's firewall check, systemd for `systemd-analyze verify` of the unit,
-# gnuplot for the benchmark's chart.
+# gnuplot for the benchmark's chart; xmllint and virt-install for the libvirt corpus tests.
 PACKAGES=(iproute2 iputils-ping procps util-linux gobgpd bird2
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
-  linux-image-cloud-amd64 busybox-static cpio nftables systemd gnuplot-nox)
+  linux-image-cloud-amd64 busybox-static cpio nftables systemd gnuplot-nox curl frr libxml2-utils virtinst)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -5,8 +5,8 @@ import protobuf from "protobufjs";
 import type { BgpPath } from "./paths.js";
 
 // A typed client for the parts of gobgpd's API we use (proto/gobgp.proto).
-// Path attributes travel as google.protobuf.Any, so they are encoded here with
-// protobufjs from the same .proto file.
+// Path attributes travel as google.protobuf.Any, so they are encoded (and, on
+// the import side, decoded) here with protobufjs from the same .proto file.
 
 const PROTO = fileURLToPath(new URL("../../proto/gobgp.proto", import.meta.url));
 const TYPE_PREFIX = "type.googleapis.com/apipb.";
@@ -47,6 +47,41 @@ export function toApiPath(path: BgpPath, withdraw: boolean): ApiPath {
   };
 }
 
+/**
+ * A path of gobgpd's global RIB, decoded (IPv4 unicast only).
+ *
+ * Where a path came from: gobgpd gives every path a source (its PeerInfo).
+ * A path received from a peer has the peer's address as `neighbor_ip`; a path
+ * added through the API (the gobgp CLI included) has no source, and the API
+ * then says `neighbor_ip: "<nil>"` (Go's net.IP(nil).String()), `source_id:
+ * "<nil>"`, `source_asn: 0`. gobgpd's own test for "local" is exactly that
+ * (table.Path.IsLocal: source address nil), so `isFromLocal` is decided by
+ * `neighbor_ip` alone. Not usable for it: `is_from_external` (only echoes a
+ * flag an API client may set on a path it adds; gobgpd never sets it) and
+ * `source_asn` (0 for local paths unless the API client set one; for iBGP
+ * paths it is our own AS, so it tells nothing apart either).
+ */
+export interface RibPath {
+  /** "a.b.c.d/len" */
+  prefix: string;
+  /** NEXT_HOP, or else MP_REACH_NLRI's first next hop; "" when the path has neither (only withdrawals should). */
+  nextHop: string;
+  isWithdraw: boolean;
+  localPref?: number;
+  /** RFC 1997 communities as numbers (ASN * 65536 + value), in the path's order. */
+  communities: number[];
+  /** ORIGIN: 0 IGP, 1 EGP, 2 INCOMPLETE. */
+  origin?: number;
+  /** The peer gobgpd received the path from (for a reflected path: the reflector, not the originating host); "" for a local path. */
+  neighborIp: string;
+  /** Originated in this gobgpd (added through its API), not received from a peer. */
+  isFromLocal: boolean;
+  /** Kept from a peer that is in graceful restart and not yet refreshed. */
+  stale: boolean;
+  /** When gobgpd received or made the path, Unix time in seconds (gobgpd keeps whole seconds). */
+  age?: number;
+}
+
 export interface PeerInfo {
   address: string;
   state: string;
@@ -65,6 +100,29 @@ export interface GobgpTransport {
   close(): void;
 }
 
+export interface BestPathWatch {
+  /** Resolves once, with why the stream ended (gobgpd gone or restarted, cancel(), or onPaths threw). */
+  ended: Promise<string>;
+  cancel(): void;
+}
+
+/** The whole client: the announcer's transport plus the import side. */
+export interface GobgpClient extends GobgpTransport {
+  /**
+   * Watches the best path of every IPv4 unicast prefix in gobgpd's global RIB.
+   * The first call of onPaths (initial = true) is every current best path, a
+   * snapshot, made even when there is none (a gobgpd without its global
+   * config yet would send none: the watch then ends at once, try again). After it, each call is a batch of
+   * changes, in order: per prefix, the newest entry is the current best path,
+   * or a withdrawal (isWithdraw) when the prefix has no path left. A best path
+   * replaced by another comes as the new best path, not as a withdrawal.
+   * Batches with no IPv4 unicast path are not passed on.
+   */
+  watchBestPaths(onPaths: (paths: RibPath[], initial: boolean) => void, onEnd?: (reason: string) => void): BestPathWatch;
+  /** The best path of every IPv4 unicast prefix of the global RIB (ListPath; streamed and decoded as it arrives). */
+  listBestPaths(options?: { timeoutMs?: number }): Promise<RibPath[]>;
+}
+
 type Callback<T> = (err: grpc.ServiceError | null, value?: T) => void;
 interface RawClient extends grpc.Client {
   GetBgp(req: object, opts: grpc.CallOptions, cb: Callback<{ global?: { asn: number; routerId: string } }>): void;
@@ -77,12 +135,128 @@ interface RawPeer {
   conf?: { neighborAddress?: string };
   state?: { neighborAddress?: string; sessionState?: string };
   timers?: { state?: { uptime?: { seconds?: number } } };
+  gracefulRestart?: { enabled?: boolean };
   afiSafis?: Array<{ state?: { family?: { afi?: string }; advertised?: number } }>;
 }
 
 const deadline = (ms: number) => ({ deadline: Date.now() + ms });
 
-export function connectGobgp(address: string): GobgpTransport {
+// --- decoding the import side -------------------------------------------
+//
+// ListPath and WatchEvent answers are decoded straight from the wire with
+// protobufjs (a custom deserializer), not through proto-loader's object
+// conversion: a 50,000-prefix table is 50,000 ListPath messages and one
+// 50,000-path WatchEvent snapshot.
+
+const T = {
+  ListPathRequest: types.lookupType("apipb.ListPathRequest"),
+  ListPathResponse: types.lookupType("apipb.ListPathResponse"),
+  WatchEventRequest: types.lookupType("apipb.WatchEventRequest"),
+  WatchEventResponse: types.lookupType("apipb.WatchEventResponse"),
+  Path: types.lookupType("apipb.Path"),
+  IPAddressPrefix: types.lookupType("apipb.IPAddressPrefix"),
+  OriginAttribute: types.lookupType("apipb.OriginAttribute"),
+  NextHopAttribute: types.lookupType("apipb.NextHopAttribute"),
+  MpReachNLRIAttribute: types.lookupType("apipb.MpReachNLRIAttribute"),
+  LocalPrefAttribute: types.lookupType("apipb.LocalPrefAttribute"),
+  CommunitiesAttribute: types.lookupType("apipb.CommunitiesAttribute"),
+};
+
+/** What protobufjs hands back for the fields we read (scalars default on the prototype). */
+interface WireAny { type_url: string; value: Uint8Array }
+interface WirePath {
+  nlri?: WireAny | null;
+  pattrs: WireAny[];
+  age?: { seconds?: number | { toNumber(): number } } | null;
+  best: boolean;
+  isWithdraw: boolean;
+  family?: { afi: number; safi: number } | null;
+  neighborIp: string;
+  stale: boolean;
+}
+
+const typeName = (url: string) => url.slice(url.lastIndexOf("/") + 1);
+const longToNumber = (v: number | { toNumber(): number } | undefined) => (v === undefined ? undefined : typeof v === "number" ? v : v.toNumber());
+/** gobgpd's rendering of "no source address" (Go: net.IP(nil).String()). */
+const NO_ADDRESS = new Set(["", "<nil>"]);
+
+function decodeWirePath(p: WirePath): RibPath | undefined {
+  if (p.family && (p.family.afi !== AFI_IP || p.family.safi !== SAFI_UNICAST)) return undefined;
+  if (!p.nlri || typeName(p.nlri.type_url) !== "apipb.IPAddressPrefix") return undefined;
+  const nlri = T.IPAddressPrefix.decode(p.nlri.value) as unknown as { prefix: string; prefixLen: number };
+  if (!nlri.prefix.includes(".") || nlri.prefix.includes(":")) return undefined; // an IPv6 prefix without a family
+  let nextHop = "", mpNextHop = "";
+  let localPref: number | undefined, origin: number | undefined;
+  let communities: number[] = [];
+  for (const a of p.pattrs) {
+    switch (typeName(a.type_url)) {
+      case "apipb.NextHopAttribute": nextHop = (T.NextHopAttribute.decode(a.value) as unknown as { nextHop: string }).nextHop; break;
+      case "apipb.MpReachNLRIAttribute": mpNextHop = (T.MpReachNLRIAttribute.decode(a.value) as unknown as { nextHops: string[] }).nextHops[0] ?? ""; break;
+      case "apipb.LocalPrefAttribute": localPref = (T.LocalPrefAttribute.decode(a.value) as unknown as { localPref: number }).localPref; break;
+      case "apipb.OriginAttribute": origin = (T.OriginAttribute.decode(a.value) as unknown as { origin: number }).origin; break;
+      case "apipb.CommunitiesAttribute": communities = [...(T.CommunitiesAttribute.decode(a.value) as unknown as { communities: number[] }).communities]; break;
+      default: break; // AS_PATH, MED, ORIGINATOR_ID, CLUSTER_LIST, ...: not needed here
+    }
+  }
+  const isFromLocal = NO_ADDRESS.has(p.neighborIp);
+  const age = longToNumber(p.age?.seconds);
+  return {
+    prefix: `${nlri.prefix}/${nlri.prefixLen}`,
+    nextHop: nextHop || mpNextHop,
+    isWithdraw: p.isWithdraw,
+    ...(localPref !== undefined ? { localPref } : {}),
+    communities,
+    ...(origin !== undefined ? { origin } : {}),
+    neighborIp: isFromLocal ? "" : p.neighborIp,
+    isFromLocal,
+    stale: p.stale,
+    ...(age ? { age } : {}),
+  };
+}
+
+/** An apipb.Path (wire bytes) as a RibPath; undefined for anything but IPv4 unicast, or a path that cannot be decoded. */
+export function decodePath(bytes: Uint8Array): RibPath | undefined {
+  try {
+    return decodeWirePath(T.Path.decode(bytes) as unknown as WirePath);
+  } catch {
+    return undefined;
+  }
+}
+
+function decodePaths(paths: WirePath[], bestOnly: boolean): RibPath[] {
+  const out: RibPath[] = [];
+  for (const p of paths) {
+    if (bestOnly && !p.best) continue;
+    let decoded: RibPath | undefined;
+    try {
+      decoded = decodeWirePath(p);
+    } catch {
+      decoded = undefined; // one malformed attribute must not end the stream
+    }
+    if (decoded) out.push(decoded);
+  }
+  return out;
+}
+
+/** One ListPathResponse (a destination): its best IPv4 unicast path(s), decoded. */
+export function decodeListPathResponse(bytes: Uint8Array): RibPath[] {
+  const m = T.ListPathResponse.decode(bytes) as unknown as { destination?: { paths: WirePath[] } | null };
+  return m.destination ? decodePaths(m.destination.paths, true) : [];
+}
+
+export type WatchEventDecoded = { kind: "table"; paths: RibPath[] } | { kind: "peer" } | { kind: "none" };
+
+/** One WatchEventResponse: a table event's IPv4 unicast paths, decoded. */
+export function decodeWatchEventResponse(bytes: Uint8Array): WatchEventDecoded {
+  const m = T.WatchEventResponse.decode(bytes) as unknown as { table?: { paths: WirePath[] } | null; peer?: object | null };
+  if (m.table) return { kind: "table", paths: decodePaths(m.table.paths, false) };
+  return m.peer ? { kind: "peer" } : { kind: "none" };
+}
+
+const encoder = (type: protobuf.Type) => (value: object) => Buffer.from(type.encode(type.fromObject(value)).finish());
+const TABLE_GLOBAL = 0, WATCH_FILTER_BEST = 0;
+
+export function connectGobgp(address: string): GobgpClient {
   const client = new loaded.apipb.GobgpApi(address, grpc.credentials.createInsecure(), {
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
   }) as unknown as RawClient;
@@ -97,7 +271,11 @@ export function connectGobgp(address: string): GobgpTransport {
         if (!peer) return;
         const state = (peer.state?.sessionState ?? "UNKNOWN").toLowerCase();
         const uptime = peer.timers?.state?.uptime?.seconds;
-        const sent = peer.afiSafis?.filter((a) => a.state?.family?.afi === "AFI_IP").reduce((n, a) => n + (a.state?.advertised ?? 0), 0);
+        // gobgpd's "advertised" is what it would send the peer now, which with
+        // graceful restart configured includes one End-of-RIB marker per family
+        // (server.go getBestFromLocal): not a prefix.
+        const eor = peer.gracefulRestart?.enabled ? 1 : 0;
+        const sent = peer.afiSafis?.filter((a) => a.state?.family?.afi === "AFI_IP").reduce((n, a) => n + Math.max(0, (a.state?.advertised ?? 0) - eor), 0);
         peers.push({
           address: peer.state?.neighborAddress || peer.conf?.neighborAddress || "",
           state,
@@ -130,6 +308,72 @@ export function connectGobgp(address: string): GobgpTransport {
       stream.on("data", () => undefined);
       return { ended, cancel: () => stream.cancel() };
     },
+
+    watchBestPaths: (onPaths, onEnd) => {
+      let finish: (reason: string) => void = () => undefined;
+      const ended = new Promise<string>((resolve) => {
+        let done = false;
+        finish = (reason) => {
+          if (done) return;
+          done = true;
+          resolve(reason);
+          onEnd?.(reason);
+        };
+      });
+      let stream: grpc.ClientReadableStream<WatchEventDecoded> | undefined;
+      let cancelled = false;
+      const open = () => {
+        const s = client.makeServerStreamRequest<object, WatchEventDecoded>(
+          "/apipb.GobgpApi/WatchEvent", encoder(T.WatchEventRequest), decodeWatchEventResponse,
+          { table: { filters: [{ type: WATCH_FILTER_BEST, init: true }] } }, {});
+        let initial = true;
+        s.on("data", (ev: WatchEventDecoded) => {
+          if (ev.kind !== "table") return;
+          const first = initial;
+          initial = false;
+          if (!first && ev.paths.length === 0) return;
+          try {
+            onPaths(ev.paths, first);
+          } catch (e) {
+            finish(`onPaths threw: ${(e as Error).message}`);
+            s.cancel();
+          }
+        });
+        s.on("error", (e: grpc.ServiceError) =>
+          finish(e.code === grpc.status.CANCELLED ? "cancelled" : `${grpc.status[e.code] ?? e.code}: ${e.details || e.message}`));
+        s.on("end", () => finish("event stream ended"));
+        return s;
+      };
+      // gobgpd sends the snapshot only once it has its global config (BgpServer.active()); a gobgpd
+      // just started serves its API a moment before that, and a watch opened then would get no
+      // snapshot and take the first change for one. So: its AS first, then the watch.
+      client.GetBgp({}, deadline(3000), (err, res) => {
+        if (cancelled) return;
+        if (err) return finish(`${grpc.status[err.code] ?? err.code}: ${err.details || err.message}`);
+        if (!res?.global?.asn) return finish("gobgpd has no global config yet: no snapshot would come");
+        stream = open();
+      });
+      return {
+        ended,
+        cancel: () => {
+          cancelled = true;
+          if (stream) stream.cancel();
+          else finish("cancelled");
+        },
+      };
+    },
+
+    listBestPaths: (options = {}) => new Promise((resolve, reject) => {
+      const paths: RibPath[] = [];
+      const stream = client.makeServerStreamRequest<object, RibPath[]>(
+        "/apipb.GobgpApi/ListPath", encoder(T.ListPathRequest), decodeListPathResponse,
+        { tableType: TABLE_GLOBAL, name: "", family: { afi: AFI_IP, safi: SAFI_UNICAST } }, deadline(options.timeoutMs ?? 60_000));
+      stream.on("data", (batch: RibPath[]) => {
+        for (const p of batch) paths.push(p);
+      });
+      stream.on("error", reject);
+      stream.on("end", () => resolve(paths));
+    }),
 
     close: () => client.close(),
   };

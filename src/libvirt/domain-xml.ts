@@ -1,16 +1,20 @@
 import { XMLBuilder, XMLParser, XMLValidator } from "fast-xml-parser";
 import { InputError } from "../model/errors.js";
+import { type ElementSpan, insertElement, removeElement, type Render, scanElements } from "./xml-text.js";
 
-// libvirt domain XML, patched without disturbing anything else: element order,
-// attributes, comments, CDATA and text are kept as they are (values are never
-// parsed, entities never expanded). Domain XML from a hook is untrusted input:
-// DTDs and entity declarations are refused outright, and so is anything large.
+// libvirt domain XML, patched as text: vmrouted splices its own elements in and
+// out, and every other byte of the document stays as it was (quotes, comments,
+// CDATA, whitespace, other applications' metadata). fast-xml-parser checks
+// well-formedness and reads values; xml-scan.ts says where elements are; the
+// fragments inserted are built by XMLBuilder (escaping) with indentation copied
+// from their new siblings. Domain XML from a hook is untrusted input: DTDs and
+// entity declarations are refused outright, and so is anything large.
 
 export const XMLNS = "https://vmrouted.dev/xmlns/interfaces/1";
 export const XMLNS_PREFIX = "vmrouted";
 const MAX_XML = 1024 * 1024;
 
-const OPTIONS = {
+const READ_OPTIONS = {
   preserveOrder: true,
   ignoreAttributes: false,
   attributeNamePrefix: "@_",
@@ -21,6 +25,7 @@ const OPTIONS = {
   commentPropName: "#comment",
   cdataPropName: "#cdata",
 } as const;
+const BUILD_OPTIONS = { preserveOrder: true, ignoreAttributes: false, attributeNamePrefix: "@_", suppressEmptyNode: true } as const;
 
 /** One node of fast-xml-parser's order-preserving tree: `{ tag: children, ":@": attributes }`. */
 type XmlNode = Record<string, unknown> & { ":@"?: Record<string, string> };
@@ -33,27 +38,72 @@ export interface RoutedInterface {
   tap: string;
 }
 
-export interface DomainXml {
-  nodes: XmlNode[];
+/** An element as read: its attributes and text (entity references decoded), and where it is in the text. */
+export interface DomainElement {
+  name: string;
+  attributes: Record<string, string>;
+  text: string;
+  span: ElementSpan;
+  children: DomainElement[];
 }
+
+/** A domain document: its text, and the `<domain>` element read from it. add/remove replace both. */
+export interface DomainXml {
+  text: string;
+  domain: DomainElement;
+}
+
+// ---- reading ------------------------------------------------------------------
 
 function tagOf(node: XmlNode): string | undefined {
   return Object.keys(node).find((k) => k !== ":@");
 }
 
-function children(node: XmlNode): XmlNode[] {
+function isElement(node: XmlNode): boolean {
   const tag = tagOf(node);
-  return tag ? ((node[tag] as XmlNode[] | undefined) ?? []) : [];
+  return tag !== undefined && !tag.startsWith("#") && !tag.startsWith("?");
 }
 
-function attr(node: XmlNode, name: string): string | undefined {
-  return node[":@"]?.[`@_${name}`];
+const ENTITY = /&(?:#x([0-9a-fA-F]{1,6})|#([0-9]{1,7})|(amp|lt|gt|quot|apos));/g;
+const NAMED: Record<string, string> = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'" };
+
+/** The five predefined entities and character references; anything else stays as written (nothing is ever declared). */
+function decode(raw: string): string {
+  return raw.replace(ENTITY, (whole, hex?: string, dec?: string, name?: string) => {
+    if (name) return NAMED[name]!;
+    const code = hex ? parseInt(hex, 16) : Number(dec);
+    return code <= 0x10ffff ? String.fromCodePoint(code) : whole;
+  });
 }
 
-function element(tag: string, attributes: Record<string, string>, kids: XmlNode[] = []): XmlNode {
-  const node: XmlNode = { [tag]: kids };
-  if (Object.keys(attributes).length) node[":@"] = Object.fromEntries(Object.entries(attributes).map(([k, v]) => [`@_${k}`, v]));
-  return node;
+/** The parser's element and the scanner's, side by side: they must agree on every element. */
+function zip(node: XmlNode, span: ElementSpan): DomainElement {
+  const name = tagOf(node)!;
+  const kids = (node[name] ?? []) as XmlNode[];
+  const elements = kids.filter(isElement);
+  if (name !== span.name || elements.length !== span.children.length) throw new Error(`element <${name}> read two ways`);
+  const attributes: Record<string, string> = {};
+  for (const [k, v] of Object.entries(node[":@"] ?? {})) attributes[k.slice(2)] = decode(v);
+  const text = decode(kids.map((k) => (typeof k["#text"] === "string" ? k["#text"] : "")).join(""));
+  return { name, attributes, text, span, children: elements.map((e, i) => zip(e, span.children[i]!)) };
+}
+
+function read(text: string, what: string): DomainXml {
+  let nodes: XmlNode[];
+  let span: ElementSpan;
+  try {
+    nodes = new XMLParser(READ_OPTIONS).parse(text) as XmlNode[];
+    span = scanElements(text);
+  } catch (e) {
+    throw new InputError(`${what}: cannot be read: ${(e as Error).message}`);
+  }
+  const roots = nodes.filter(isElement);
+  if (roots.length !== 1 || tagOf(roots[0]!) !== "domain") throw new InputError(`${what}: the root element is not <domain>`);
+  try {
+    return { text, domain: zip(roots[0]!, span) };
+  } catch (e) {
+    throw new InputError(`${what}: cannot be read: ${(e as Error).message}`);
+  }
 }
 
 export function parseDomainXml(text: string, what = "domain XML"): DomainXml {
@@ -61,82 +111,101 @@ export function parseDomainXml(text: string, what = "domain XML"): DomainXml {
   if (/<!DOCTYPE|<!ENTITY/i.test(text)) throw new InputError(`${what}: DOCTYPE and entity declarations are not allowed`);
   const valid = XMLValidator.validate(text);
   if (valid !== true) throw new InputError(`${what}: not well-formed XML at line ${valid.err.line}: ${valid.err.msg}`);
-  const nodes = new XMLParser(OPTIONS).parse(text) as XmlNode[];
-  const roots = nodes.filter((n) => { const t = tagOf(n); return t !== undefined && !t.startsWith("?") && t !== "#comment" && t !== "#text"; });
-  if (roots.length !== 1 || tagOf(roots[0]!) !== "domain") throw new InputError(`${what}: the root element is not <domain>`);
-  return { nodes };
+  return read(text, what);
 }
 
 export function serializeDomainXml(doc: DomainXml): string {
-  return new XMLBuilder({ ...OPTIONS, suppressEmptyNode: true }).build(doc.nodes) as string;
+  return doc.text;
 }
 
-function domainNode(doc: DomainXml): XmlNode {
-  return doc.nodes.find((n) => tagOf(n) === "domain")!;
+function child(parent: DomainElement, name: string): DomainElement | undefined {
+  return parent.children.find((c) => c.name === name);
 }
 
-function child(parent: XmlNode, tag: string): XmlNode | undefined {
-  return children(parent).find((n) => tagOf(n) === tag);
-}
-
-/** Finds or creates `<tag>` (appended) under parent. */
-function ensureChild(parent: XmlNode, tag: string): XmlNode {
-  const found = child(parent, tag);
-  if (found) return found;
-  const node = element(tag, {});
-  (parent[tagOf(parent)!] as XmlNode[]).push(node);
-  return node;
-}
+const prefixOf = (name: string) => (name.includes(":") ? name.slice(0, name.indexOf(":")) : "");
+const localName = (name: string) => name.slice(name.indexOf(":") + 1);
 
 export function domainName(doc: DomainXml): string | undefined {
-  const name = child(domainNode(doc), "name");
-  const text = name ? children(name).find((n) => "#text" in n)?.["#text"] : undefined;
-  return typeof text === "string" ? text : undefined;
+  return child(doc.domain, "name")?.text || undefined;
 }
 
-/** Our metadata element, whatever prefix libvirt gave our namespace. */
-function ourMetadata(doc: DomainXml): { metadata: XmlNode; element: XmlNode; prefix: string } | undefined {
-  const metadata = child(domainNode(doc), "metadata");
-  if (!metadata) return undefined;
-  for (const el of children(metadata)) {
-    const tag = tagOf(el);
-    if (!tag || tag.startsWith("#")) continue;
-    const prefix = tag.includes(":") ? tag.split(":")[0]! : "";
-    if (attr(el, prefix ? `xmlns:${prefix}` : "xmlns") === XMLNS) return { metadata, element: el, prefix };
-  }
-  return undefined;
+/** The domain's own `<uuid>`: with its name, what identifies a domain in its XML. */
+export function domainUuid(doc: DomainXml): string | undefined {
+  return child(doc.domain, "uuid")?.text.trim() || undefined;
+}
+
+/** libvirt reads only the first `<metadata>`, and in it the first element of each namespace. */
+function ourContainer(doc: DomainXml): DomainElement | undefined {
+  const metadata = child(doc.domain, "metadata");
+  return metadata?.children.find((el) => {
+    const prefix = prefixOf(el.name);
+    return el.attributes[prefix ? `xmlns:${prefix}` : "xmlns"] === XMLNS;
+  });
 }
 
 export function hasRoutedMetadata(doc: DomainXml): boolean {
-  return ourMetadata(doc) !== undefined;
+  return ourContainer(doc) !== undefined;
 }
 
 export function routedInterfaces(doc: DomainXml): RoutedInterface[] {
-  const ours = ourMetadata(doc);
-  if (!ours) return [];
-  const want = ours.prefix ? `${ours.prefix}:interface` : "interface";
-  return children(ours.element).filter((n) => tagOf(n) === want).map((n) => ({
-    network: attr(n, "network") ?? "", ip: attr(n, "ip") ?? "", mac: attr(n, "mac") ?? "", tap: attr(n, "tap") ?? "",
+  return (ourContainer(doc)?.children ?? []).filter((el) => localName(el.name) === "interface").map(({ attributes: a }) => ({
+    network: a.network ?? "", ip: a.ip ?? "", mac: a.mac ?? "", tap: a.tap ?? "",
   }));
 }
 
-/** The `<interface type='ethernet'>` libvirt needs for a pre-created tap (managed='no': libvirt must not create or delete it). */
-export function interfaceElement(i: RoutedInterface): XmlNode {
-  return element("interface", { type: "ethernet" }, [
-    element("mac", { address: i.mac }),
-    element("script", { path: "" }),
-    element("target", { dev: i.tap, managed: "no" }),
-    element("model", { type: "virtio" }),
+/** Every `<interface>` the domain has (libvirt reads ./devices/interface). */
+function interfaceElements(doc: DomainXml): DomainElement[] {
+  return doc.domain.children.filter((c) => c.name === "devices").flatMap((d) => d.children.filter((c) => c.name === "interface"));
+}
+
+const targetDev = (el: DomainElement) => child(el, "target")?.attributes.dev;
+
+/** The device vmrouted added for `i`, recognised by all of type, tap and MAC: never someone else's. */
+function isOurDevice(el: DomainElement, i: RoutedInterface): boolean {
+  return el.attributes.type === "ethernet" && targetDev(el) === i.tap
+    && child(el, "mac")?.attributes.address?.toLowerCase() === i.mac.toLowerCase();
+}
+
+// ---- fragments ----------------------------------------------------------------
+
+function node(tag: string, attributes: Record<string, string>, kids: XmlNode[] = []): XmlNode {
+  const n: XmlNode = { [tag]: kids };
+  if (Object.keys(attributes).length) n[":@"] = Object.fromEntries(Object.entries(attributes).map(([k, v]) => [`@_${k}`, v]));
+  return n;
+}
+
+/**
+ * The `<interface type='ethernet'>` libvirt needs for a pre-created tap
+ * (managed='no': libvirt must not create or delete it). No `<script>`: libvirt's
+ * schema refuses an empty path, and without one libvirt runs none.
+ */
+function interfaceNode(i: RoutedInterface): XmlNode {
+  return node("interface", { type: "ethernet" }, [
+    node("mac", { address: i.mac }),
+    node("target", { dev: i.tap, managed: "no" }),
+    node("model", { type: "virtio" }),
   ]);
 }
 
-export function interfaceXml(i: RoutedInterface): string {
-  return new XMLBuilder({ ...OPTIONS, suppressEmptyNode: true, format: true }).build([interfaceElement(i)]) as string;
+function entryNode(i: RoutedInterface, prefix: string): XmlNode {
+  return node(prefix ? `${prefix}:interface` : "interface", { network: i.network, ip: i.ip, mac: i.mac, tap: i.tap });
 }
 
-function metadataElement(list: RoutedInterface[]): XmlNode {
-  return element(`${XMLNS_PREFIX}:interfaces`, { [`xmlns:${XMLNS_PREFIX}`]: XMLNS },
-    list.map((i) => element(`${XMLNS_PREFIX}:interface`, { network: i.network, ip: i.ip, mac: i.mac, tap: i.tap })));
+function containerNode(entries: XmlNode[]): XmlNode {
+  return node(`${XMLNS_PREFIX}:interfaces`, { [`xmlns:${XMLNS_PREFIX}`]: XMLNS }, entries);
+}
+
+/** The element rendered as libvirt formats its own output, indented where it goes. */
+function rendered(n: XmlNode): Render {
+  return (indent, unit, newline) => {
+    const built = new XMLBuilder({ ...BUILD_OPTIONS, format: true, indentBy: unit }).build([n]) as string;
+    return built.replace(/^\n+|\n+$/g, "").split("\n").join(newline + indent);
+  };
+}
+
+/** The device XML, for `virsh attach-device`. */
+export function interfaceXml(i: RoutedInterface): string {
+  return rendered(interfaceNode(i))("", "  ", "\n");
 }
 
 /**
@@ -145,64 +214,71 @@ function metadataElement(list: RoutedInterface[]): XmlNode {
  * refuses an element that declares one).
  */
 export function metadataXml(list: RoutedInterface[]): string {
-  const bare = element("interfaces", {}, list.map((i) => element("interface", { network: i.network, ip: i.ip, mac: i.mac, tap: i.tap })));
-  return new XMLBuilder({ ...OPTIONS, suppressEmptyNode: true }).build([bare]) as string;
+  return new XMLBuilder(BUILD_OPTIONS).build([node("interfaces", {}, list.map((i) => entryNode(i, "")))]) as string;
 }
 
-function isOurInterface(node: XmlNode, tap: string): boolean {
-  if (tagOf(node) !== "interface" || attr(node, "type") !== "ethernet") return false;
-  return children(node).some((c) => tagOf(c) === "target" && attr(c, "dev") === tap);
+// ---- patching -----------------------------------------------------------------
+
+/** Edited text, read again (every position after the edit has moved). */
+const reread = (text: string) => read(text, "patched domain XML");
+
+/** Our `<interface>` after the domain's last interface (or last device); a `<devices>` made for it where there is none. */
+function withDevice(doc: DomainXml, iface: RoutedInterface): DomainXml {
+  const devices = child(doc.domain, "devices");
+  if (!devices) return reread(insertElement(doc.text, doc.domain, rendered(node("devices", {}, [interfaceNode(iface)])), doc.domain.children.at(-1)));
+  const last = devices.children.filter((c) => c.name === "interface").at(-1) ?? devices.children.at(-1);
+  return reread(insertElement(doc.text, devices, rendered(interfaceNode(iface)), last));
 }
 
-function setMetadata(doc: DomainXml, list: RoutedInterface[]): void {
-  const ours = ourMetadata(doc);
-  if (ours) {
-    const kids = ours.metadata.metadata as XmlNode[];
-    const at = kids.indexOf(ours.element);
-    if (list.length) kids[at] = metadataElement(list);
-    else kids.splice(at, 1);
-    if (kids.filter((k) => tagOf(k) !== "#text").length === 0) {
-      const top = domainNode(doc).domain as XmlNode[];
-      top.splice(top.indexOf(ours.metadata), 1);
-    }
-    return;
-  }
-  if (!list.length) return;
-  // libvirt's own order puts <metadata> right after name/uuid/title/description.
-  const top = domainNode(doc).domain as XmlNode[];
-  const after = ["name", "uuid", "genid", "title", "description"];
-  let at = 0;
-  top.forEach((n, i) => { if (after.includes(tagOf(n) ?? "")) at = i + 1; });
-  top.splice(at, 0, element("metadata", {}, [metadataElement(list)]));
+/** Our entry, in our element, in the domain's `<metadata>`: each made where missing. */
+function withEntry(doc: DomainXml, iface: RoutedInterface): DomainXml {
+  const ours = ourContainer(doc);
+  if (ours) return reread(insertElement(doc.text, ours, rendered(entryNode(iface, prefixOf(ours.name))), ours.children.at(-1)));
+  const container = containerNode([entryNode(iface, XMLNS_PREFIX)]);
+  const metadata = child(doc.domain, "metadata");
+  if (metadata) return reread(insertElement(doc.text, metadata, rendered(container), metadata.children.at(-1)));
+  // Where libvirt itself puts <metadata>: after name, uuid, genid, title, description.
+  const head = doc.domain.children.filter((c) => ["name", "uuid", "genid", "title", "description"].includes(c.name)).at(-1);
+  return reread(insertElement(doc.text, doc.domain, rendered(node("metadata", {}, [container])), head));
 }
 
-/** Adds the interface and records it in our metadata. Refuses a tap or IP that is already there. */
+/**
+ * Adds the interface and records it in our metadata, inside the domain's one
+ * `<metadata>` (libvirt keeps only the first: a second would lose every other
+ * application's entries; an empty `<metadata/>`, which libvirt keeps as it is,
+ * is filled and later given back as it was). Refuses a tap or IP that is
+ * already there, and a device with our tap's name that is not ours.
+ */
 export function addRoutedInterface(doc: DomainXml, iface: RoutedInterface): void {
-  const existing = routedInterfaces(doc);
-  if (existing.some((i) => i.ip === iface.ip || i.tap === iface.tap)) throw new InputError(`domain already has a routed interface for ${iface.ip}`);
-  const devices = ensureChild(domainNode(doc), "devices");
-  const kids = devices.devices as XmlNode[];
-  const lastInterface = kids.map((n) => tagOf(n)).lastIndexOf("interface");
-  kids.splice(lastInterface >= 0 ? lastInterface + 1 : kids.length, 0, interfaceElement(iface));
-  setMetadata(doc, [...existing, iface]);
+  for (const [key, value] of Object.entries(iface))
+    if (/[\u0000-\u001f\u007f]/.test(value)) throw new InputError(`routed interface ${key} contains control characters`);
+  if (routedInterfaces(doc).some((i) => i.ip === iface.ip || i.tap === iface.tap))
+    throw new InputError(`domain already has a routed interface for ${iface.ip}`);
+  if (interfaceElements(doc).some((el) => targetDev(el) === iface.tap))
+    throw new InputError(`domain already has an interface with target dev ${iface.tap} that vmrouted does not manage`);
+  Object.assign(doc, withEntry(withDevice(doc, iface), iface)); // all or nothing
 }
 
-/** Exact inverse of addRoutedInterface. */
-export function removeRoutedInterface(doc: DomainXml, ip: string): RoutedInterface {
-  const existing = routedInterfaces(doc);
-  const iface = existing.find((i) => i.ip === ip);
-  if (!iface) throw new InputError(`domain has no routed interface with ip ${ip}`);
-  const devices = child(domainNode(doc), "devices");
-  if (devices) {
-    const kids = devices.devices as XmlNode[];
-    const at = kids.findIndex((n) => isOurInterface(n, iface.tap));
-    if (at >= 0) kids.splice(at, 1);
-    // We created <devices> for a domain that had none; libvirt never writes an empty one.
-    if (kids.length === 0) {
-      const top = domainNode(doc).domain as XmlNode[];
-      top.splice(top.indexOf(devices), 1);
-    }
+/** Without our device for `iface`, if it is there (the first that is exactly ours, nothing else). */
+function withoutDevice(doc: DomainXml, iface: RoutedInterface): DomainXml {
+  for (const devices of doc.domain.children.filter((c) => c.name === "devices")) {
+    const device = devices.children.find((el) => el.name === "interface" && isOurDevice(el, iface));
+    if (device) return reread(removeElement(doc.text, [doc.domain, devices, device]));
   }
-  setMetadata(doc, existing.filter((i) => i.ip !== ip));
+  return doc;
+}
+
+function withoutEntry(doc: DomainXml, ip: string): DomainXml {
+  const metadata = child(doc.domain, "metadata")!;
+  const ours = ourContainer(doc)!;
+  const entry = ours.children.find((el) => localName(el.name) === "interface" && el.attributes.ip === ip)!;
+  return reread(removeElement(doc.text, [doc.domain, metadata, ours, entry]));
+}
+
+/** Exact inverse of addRoutedInterface: takes out what it put in, and only that. */
+export function removeRoutedInterface(doc: DomainXml, ip: string): RoutedInterface {
+  const iface = routedInterfaces(doc).find((i) => i.ip === ip);
+  if (!iface) throw new InputError(`domain has no routed interface with ip ${ip}`);
+  Object.assign(doc, withoutEntry(withoutDevice(doc, iface), ip)); // all or nothing
   return iface;
 }

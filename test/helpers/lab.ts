@@ -75,17 +75,21 @@ export interface DaemonOptions {
   resyncSeconds?: number;
   /** libvirt URI; without it the daemon's libvirt integration is off (never the machine's libvirtd). */
   libvirtUri?: string;
+  /** Environment of the daemon process (e.g. a PATH with a fault-injecting wrapper first). */
+  env?: Record<string, string>;
 }
 
 /** The real vmrouted, run inside a test namespace, with its files in a temp dir. */
 export class Daemon {
   child: ChildProcess | undefined;
   log = "";
+  env: Record<string, string> = {};
   private constructor(readonly host: Netns, readonly dir: string, readonly socket: string, readonly configPath: string) {}
 
   static async create(host: Netns, options: DaemonOptions = {}): Promise<Daemon> {
     const dir = await mkdtemp(join(tmpdir(), "vmrouted-test-"));
     const d = new Daemon(host, dir, join(dir, "vmrouted.sock"), join(dir, "config.yaml"));
+    d.env = options.env ?? {};
     await d.writeConfig(options);
     return d;
   }
@@ -107,7 +111,7 @@ export class Daemon {
   async start(): Promise<void> {
     await rm(this.socket, { force: true });
     const child = spawn("ip", ["netns", "exec", this.host.name, process.execPath, DAEMON, "--config", this.configPath], {
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...this.env },
     });
     this.child = child;
     child.stdout.on("data", (c: Buffer) => (this.log += c.toString()));
@@ -184,7 +188,10 @@ export interface StatusJson {
     netns?: string; domain?: string; conditions: Record<string, boolean>;
     counters: Record<`${"rx" | "tx"}${"Bytes" | "Packets" | "Errors" | "Dropped"}`, number>;
   }>;
-  bgp: { enabled: boolean; state: string; reason?: string; peers: Array<{ address: string; state: string }>; announced: number };
+  bgp: { enabled: boolean; state: string; reason?: string; peers: Array<{ address: string; state: string }>; announced: number; learned?: number };
+  reconcile: { passes: number; operationsApplied: number; passesByTrigger: Record<string, number> };
+  libvirt: { enabled: boolean; state: string; unreadable: Array<{ uuid: string; error: string }> };
+  version: string;
 }
 
 export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs: number, what: string, intervalMs = 50): Promise<number> {

@@ -194,6 +194,7 @@ const linkStats = z.object({
 }).strict();
 const state = z.enum(["ready", "pending", "degraded"]);
 const statusSchema = z.object({
+  version: z.string().regex(/^\d+\.\d+\.\d+/),
   node: z.object({ name: z.string(), address: z.string().ip({ version: "v4" }) }).strict(),
   networks: z.array(z.object({
     name: z.string(), device: z.string().regex(/^virgw-/), gateway: z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d+$/),
@@ -202,7 +203,7 @@ const statusSchema = z.object({
   endpoints: z.array(z.object({
     id: z.string(), kind: z.enum(["tap", "netns", "vm"]), network: z.string(), ip: z.string().ip({ version: "v4" }),
     mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/), device: z.string().max(15), netns: z.string().optional(), domain: z.string().optional(),
-    state, reason: z.string(),
+    elevated: z.boolean().optional(), state, reason: z.string(),
     conditions: z.object({
       device: z.boolean(), up: z.boolean(), carrier: z.boolean(), route: z.boolean(), neighbour: z.boolean(), sysctls: z.boolean(),
       inner: z.boolean().optional(), announced: z.boolean().optional(),
@@ -212,11 +213,18 @@ const statusSchema = z.object({
   bgp: z.object({
     enabled: z.boolean(), state: z.enum(["disabled", "connecting", "up", "down"]), reason: z.string().optional(),
     peers: z.array(z.object({ address: z.string(), state: z.string(), uptimeSeconds: z.number().optional(), prefixesSent: z.number().optional() }).strict()),
-    announced: z.number().int().nonnegative(),
+    announced: z.number().int().nonnegative(), learned: z.number().int().nonnegative(),
   }).strict(),
-  libvirt: z.object({ enabled: z.boolean(), state: z.string(), reason: z.string().optional(), rejected: z.array(z.object({ domain: z.string(), ip: z.string(), reason: z.string() }).strict()) }).strict(),
-  dataplane: z.object({ gatewayKind: z.string(), gatewayKindReason: z.string().optional(), routeProtocol: z.number(), netdevGroup: z.number() }).strict(),
-  reconcile: z.object({ at: z.string().datetime().optional(), durationMs: z.number().optional(), passes: z.number(), operationsApplied: z.number() }).strict(),
+  libvirt: z.object({
+    enabled: z.boolean(), state: z.string(), reason: z.string().optional(),
+    rejected: z.array(z.object({ domain: z.string(), ip: z.string(), reason: z.string() }).strict()),
+    unreadable: z.array(z.object({ uuid: z.string(), error: z.string() }).strict()),
+  }).strict(),
+  dataplane: z.object({ gatewayKind: z.string(), gatewayKindReason: z.string().optional(), routeProtocol: z.number(), learnedProtocol: z.number(), netdevGroup: z.number() }).strict(),
+  reconcile: z.object({
+    at: z.string().datetime().optional(), durationMs: z.number().optional(), passes: z.number(), operationsApplied: z.number(),
+    passesByTrigger: z.record(z.number().int().positive()),
+  }).strict(),
 }).strict();
 
 describe("status", () => {
@@ -323,6 +331,7 @@ describe("systemd", () => {
       await cp(join(REPO, "systemd/gobgpd.service.d/vmrouted.conf"), join(root, "etc/systemd/system/gobgpd.service.d/vmrouted.conf"));
       await cp("/usr/bin/gobgpd", join(root, "usr/bin/gobgpd"));
       await cp("/usr/sbin/modprobe", join(root, "usr/sbin/modprobe"));
+      await cp("/usr/bin/kill", join(root, "usr/bin/kill")); // the drop-in's ExecReload
       const r = await sh("systemd-analyze", [`--root=${root}`, "verify", "vmrouted.service", "gobgpd.service"], { reject: false });
       expect(r.exitCode, r.stderr).toBe(0);
       expect(r.stderr + r.stdout).toBe(""); // verify exits 0 on unknown keys and bad values: only silence is a pass

@@ -141,7 +141,10 @@ describe("API request bodies", () => {
     ["a network without a gateway", "POST", "/v1/networks", '{"name":"x"}', 400, /gateway: is required/],
     ["a network removal by a path", "DELETE", "/v1/networks/..%2F..%2Fetc", "", 400, /unknown network '..\/..\/etc'/],
     ["an interface with a bad IP", "POST", "/v1/domains/vm1/interfaces", '{"network":"service","ip":"x"}', 400, /ip/],
-    ["a hook call without XML", "POST", "/v1/hook", '{"domain":"vm1","op":"prepare","subop":"begin"}', 400, /hook: xml/],
+    ["a hook call without XML", "POST", "/v1/hook?domain=vm1&op=prepare&subop=begin", "", 400, /not well-formed XML|root element/],
+    ["a hook call without a domain", "POST", "/v1/hook?op=prepare&subop=begin", "<domain><name>vm1</name></domain>", 400, /hook: domain: Required/],
+    ["a hook call with a sequence that is not one", "POST", "/v1/hook?domain=vm1&op=started&subop=begin&seq=12ab", "<domain><name>vm1</name></domain>", 400, /hook: seq: must be digits/],
+    ["a hook call with an unknown argument", "POST", "/v1/hook?domain=vm1&op=started&subop=begin&x=1", "<domain><name>vm1</name></domain>", 400, /hook: .*unknown key\(s\) 'x'/],
     ["an unknown path", "GET", "/v1/nothing", "", 404, /no such API call/],
     ["an unknown method", "PATCH", "/v1/spec", "{}", 404, /no such API call/],
   ];

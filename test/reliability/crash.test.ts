@@ -164,7 +164,7 @@ describe("crash while writing state", () => {
       for (const outcome of await Promise.all(calls)) expect(["200", "killed"]).toContain(outcome);
       expect((await runtimeFile(join(daemon.dir, "state")).load()).state).toBe("ok");
       await daemon.start();
-      expect(daemon.log).not.toMatch(/state file .* (not valid JSON|not a vmrouted state file)/);
+      expect(daemon.log).not.toMatch(/state\.json is (not valid JSON|not a vmrouted state\.json)/);
       const stored = await storedIps();
       await waitFor(async () => (await kernelDifference(stored)) === undefined, 30000, "kernel to match the stored state");
     }
@@ -198,7 +198,7 @@ describe("a corrupt state file", () => {
       await writeFile(statePath, garbage);
       daemon.log = "";
       await daemon.start();
-      expect(daemon.log).toMatch(/state file .*(not valid JSON|not a vmrouted state file).*kept it as .*state\.json\.corrupt-.* rebuilt the state from the kernel: 1 runtime network\(s\), 3 tap\/netns endpoint\(s\)/);
+      expect(daemon.log).toMatch(/state\.json is (not valid JSON|not a vmrouted state\.json).*kept it as .*state\.json\.corrupt-.* rebuilt the state from the kernel: 1 runtime network\(s\), 3 tap\/netns endpoint\(s\)/);
       expect(await storedSpec()).toEqual(before);
       const s = await daemon.status();
       expect(s.endpoints.map((e) => `${e.ip} ${e.state}`).sort()).toEqual(["172.29.0.7 ready", "172.30.1.5 ready", "172.30.1.6 ready"]);
@@ -220,7 +220,7 @@ describe("a corrupt state file", () => {
       const r = await daemon.runToExit(daemon.configPath);
       expect(r.code).toBe(1);
       expect(r.stderr.trim().split("\n")).toHaveLength(1);
-      expect(r.stderr).toMatch(/^vmrouted: state file .* is not valid JSON .*cannot rebuild it from the kernel .*tap-stray .*fits no known network.*nothing was changed/);
+      expect(r.stderr).toMatch(/^vmrouted: \S+state\.json is not valid JSON .*cannot rebuild it from the kernel .*tap-stray .*fits no known network.*nothing was changed/);
       expect(await netState(lab.host.name)).toBe(kernelBefore);
       expect(await readFile(statePath, "utf8")).toBe("{not json");
     } finally {
