@@ -90,18 +90,25 @@ export class Announcer {
     this.transport?.close();
   }
 
+  /**
+   * gobgpd's view of its peers, for status. Waits at most a moment: a hung
+   * gobgpd must not hang `vmroutectl status`; the last answer is shown then.
+   */
   async status(): Promise<BgpStatus> {
-    let peers: PeerInfo[] = [];
     let reason = this.state === "up" ? undefined : this.reason;
     if (this.state === "up" && this.transport) {
-      try {
-        peers = await this.transport.listPeers();
-      } catch (e) {
-        reason = `cannot list peers: ${(e as Error).message}`;
-      }
+      const ask = this.transport.listPeers().then((peers) => {
+        this.peers = { list: peers, at: Date.now() };
+        return undefined;
+      }, (e: Error) => `cannot list peers: ${e.message}`);
+      const late = new Promise<string>((r) => setTimeout(() => r("gobgpd did not answer ListPeer within 250 ms; peers as last seen"), 250).unref());
+      reason = (await Promise.race([ask, late])) ?? reason;
     }
+    const peers = this.state === "up" ? this.peers.list : [];
     return { enabled: true, state: this.state, ...(reason ? { reason } : {}), peers, announced: this.announcedCount() };
   }
+
+  private peers: { list: PeerInfo[]; at: number } = { list: [], at: 0 };
 
   private async loop(): Promise<void> {
     let first = true;

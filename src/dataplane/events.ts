@@ -162,9 +162,11 @@ function judge(e: KernelEvent, index: DesiredIndex, settings: DataplaneSettings)
     }
     case "neigh": {
       const endpoint = index.endpointsByDevice.get(e.device);
-      if (!endpoint || !e.permanent) return false;
-      const desired = endpoint.deviceOnly === undefined && e.ip === endpoint.ip && e.mac === endpoint.mac;
-      return e.deleted ? desired : !desired;
+      if (!endpoint) return false;
+      // Another address on our device matters only as a stale permanent entry of ours; traffic's entries do not.
+      if (e.ip !== endpoint.ip || endpoint.deviceOnly !== undefined) return !e.deleted && e.permanent;
+      // A permanent entry deleted by hand shows as FAILED, then Deleted, neither with PERMANENT or a MAC.
+      return e.deleted || !e.permanent || e.mac !== endpoint.mac;
     }
     case "addr": {
       const network = index.gatewaysByDevice.get(e.device);

@@ -235,7 +235,7 @@ describe("status", () => {
     expect(s.bgp.peers).toEqual([expect.objectContaining({ address: "10.99.0.2", state: "established", prefixesSent: 2 })]);
     expect(s.bgp.peers[0]!.uptimeSeconds).toBeGreaterThanOrEqual(0);
     const yaml = await daemon.ctl(["status", "-o", "yaml"]);
-    expect(yaml.stdout).toMatch(/^node:\n/);
+    expect(yaml.stdout).toMatch(/^version: \S+\nnode:\n/);
   });
 
   it("counters move when a netns endpoint sends traffic", async () => {
