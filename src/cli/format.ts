@@ -1,4 +1,3 @@
-import { stringify } from "yaml";
 import type { Status } from "../daemon/status.js";
 import type { EndpointStatus, NetworkStatus } from "../daemon/report.js";
 import type { Finding } from "../doctor/diagnose.js";
@@ -13,9 +12,10 @@ export function table(headers: string[], rows: string[][]): string {
   return [line(headers), ...rows.map(line)].join("\n");
 }
 
-export function render(value: unknown, format: OutputFormat, human: (v: never) => string): string {
+/** yaml is loaded only when asked for: every command pays for what it imports (the CLI starts in the hook's path too). */
+export async function render(value: unknown, format: OutputFormat, human: (v: never) => string): Promise<string> {
   if (format === "json") return JSON.stringify(value, null, 2);
-  if (format === "yaml") return stringify(value).trimEnd();
+  if (format === "yaml") return (await import("yaml")).stringify(value).trimEnd();
   return human(value as never);
 }
 

@@ -15,19 +15,6 @@ import { resolveNetworks } from "../model/resolve.js";
 // a starting domain's taps when vmrouted is down (so the VM still starts; the
 // daemon routes and announces it when it is back), and installing the shim.
 
-export const MAX_HOOK_XML = 1024 * 1024;
-
-export async function readStdin(limit: number): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of process.stdin) {
-    size += (chunk as Buffer).length;
-    if (size > limit) throw new InputError(`hook: domain XML on stdin is larger than ${limit} bytes`);
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks).toString("utf8");
-}
-
 /** Creates the taps of a starting domain directly, touching nothing but them. */
 export async function ensureTapsWithoutDaemon(domain: string, xml: string, configPath: string): Promise<string[]> {
   // The daemon's own config, or nothing: defaults would mark the taps with the wrong group or protocol.

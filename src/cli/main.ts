@@ -1,11 +1,11 @@
 import { readFile } from "node:fs/promises";
 import { Command, Option } from "commander";
-import { loadConfig, parseYaml } from "../config/load.js";
 import type { Status } from "../daemon/status.js";
 import { InputError } from "../model/errors.js";
 import type { Spec } from "../model/spec.js";
 import { ApiError, call, RawBody, UnreachableError } from "./client.js";
-import { ensureTapsWithoutDaemon, installHook, MAX_HOOK_XML, readStdin } from "./hook.js";
+import { MAX_HOOK_XML, readStdin } from "./stdin.js";
+import { VERSION } from "../version.js";
 import { doctorHuman, domainsTable, endpointsTable, networksTable, render, statusHuman, type DomainView, type OutputFormat } from "./format.js";
 
 // vmroutectl: the admin CLI. Every command is one API call; the daemon
@@ -30,48 +30,60 @@ async function readSpec(path: string): Promise<unknown> {
   } catch (e) {
     throw new InputError(`spec ${path}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
+  // JSON (what scripts and orchestrators write) is parsed natively; YAML only when it is not JSON.
+  if (/^\s*[{[]/.test(text)) {
+    try {
+      return JSON.parse(text) as unknown;
+    } catch {
+      // not JSON after all: YAML says what is wrong with it
+    }
+  }
+  const { parseYaml } = await import("../config/load.js");
   return parseYaml(text, `spec ${path}`) ?? {};
 }
 
 export function buildProgram(out: (s: string) => void): Command {
   const program = new Command("vmroutectl")
+    .version(VERSION, "-V, --version", "print vmroutectl's version")
     .description("Admin CLI of vmrouted: routed network interfaces for VMs and namespaces")
     .option("--socket <path>", "vmrouted API socket", DEFAULT_SOCKET)
     .addOption(new Option("-o, --output <format>", "output format").choices(["human", "json", "yaml"]).default("human"))
     .showSuggestionAfterError(false);
   const opts = () => program.opts<{ socket: string; output: OutputFormat }>();
   const api = <T>(method: string, path: string, body?: unknown) => call<T>(opts().socket, method, path, body);
-  const show = (value: unknown, human: (v: never) => string) => out(render(value, opts().output, human));
+  const show = async (value: unknown, human: (v: never) => string) => out(await render(value, opts().output, human));
 
   program.command("status").description("reported state: networks, endpoints, BGP").action(async () => {
-    show(await api<Status>("GET", "/v1/status"), statusHuman);
+    await show(await api<Status>("GET", "/v1/status"), statusHuman);
   });
 
   program.command("apply").description("make the runtime networks and endpoints exactly those of a spec file")
     .requiredOption("-f, --file <path>", "spec file (YAML or JSON; - for stdin)")
     .action(async (o: { file: string }) => {
       const s = await api<Status>("PUT", "/v1/spec", await readSpec(o.file));
-      show(s, statusHuman);
+      await show(s, statusHuman);
     });
 
   program.command("get").description("show desired state").argument("<what>", "spec").action(async (what: string) => {
     if (what !== "spec") throw new InputError(`get: unknown object '${what}' (known: spec)`);
-    show(await api<Spec>("GET", "/v1/spec"), (v: Spec) => render(v, "yaml", () => ""));
+    const spec = await api<Spec>("GET", "/v1/spec");
+    // For people a spec reads best as YAML, the format apply -f takes.
+    out(await render(spec, opts().output === "human" ? "yaml" : opts().output, () => ""));
   });
 
   const network = program.command("network").description("gateways (routed networks)");
   network.command("add").argument("<name>").argument("<gateway>", "gateway address with prefix, e.g. 172.31.17.1/24")
     .action(async (name: string, gateway: string) => {
       const s = await api<Status>("POST", "/v1/networks", { name, gateway });
-      show(s.networks.find((n) => n.name === name), () => networksTable(s.networks.filter((n) => n.name === name)));
+      await show(s.networks.find((n) => n.name === name), () => networksTable(s.networks.filter((n) => n.name === name)));
     });
   network.command("remove").argument("<name>").action(async (name: string) => {
     await api("DELETE", `/v1/networks/${encodeURIComponent(name)}`);
-    show({ removed: name }, () => `network ${name} removed`);
+    await show({ removed: name }, () => `network ${name} removed`);
   });
   network.command("list").action(async () => {
     const s = await api<Status>("GET", "/v1/status");
-    show(s.networks, networksTable);
+    await show(s.networks, networksTable);
   });
 
   const tap = program.command("tap").description("tap endpoints for VMs that libvirt does not run");
@@ -80,11 +92,11 @@ export function buildProgram(out: (s: string) => void): Command {
     .action(async (o: { network: string; ip: string; mac?: string; name?: string }) => {
       const s = await api<Status>("POST", "/v1/endpoints", { kind: "tap", ...o });
       const e = s.endpoints.find((x) => x.kind === "tap" && x.ip === o.ip);
-      show(e, () => endpointOf(s, (x) => x.kind === "tap" && x.ip === o.ip));
+      await show(e, () => endpointOf(s, (x) => x.kind === "tap" && x.ip === o.ip));
     });
   tap.command("remove").argument("<ip>").action(async (ip: string) => {
     await api("DELETE", `/v1/endpoints?kind=tap&ip=${encodeURIComponent(ip)}`);
-    show({ removed: ip }, () => `tap ${ip} removed`);
+    await show({ removed: ip }, () => `tap ${ip} removed`);
   });
 
   const netns = program.command("netns").description("container/task namespaces, connected by a veth pair");
@@ -93,11 +105,11 @@ export function buildProgram(out: (s: string) => void): Command {
     .action(async (name: string, o: { network: string; ip: string; mac?: string }) => {
       const s = await api<Status>("POST", "/v1/endpoints", { kind: "netns", netns: name, ...o });
       const e = s.endpoints.find((x) => x.kind === "netns" && x.ip === o.ip);
-      show(e, () => endpointOf(s, (x) => x.kind === "netns" && x.ip === o.ip));
+      await show(e, () => endpointOf(s, (x) => x.kind === "netns" && x.ip === o.ip));
     });
   netns.command("remove").argument("<netns>").action(async (name: string) => {
     await api("DELETE", `/v1/endpoints?kind=netns&netns=${encodeURIComponent(name)}`);
-    show({ removed: name }, () => `netns ${name} endpoint removed`);
+    await show({ removed: name }, () => `netns ${name} endpoint removed`);
   });
 
   const iface = program.command("iface").description("routed interfaces of libvirt domains");
@@ -105,17 +117,17 @@ export function buildProgram(out: (s: string) => void): Command {
     .option("--mac <mac>", "guest MAC (default: derived from network and IP)")
     .action(async (domain: string, o: { network: string; ip: string; mac?: string }) => {
       const r = await api<{ added: { tap: string; mac: string }; domains: DomainView[] }>("POST", `/v1/domains/${encodeURIComponent(domain)}/interfaces`, o);
-      show(r.added, () => `${domain}: ${o.ip} on ${r.added.tap} (guest mac ${r.added.mac}) added`);
+      await show(r.added, () => `${domain}: ${o.ip} on ${r.added.tap} (guest mac ${r.added.mac}) added`);
     });
   iface.command("remove").argument("<domain>").requiredOption("--ip <address>").action(async (domain: string, o: { ip: string }) => {
     const r = await api<{ removed: object }>("DELETE", `/v1/domains/${encodeURIComponent(domain)}/interfaces/${encodeURIComponent(o.ip)}`);
-    show(r.removed, () => `${domain}: ${o.ip} removed`);
+    await show(r.removed, () => `${domain}: ${o.ip} removed`);
   });
   iface.command("list").argument("[domain]").action(async (domain?: string) => {
     const all = await api<DomainView[]>("GET", "/v1/domains");
     const list = domain ? all.filter((d) => d.domain === domain) : all;
     if (domain && list.length === 0) throw new InputError(`unknown domain '${domain}' (or it has no routed interfaces)`);
-    show(list, domainsTable);
+    await show(list, domainsTable);
   });
 
   program.command("hook").description("libvirt qemu hook call (domain XML on stdin); what the installed shim runs")
@@ -126,10 +138,11 @@ export function buildProgram(out: (s: string) => void): Command {
       try {
         const query = new URLSearchParams({ domain, op, subop, extra, seq: `${BigInt(Date.now()) * 1_000_000n}` });
         const r = await api("POST", `/v1/hook?${query}`, new RawBody("application/xml", xml));
-        show(r, () => "ok");
+        await show(r, () => "ok");
       } catch (e) {
         // The daemon is down while a domain starts: make its taps so qemu can open them.
         if (e instanceof UnreachableError && subop === "begin" && (op === "prepare" || op === "migrate")) {
+          const { ensureTapsWithoutDaemon } = await import("./hook.js");
           const taps = await ensureTapsWithoutDaemon(domain, xml, o.config);
           process.stderr.write(`vmroutectl: vmrouted is not running; created ${taps.join(", ") || "no taps"} directly, routes follow when it starts\n`);
           return;
@@ -145,8 +158,9 @@ export function buildProgram(out: (s: string) => void): Command {
     .action(async (o: { hooksDir: string; config: string; timeout: string }) => {
       const timeout = Number(o.timeout);
       if (!Number.isInteger(timeout) || timeout < 1 || timeout > 300) throw new InputError("install-hook: --timeout must be 1-300 seconds");
+      const { installHook } = await import("./hook.js");
       const message = await installHook({ hooksDir: o.hooksDir, socket: opts().socket, config: o.config, timeout });
-      show({ installed: true, message }, () => `${message}\nlibvirtd reads hooks at start or on SIGHUP: reload it (systemctl reload libvirtd) to activate.`);
+      await show({ installed: true, message }, () => `${message}\nlibvirtd reads hooks at start or on SIGHUP: reload it (systemctl reload libvirtd) to activate.`);
     });
 
   program.command("doctor")
@@ -158,16 +172,17 @@ export function buildProgram(out: (s: string) => void): Command {
       // Loaded here, not at the top: the doctor pulls in the gRPC stack, which would
       // add ~150 ms to every other command (the hook shim's included).
       const [{ diagnose, hasProblems }, { probe }] = await Promise.all([import("../doctor/diagnose.js"), import("../doctor/probe.js")]);
+      const { loadConfig } = await import("../config/load.js");
       const config = await loadConfig(o.config);
       const findings = diagnose(await probe(config, { socket: opts().socket, hooksDir: o.hooksDir, libvirtdPidFile: o.libvirtdPidfile }));
       const problems = findings.filter((f) => f.result === "problem").length;
-      show({ problems, findings }, () => doctorHuman(findings));
+      await show({ problems, findings }, () => doctorHuman(findings));
       if (hasProblems(findings)) process.exitCode = 1;
     });
 
   program.command("endpoints").description("list endpoints").action(async () => {
     const s = await api<Status>("GET", "/v1/status");
-    show(s.endpoints, endpointsTable);
+    await show(s.endpoints, endpointsTable);
   });
   return program;
 }
