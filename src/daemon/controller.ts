@@ -48,8 +48,12 @@ export class Controller {
     if (!parsed.success) throw new InputError(describeZodError(parsed.error, "spec"));
     // Config networks listed in a spec are checked for agreement, then not stored twice.
     const networks = Object.fromEntries(Object.entries(parsed.data.networks).filter(([name]) => !(name in this.config.networks)));
-    this.resolver.runtimePart({ networks: parsed.data.networks, endpoints: parsed.data.endpoints });
-    return this.commit("apply", () => ({ networks, endpoints: parsed.data.endpoints }));
+    return this.commit("apply", () => {
+      // A config network listed with other settings is refused (resolve.ts), so check the spec as written first.
+      const written = { networks: parsed.data.networks, endpoints: parsed.data.endpoints };
+      if (Object.keys(networks).length !== Object.keys(parsed.data.networks).length) this.resolver.runtimePart(written);
+      return { networks, endpoints: parsed.data.endpoints };
+    });
   }
 
   addNetwork(body: unknown): Promise<void> {

@@ -37,30 +37,42 @@ export class KernelWatch {
   drifted = 0;
 
   constructor(private readonly deps: KernelWatchDeps) {
-    this.monitor = startMonitor((events) => this.collect(events), (message) => deps.log.warn(message));
+    this.monitor = startMonitor((events) => this.collect(events), (message) => {
+      // Whatever the missed events said is read again, all of it.
+      deps.log.warn(message);
+      deps.mark({ full: true }, "events lost");
+    });
     try {
       // ip netns creates it too; an empty directory changes nothing on the host.
       mkdirSync(NETNS_DIR, { recursive: true });
       this.netns = watch(NETNS_DIR, (_event, name) => {
-        if (name) deps.mark({ netns: new Set([name.toString()]) }, "netns");
+        if (name) deps.mark({ netns: new Set([name.toString()]), fromKernel: true }, "netns");
       });
     } catch (e) {
       deps.log.warn({ err: (e as Error).message }, `cannot watch ${NETNS_DIR}; namespaces are noticed at the resync`);
     }
   }
 
+  private lastArrival = 0;
+
   private collect(events: KernelEvent[]): void {
-    this.events.push(...events);
-    this.schedule();
+    for (const e of events) this.events.push(e);
+    this.lastArrival = performance.now();
+    // One timer for a burst (a batch of 10,000 taps is ~60,000 events), not one per chunk.
+    this.timer ??= setTimeout(() => this.quiet(), QUIET_MS);
   }
 
-  private schedule(): void {
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.judge(), QUIET_MS);
+  private quiet(): void {
+    this.timer = undefined;
+    const waited = performance.now() - this.lastArrival;
+    if (waited < QUIET_MS || this.deps.busy()) {
+      this.timer = setTimeout(() => this.quiet(), Math.max(1, QUIET_MS - waited));
+      return;
+    }
+    this.judge();
   }
 
   private judge(): void {
-    if (this.deps.busy()) return this.schedule();
     const events = this.events;
     this.events = [];
     const desired = this.deps.desired();
@@ -69,7 +81,7 @@ export class KernelWatch {
     this.judged += events.length;
     if (scope.devices.size + scope.dsts.size === 0) return;
     this.drifted += scope.devices.size + scope.dsts.size;
-    this.deps.mark(scope, "kernel event");
+    this.deps.mark({ ...scope, fromKernel: true }, "kernel event");
   }
 
   stop(): void {

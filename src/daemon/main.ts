@@ -7,7 +7,7 @@ import { announcedFile } from "../bgp/record.js";
 import { loadConfig } from "../config/load.js";
 import { applyPlan } from "../dataplane/apply.js";
 import { detectGatewayKind } from "../dataplane/capabilities.js";
-import { observe } from "../dataplane/observe.js";
+import { groupMembers, observe } from "../dataplane/observe.js";
 import { changedScope } from "../dataplane/scope.js";
 import { InputError } from "../model/errors.js";
 import { DesiredStore } from "../state/desired.js";
@@ -24,6 +24,7 @@ import { LibvirtService } from "./libvirt.js";
 import { Metrics, startMetricsListener } from "./metrics.js";
 import { Reconciler } from "./reconciler.js";
 import { loadDesired } from "./recover.js";
+import { startCpuProfile } from "./profile.js";
 import { apiRoutes } from "./routes.js";
 
 // vmrouted: the daemon. Wires config, the desired state and its one writer,
@@ -38,6 +39,7 @@ async function main(argv: string[]): Promise<void> {
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s.split("\n")[0] + "\n") });
   program.parse(argv);
+  const stopProfile = startCpuProfile(process.env.VMROUTED_CPU_PROFILE);
   const config = await loadConfig(program.opts<{ config: string }>().config);
   const log = pino({ level: config.log.level, base: { node: config.node.name } });
   await checkSocketPath(config.api.socket);
@@ -61,7 +63,7 @@ async function main(argv: string[]): Promise<void> {
   const journalProblem = await journal.load();
   if (journalProblem) log.error(journalProblem);
   const reconciler = new Reconciler({
-    desired, observe, apply: applyPlan, settings, log, journal,
+    desired, observe, apply: applyPlan, groupMembers, settings, log, journal,
     // Only ready endpoints are announced: a VM is announced once its host side works.
     onReport: (report) => announcer?.setDesired(report.endpoints.filter((e) => e.state === "ready").map((e) => ({ ip: e.ip, elevated: e.elevated }))),
     onPass: (pass) => metrics.recordPass(pass),
@@ -101,7 +103,7 @@ async function main(argv: string[]): Promise<void> {
 
   const kernel = new KernelWatch({ desired, settings, busy: () => reconciler.applying, mark: (s, t) => void reconciler.mark(s, t), log });
   metrics.attachKernelWatch(kernel);
-  const resync = setInterval(() => void reconciler.full("resync"), config.dataplane.resyncSeconds * 1000);
+  const resync = setInterval(() => void reconciler.resync(), config.dataplane.resyncSeconds * 1000);
 
   log.info({ socket: config.api.socket, version: VERSION, endpoints: desired().endpoints.length }, "vmrouted started");
   const stop = (signal: string) => {
@@ -111,6 +113,7 @@ async function main(argv: string[]): Promise<void> {
     kernel.stop();
     metricsServer?.close();
     announcer?.stop();
+    stopProfile();
     server.close(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();
   };

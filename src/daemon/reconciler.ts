@@ -1,13 +1,16 @@
 import type { Logger } from "pino";
 import type { ApplyResult } from "../dataplane/apply.js";
-import type { EndpointCheck, GatewayCheck, LearnedCheck } from "../dataplane/check.js";
 import type { ObserveRequest } from "../dataplane/observe.js";
 import type { ObservedState } from "../dataplane/observed.js";
 import type { Operation } from "../dataplane/operations.js";
 import { plan, type Plan, type PlanSettings } from "../dataplane/plan.js";
-import { closeScope, emptyScope, isEmptyScope, mergeObserved, mergeScope, restrictDesired, scopeSize, type Scope } from "../dataplane/scope.js";
+import {
+  closeScope, emptyScope, isEmptyScope, mergeObserved, mergeScope, restrictDesired, restrictObserved, scopeSize, type Scope,
+} from "../dataplane/scope.js";
 import { simulate } from "../dataplane/simulate.js";
 import type { DesiredState } from "../model/types.js";
+import { isOwnedAlias } from "../dataplane/ownership.js";
+import { gatewayDevice } from "../model/naming.js";
 import type { CreationJournal } from "./creation-journal.js";
 import { endpointStatus, learnedStatus, networkStatus, type EndpointStatus, type LearnedStatus, type NetworkStatus } from "./report.js";
 
@@ -26,6 +29,8 @@ export interface ReconcileDeps {
   desired: () => DesiredState;
   observe: (request: ObserveRequest) => Promise<ObservedState>;
   apply: (operations: Operation[]) => Promise<ApplyResult>;
+  /** The devices in a netdev group now (the teardown group's, before a bulk delete planned from the cache). */
+  groupMembers: (group: number) => Promise<string[]>;
   settings: PlanSettings;
   log: Logger;
   /** Devices about to be created, written down first (creation-journal.ts); without it nothing is adopted. */
@@ -56,6 +61,11 @@ export interface PassSummary {
 /** A scope larger than this is read with the full listings (a few processes) instead of per-object commands. */
 const SCOPED_READ_LIMIT = 256;
 const MAX_ROUNDS = 3;
+/** Up to this many endpoints, every resync is a full listing (it costs little). */
+const SWEEP_BELOW = 1000;
+const FULL_RESYNC_EVERY = 10;
+/** Above SWEEP_BELOW endpoints, every endpoint's sysctls are read once in this many ticks (4 minutes at 30 s). */
+const SWEEP_TICKS = 8;
 
 interface Deferred { promise: Promise<void>; resolve: () => void }
 const deferred = (): Deferred => {
@@ -72,10 +82,10 @@ export class Reconciler {
   /** A batch is being applied (its kernel events are still arriving). */
   applying = false;
   private cache: ObservedState | undefined;
-  private endpoints = new Map<string, EndpointCheck>();
-  private gateways = new Map<string, GatewayCheck>();
-  private learned = new Map<string, LearnedCheck>();
-  private failures = new Map<string, string[]>();
+  private endpoints = new Map<string, EndpointStatus>();
+  private readyChanged = true;
+  private gateways = new Map<string, NetworkStatus>();
+  private learned = new Map<string, LearnedStatus>();
   private lastPass = { at: "", durationMs: 0, operations: 0 };
   passes = 0;
   operationsApplied = 0;
@@ -98,6 +108,34 @@ export class Reconciler {
   /** Everything, observed and planned. */
   full(trigger: string): Promise<void> {
     return this.mark({ full: true }, trigger);
+  }
+
+  private resyncs = 0;
+  private sweepFrom = 0;
+
+  /**
+   * The resync timer's tick. Links, addresses, routes and neighbours raise
+   * kernel events; sysctls and namespace insides do not. Small hosts get a
+   * full listing every tick. Large ones read, each tick, the sysctls and
+   * namespaces of a share of their endpoints (every endpoint within 8 ticks)
+   * and list everything every 10th tick, when a lost event would be found:
+   * at 10,000 endpoints a full listing costs a second and a half of CPU.
+   */
+  resync(): Promise<void> {
+    const desired = this.deps.desired();
+    const n = desired.endpoints.length;
+    // Startup listed everything: the first full listing is FULL_RESYNC_EVERY ticks later.
+    if (n <= SWEEP_BELOW || ++this.resyncs % FULL_RESYNC_EVERY === 0 || !this.cache) return this.full("resync");
+    const share = Math.max(SWEEP_BELOW, Math.ceil(n / SWEEP_TICKS));
+    const devices = [...desired.endpoints].sort((a, b) => (a.device < b.device ? -1 : 1));
+    if (this.sweepFrom >= n) this.sweepFrom = 0;
+    const picked = devices.slice(this.sweepFrom, this.sweepFrom + share);
+    this.sweepFrom += share;
+    return this.mark({
+      sweep: true,
+      devices: new Set([...picked.map((e) => e.device), ...desired.networks.map((net) => gatewayDevice(net.name))]),
+      netns: new Set(picked.flatMap((e) => (e.netns !== undefined ? [e.netns] : []))),
+    }, "resync");
   }
 
   /** Resolves once everything marked before this call has been through a pass. */
@@ -146,24 +184,53 @@ export class Reconciler {
     };
     const allNetns = [...new Set(desired.endpoints.flatMap((e) => (e.netns !== undefined ? [e.netns] : [])))];
     const scope = closeScope(requested, desired);
-    const full = scope.full || !this.cache || scopeSize(scope) > SCOPED_READ_LIMIT;
-
-    // One observation: everything, or just the scope.
+    // One observation per pass, at most:
+    // - all: startup, a full resync, or drift too large to read piecemeal;
+    // - scoped: a few objects (a VM start, a repair), one ip process;
+    // - sweep: the resync's rounds between full listings: only what raises no
+    //   kernel event (sysctls, namespace insides) is read, for a share of the endpoints;
+    // - cached: a large change of desired state (a spec of 10,000 endpoints) is
+    //   planned against the kernel as last seen, which every batch and every
+    //   kernel event since has kept up to date.
+    const mode: "all" | "scoped" | "sweep" | "cached" = scope.full || !this.cache ? "all"
+      : scope.sweep && !scope.fromKernel ? "sweep"
+      : scopeSize(scope) <= SCOPED_READ_LIMIT ? "scoped" : scope.fromKernel ? "all" : "cached";
     let view: ObservedState;
-    if (full) {
-      // Sysctls are 4 reads per device: all of them on the resync cadence, else only the scope's.
+    if (mode === "all") {
+      // Sysctls are 4 reads per device: all of them on a full resync, else only the scope's.
       const sysctlsOf = scope.full || !this.cache ? undefined : scope.devices;
       const observed = await timed("observeMs", () => this.deps.observe({ netns: allNetns, ...(sysctlsOf ? { sysctlsOf } : {}) }));
       if (sysctlsOf && this.cache)
         for (const [device, values] of this.cache.sysctls) if (!sysctlsOf.has(device) && observed.links.has(device)) observed.sysctls.set(device, values);
       view = observed;
-    } else {
+    } else if (mode === "scoped") {
       view = await timed("observeMs", () => this.observeScope(scope));
+    } else if (mode === "sweep") {
+      const fresh = await timed("observeMs", () => this.deps.observe({
+        netns: [...scope.netns], scope: { devices: [], dsts: [] }, sysctlsOf: scope.devices,
+      }));
+      const cache = this.cache!;
+      view = restrictObserved({
+        ...cache, sysctls: new Map([...cache.sysctls, ...fresh.sysctls]), netns: new Map([...cache.netns, ...fresh.netns]),
+        ...(fresh.ipForward !== undefined ? { ipForward: fresh.ipForward } : {}),
+      }, scope);
+    } else {
+      view = this.cache!;
     }
     const annotate = (o: ObservedState) => (this.deps.journal ? this.deps.journal.annotate(o) : o);
     view = annotate(view);
-    const { desired: planned, gateways } = full ? { desired, gateways: undefined } : restrictDesired(desired, scope);
-    const planOnce = () => plan(planned, view, settings, { completeLinks: full, ...(gateways ? { gateways } : {}) });
+    const whole = mode === "all" || mode === "cached";
+    const { desired: planned, gateways } = whole ? { desired, gateways: undefined } : restrictDesired(desired, scope);
+    // A bulk delete empties the teardown group: from a listing older than this moment, prove first that nothing foreign joined it.
+    let completeLinks = whole;
+    const planOnce = async () => {
+      const p = plan(planned, view, settings, { completeLinks, ...(gateways ? { gateways } : {}) });
+      if (mode !== "cached" || !p.operations.some((op) => op.op === "link.delete-group")) return p;
+      const members = await this.deps.groupMembers(settings.teardownGroup);
+      if (members.every((name) => isOwnedAlias(view.links.get(name)?.alias))) return p;
+      completeLinks = false;
+      return plan(planned, view, settings, { completeLinks });
+    };
 
     let current = await timed("planMs", planOnce);
     this.logRepairs(current, trigger);
@@ -189,19 +256,24 @@ export class Reconciler {
     }
     await this.deps.journal?.settle(view);
 
-    this.cache = full ? view : mergeObserved(this.cache!, view, scope);
-    this.record(current, scope, full, failures);
+    this.cache = whole ? view : mergeObserved(this.cache!, view, scope);
+    this.record(current, scope, whole, failures);
     this.passes++;
     this.operationsApplied += operations;
     this.passesByTrigger.set(trigger, (this.passesByTrigger.get(trigger) ?? 0) + 1);
     const durationMs = Math.round((performance.now() - started) * 10) / 10;
     this.lastPass = { at: new Date().toISOString(), durationMs, operations };
+    const full = whole;
     if (operations > 0)
       log.info({
-        trigger, full, operations, durationMs, ...Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, Math.round(v)])),
+        trigger, mode, operations, durationMs, ...Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, Math.round(v)])),
       }, "reconciled");
     this.deps.onPass?.({ trigger, full, operations, failedOperations, durationMs });
-    this.deps.onReport?.(this.report());
+    // The announcer needs the ready set only when it changed (10,000 endpoints are a lot to hand over each pass).
+    if (this.readyChanged) {
+      this.readyChanged = false;
+      this.deps.onReport?.(this.report());
+    }
   }
 
   /** One `ip -batch` for the scope's devices and destinations, one per namespace in it. */
@@ -229,51 +301,54 @@ export class Reconciler {
   }
 
   /** Keeps the per-object results of this pass (for status) and the failures of its subjects. */
-  private record(plan: Plan, scope: Scope, full: boolean, failures: Map<string, string[]>): void {
-    const before = new Map([...this.endpoints].map(([id, c]) => [id, endpointStatus(c, this.failures.get(id))]));
-    if (full) {
-      this.endpoints.clear();
+  private record(plan: Plan, scope: Scope, whole: boolean, failures: Map<string, string[]>): void {
+    const before = this.endpoints;
+    const ready = (e: EndpointStatus | undefined) => (e?.state === "ready" ? (e.elevated ? "elevated" : "normal") : "no");
+    // The endpoints this pass looked at; the announcer hears of it only when one of them changed readiness.
+    const looked = new Set<string>(whole ? before.keys() : []);
+    if (whole) {
+      this.endpoints = new Map();
       this.gateways.clear();
       this.learned.clear();
-      this.failures.clear();
     } else {
-      for (const [id, c] of this.endpoints)
-        if (scope.devices.has(c.endpoint.device) || scope.dsts.has(`${c.endpoint.ip}/32`)) this.endpoints.delete(id), this.failures.delete(id);
-      for (const [name, g] of this.gateways) if (scope.devices.has(g.device)) this.gateways.delete(name), this.failures.delete(`gateway:${name}`);
-      for (const prefix of this.learned.keys()) if (scope.dsts.has(prefix)) this.learned.delete(prefix), this.failures.delete(`learned:${prefix}`);
+      this.endpoints = new Map(before);
+      for (const [id, e] of before)
+        if (scope.devices.has(e.device) || scope.dsts.has(`${e.ip}/32`)) {
+          this.endpoints.delete(id);
+          looked.add(id);
+        }
+      for (const [name, g] of this.gateways) if (scope.devices.has(g.device)) this.gateways.delete(name);
+      for (const prefix of this.learned.keys()) if (scope.dsts.has(prefix)) this.learned.delete(prefix);
     }
-    for (const c of plan.endpoints) this.endpoints.set(c.endpoint.id, c);
-    for (const g of plan.gateways) this.gateways.set(g.network.name, g);
-    for (const l of plan.learned) this.learned.set(l.route.prefix, l);
-    for (const [subject, messages] of failures) this.failures.set(subject, messages);
-    // One info event per endpoint whose state changed.
+    // Statuses are made once per pass for what it looked at; status calls read them.
     for (const c of plan.endpoints) {
-      const now = endpointStatus(c, this.failures.get(c.endpoint.id));
-      const prev = before.get(c.endpoint.id);
+      const now = endpointStatus(c, failures.get(c.endpoint.id));
+      this.endpoints.set(now.id, now);
+      const prev = before.get(now.id);
+      // One info event per endpoint whose state changed.
       if (prev?.state !== now.state || prev.reason !== now.reason)
         this.deps.log.info({ endpoint: now.id, device: now.device, state: now.state, reason: now.reason || undefined }, `endpoint ${now.state}`);
     }
+    for (const c of plan.endpoints) looked.add(c.endpoint.id);
+    for (const id of looked) if (ready(before.get(id)) !== ready(this.endpoints.get(id))) this.readyChanged = true;
+    for (const g of plan.gateways) this.gateways.set(g.network.name, networkStatus(g, this.deps.settings.gatewayKind, failures.get(`gateway:${g.network.name}`)));
+    for (const l of plan.learned) this.learned.set(l.route.prefix, learnedStatus(l, failures.get(`learned:${l.route.prefix}`)));
   }
 
   /** One endpoint's reported state, as of the pass that last looked at it. */
   endpoint(id: string): EndpointStatus | undefined {
-    const c = this.endpoints.get(id);
-    return c ? endpointStatus(c, this.failures.get(id)) : undefined;
+    return this.endpoints.get(id);
   }
 
   /** The reported state: per endpoint, gateway and learned route, as of the pass that last looked at it. */
   report(): ReconcileReport {
     const desired = this.deps.desired();
-    const wanted = new Set(desired.endpoints.map((e) => e.id));
+    const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : 1);
     return {
       ...this.lastPass,
-      networks: [...desired.networks].sort((a, b) => (a.name < b.name ? -1 : 1)).flatMap((n) => {
-        const g = this.gateways.get(n.name);
-        return g ? [networkStatus(g, this.deps.settings.gatewayKind, this.failures.get(`gateway:${n.name}`))] : [];
-      }),
-      endpoints: [...this.endpoints.values()].filter((c) => wanted.has(c.endpoint.id))
-        .sort((a, b) => (a.endpoint.id < b.endpoint.id ? -1 : 1)).map((c) => endpointStatus(c, this.failures.get(c.endpoint.id))),
-      learned: [...this.learned.values()].map((c) => learnedStatus(c, this.failures.get(`learned:${c.route.prefix}`))),
+      networks: desired.networks.flatMap((n) => this.gateways.get(n.name) ?? []).sort(byName),
+      endpoints: desired.endpoints.flatMap((e) => this.endpoints.get(e.id) ?? []).sort((a, b) => (a.id < b.id ? -1 : 1)),
+      learned: desired.learned.flatMap((r) => this.learned.get(r.prefix) ?? []),
     };
   }
 

@@ -1,11 +1,13 @@
 import type { Announcer } from "../bgp/announcer.js";
 import type { Config } from "../config/schema.js";
 import type { GatewayKind } from "../dataplane/capabilities.js";
+import { groupStats } from "../dataplane/observe.js";
 import { InputError } from "../model/errors.js";
 import type { DesiredState } from "../model/types.js";
 import type { VmEndpoints } from "../libvirt/domains.js";
 import { TextBody, type Route } from "./api.js";
 import type { Controller } from "./controller.js";
+import { Counters } from "./counters.js";
 import type { LibvirtService } from "./libvirt.js";
 import type { Metrics } from "./metrics.js";
 import type { Reconciler } from "./reconciler.js";
@@ -29,6 +31,7 @@ export interface RouteDeps {
 const noBgp: BgpStatus = { enabled: false, state: "disabled", peers: [], announced: 0 };
 
 export function apiRoutes(d: RouteDeps): Route[] {
+  const traffic = new Counters(() => groupStats(d.config.dataplane.netdevGroup));
   const status = async (): Promise<Status> => {
     const s = buildStatus(d.config, d.reconciler.report(), {
       bgp: d.announcer ? await d.announcer.status() : noBgp, gatewayKind: d.gatewayKind,
@@ -41,7 +44,12 @@ export function apiRoutes(d: RouteDeps): Route[] {
       passes: d.reconciler.passes, operationsApplied: d.reconciler.operationsApplied,
       passesByTrigger: Object.fromEntries(d.reconciler.passesByTrigger),
     });
-    if (d.announcer) for (const e of s.endpoints) e.conditions = { ...e.conditions, announced: d.announcer.isAnnounced(e.ip) };
+    const counters = (await traffic.get()).stats;
+    // New objects: the reported state the reconciler keeps is never changed by a caller.
+    s.endpoints = s.endpoints.map((e) => ({
+      ...e, counters: counters.get(e.device) ?? e.counters,
+      ...(d.announcer ? { conditions: { ...e.conditions, announced: d.announcer.isAnnounced(e.ip) } } : {}),
+    }));
     return s;
   };
   const after = (p: Promise<unknown>) => p.then(status);

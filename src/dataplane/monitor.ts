@@ -10,6 +10,7 @@ export interface Monitor {
   stop(): void;
 }
 
+/** onError: events may have been missed (ip monitor restarted, or the kernel dropped some). */
 export function startMonitor(onEvents: (events: KernelEvent[]) => void, onError: (message: string) => void): Monitor {
   let stopped = false;
   let child: ResultPromise | undefined;
@@ -26,6 +27,9 @@ export function startMonitor(onEvents: (events: KernelEvent[]) => void, onError:
       const events = splitRecords(text.slice(0, end)).flatMap((r) => parseMonitorRecord(r) ?? []);
       if (events.length) onEvents(events);
     });
+    // ip says so on stderr when the kernel dropped events (ENOBUFS under load): what they were is unknown.
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (text: string) => onError(`ip monitor: ${text.trim().split("\n")[0]}`));
     child.then((r) => {
       if (stopped) return;
       onError(`ip monitor exited (${r.exitCode ?? r.signal}); restarting`);

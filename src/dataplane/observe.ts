@@ -63,8 +63,9 @@ export interface ObserveRequest {
    */
   scope?: { devices: string[]; dsts: string[] };
   /**
-   * Whose sysctls to read (4 /proc reads per device; at 10,000 endpoints they
-   * are read on the resync cadence only). Without it: every device vmrouted owns.
+   * Whose sysctls to read (4 /proc reads per device, half a second for
+   * 10,000): endpoint devices, whether this observation lists them or not.
+   * Without it: every endpoint device vmrouted owns among the links listed.
    */
   sysctlsOf?: ReadonlySet<string>;
 }
@@ -76,8 +77,10 @@ export async function observe(request: ObserveRequest): Promise<ObservedState> {
     Promise.all(request.netns.map(async (ns) => [ns, await observeNetns(ns)] as const)),
   ]);
   const linkMap = new Map(kernel.links.map((l) => [l.ifname, toLink(l)]));
-  const owned = [...linkMap.values()].filter((l) => isOwnedAlias(l.alias) && l.kind !== "bridge" && l.kind !== "dummy" &&
-    (request.sysctlsOf === undefined || request.sysctlsOf.has(l.name)));
+  const isGateway = (name: string) => ["bridge", "dummy"].includes(linkMap.get(name)?.kind ?? "");
+  const sysctlDevices = request.sysctlsOf
+    ? [...request.sysctlsOf].filter((name) => !isGateway(name))
+    : [...linkMap.values()].filter((l) => isOwnedAlias(l.alias) && !isGateway(l.name)).map((l) => l.name);
   return {
     links: linkMap,
     addresses: kernel.addrs.flatMap((a) => (a.addr_info ?? []).filter((i) => i.family === "inet").map((i) => ({
@@ -87,7 +90,7 @@ export async function observe(request: ObserveRequest): Promise<ObservedState> {
     neighbours: kernel.neighs.filter((n) => !n.dst.includes(":")).map((n) => ({
       device: n.dev, ip: n.dst, ...(n.lladdr ? { mac: n.lladdr } : {}), permanent: (n.state ?? []).includes("PERMANENT"),
     })),
-    sysctls: new Map(owned.map((l) => [l.name, readInterfaceSysctls(l.name)])),
+    sysctls: new Map(sysctlDevices.map((name) => [name, readInterfaceSysctls(name)])),
     ...(ipForward !== undefined ? { ipForward } : {}),
     netns: new Map(netnsEntries),
   };
@@ -183,4 +186,21 @@ export async function observeVethNetns(): Promise<Map<string, string>> {
     if (name) result.set(l.ifname, name);
   }
   return result;
+}
+
+/** The devices in a netdev group (the kernel filters; iproute2 6.1 prints an empty object for every other link). */
+export async function groupMembers(group: number): Promise<string[]> {
+  const links = await ipJson<Array<{ ifname?: string }>>(["link", "show", "group", String(group)]);
+  return links.flatMap((l) => (l.ifname ? [l.ifname] : []));
+}
+
+/** Traffic counters of the devices in a netdev group, now (status reads them on demand: events keep nothing else of them fresh). */
+export async function groupStats(group: number): Promise<Map<string, LinkStats>> {
+  const links = await ipJson<IpLink[]>(["-s", "link", "show", "group", String(group)]);
+  const stats = new Map<string, LinkStats>();
+  for (const l of links) {
+    const s = l.ifname ? toLink(l).stats : undefined;
+    if (s) stats.set(l.ifname, s);
+  }
+  return stats;
 }

@@ -16,6 +16,14 @@ export interface Scope {
   devices: Set<string>;
   dsts: Set<string>;
   netns: Set<string>;
+  /** Some of it was named by kernel events (or the namespace watch): it must be read, never taken from the cache. */
+  fromKernel?: boolean;
+  /**
+   * The resync's sweep: only what raises no kernel event is read (sysctls,
+   * namespace insides, ip_forward); links, addresses, routes and neighbours
+   * come from the cache, which events keep current.
+   */
+  sweep?: boolean;
 }
 
 export function emptyScope(): Scope {
@@ -32,6 +40,8 @@ export function isEmptyScope(s: Scope): boolean {
 
 export function mergeScope(into: Scope, from: Partial<Scope>): void {
   if (from.full) into.full = true;
+  if (from.fromKernel) into.fromKernel = true;
+  if (from.sweep) into.sweep = true;
   for (const d of from.devices ?? []) into.devices.add(d);
   for (const d of from.dsts ?? []) into.dsts.add(d);
   for (const n of from.netns ?? []) into.netns.add(n);
@@ -70,7 +80,10 @@ export function changedScope(before: DesiredState, after: DesiredState): Scope {
 
 /** The scope with what belongs to its objects (see above). */
 export function closeScope(scope: Scope, desired: DesiredState): Scope {
-  const closed: Scope = { full: scope.full, devices: new Set(scope.devices), dsts: new Set(scope.dsts), netns: new Set(scope.netns) };
+  const closed: Scope = {
+    full: scope.full, devices: new Set(scope.devices), dsts: new Set(scope.dsts), netns: new Set(scope.netns),
+    ...(scope.fromKernel ? { fromKernel: true } : {}), ...(scope.sweep ? { sweep: true } : {}),
+  };
   for (const e of desired.endpoints) {
     if (closed.devices.has(e.device) || closed.dsts.has(`${e.ip}/32`) || (e.netns !== undefined && closed.netns.has(e.netns))) {
       closed.devices.add(e.device);
@@ -116,5 +129,29 @@ export function mergeObserved(base: ObservedState, part: ObservedState, scope: S
     neighbours: [...base.neighbours.filter((n) => !scope.devices.has(n.device)), ...part.neighbours],
     routes: [...base.routes.filter((r) => !scope.dsts.has(r.dst)), ...part.routes],
     ...(part.ipForward !== undefined ? { ipForward: part.ipForward } : base.ipForward !== undefined ? { ipForward: base.ipForward } : {}),
+  };
+}
+
+/** The cached picture of the kernel cut down to a closed scope: what a pass over just those objects may see. */
+export function restrictObserved(observed: ObservedState, scope: Scope): ObservedState {
+  const has = (device: string | undefined) => device !== undefined && scope.devices.has(device);
+  return {
+    links: new Map([...scope.devices].flatMap((d) => {
+      const l = observed.links.get(d);
+      return l ? [[d, l] as const] : [];
+    })),
+    sysctls: new Map([...scope.devices].flatMap((d) => {
+      const s = observed.sysctls.get(d);
+      return s ? [[d, s] as const] : [];
+    })),
+    netns: new Map([...scope.netns].flatMap((n) => {
+      const ns = observed.netns.get(n);
+      return ns ? [[n, ns] as const] : [];
+    })),
+    addresses: observed.addresses.filter((a) => has(a.device)),
+    neighbours: observed.neighbours.filter((n) => has(n.device)),
+    routes: observed.routes.filter((r) => scope.dsts.has(r.dst)),
+    ...(observed.ipForward !== undefined ? { ipForward: observed.ipForward } : {}),
+    ...(observed.adoptable ? { adoptable: observed.adoptable } : {}),
   };
 }
