@@ -103,6 +103,8 @@ export interface PeerInfo {
   state: string;
   uptimeSeconds?: number;
   prefixesSent?: number;
+  /** IPv4 unicast: graceful restart negotiated, and the peer's End-of-RIB received (all it has was sent). */
+  endOfRib?: { negotiated: boolean; received: boolean };
 }
 
 export interface GobgpTransport {
@@ -152,7 +154,10 @@ interface RawPeer {
   state?: { neighborAddress?: string; sessionState?: string };
   timers?: { state?: { uptime?: { seconds?: number } } };
   gracefulRestart?: { enabled?: boolean };
-  afiSafis?: Array<{ state?: { family?: { afi?: string }; advertised?: number } }>;
+  afiSafis?: Array<{
+    state?: { family?: { afi?: string }; advertised?: number };
+    mpGracefulRestart?: { state?: { enabled?: boolean; endOfRibReceived?: boolean } };
+  }>;
 }
 
 const deadline = (ms: number) => ({ deadline: Date.now() + ms });
@@ -292,9 +297,11 @@ export function connectGobgp(address: string): GobgpClient {
         // (server.go getBestFromLocal): not a prefix.
         const eor = peer.gracefulRestart?.enabled ? 1 : 0;
         const sent = peer.afiSafis?.filter((a) => a.state?.family?.afi === "AFI_IP").reduce((n, a) => n + Math.max(0, (a.state?.advertised ?? 0) - eor), 0);
+        const gr = peer.afiSafis?.find((a) => a.state?.family?.afi === "AFI_IP")?.mpGracefulRestart?.state;
         peers.push({
           address: peer.state?.neighborAddress || peer.conf?.neighborAddress || "",
           state,
+          ...(gr ? { endOfRib: { negotiated: gr.enabled === true, received: gr.endOfRibReceived === true } } : {}),
           ...(state === "established" && uptime ? { uptimeSeconds: Math.max(0, Math.round(Date.now() / 1000 - uptime)) } : {}),
           ...(sent !== undefined ? { prefixesSent: sent } : {}),
         });

@@ -1,5 +1,5 @@
 import type { Status } from "../daemon/status.js";
-import type { EndpointStatus, NetworkStatus } from "../daemon/report.js";
+import type { EndpointStatus, LearnedStatus, NetworkStatus } from "../daemon/report.js";
 import type { Finding } from "../doctor/diagnose.js";
 
 // Human output that fits a terminal; json and yaml for scripts.
@@ -61,6 +61,12 @@ function duration(seconds: number): string {
   return d ? `${d}d${h}h` : h ? `${h}h${m}m` : m ? `${m}m${s}s` : `${s}s`;
 }
 
+export function routesTable(routes: LearnedStatus[]): string {
+  if (routes.length === 0) return "no routes learned from other hosts";
+  const rows = routes.map((r) => [r.prefix, r.nextHop, String(r.metric), r.elevated ? "migration" : "-", r.state, r.reason]);
+  return table(["PREFIX", "VIA", "METRIC", "PREFERRED", "STATE", "REASON"], rows);
+}
+
 export function statusHuman(s: Status): string {
   const counts = { ready: 0, pending: 0, degraded: 0 };
   for (const e of s.endpoints) counts[e.state]++;
@@ -69,7 +75,9 @@ export function statusHuman(s: Status): string {
     (p.prefixesSent !== undefined ? `  ${p.prefixesSent} prefixes sent` : ""));
   const lines = [
     `node ${s.node.name} (${s.node.address})  gateway devices: ${s.dataplane.gatewayKind}${s.dataplane.gatewayKindReason ? ` (${s.dataplane.gatewayKindReason})` : ""}`,
-    s.bgp.enabled ? `bgp: gobgpd ${s.bgp.state}${s.bgp.reason ? ` (${s.bgp.reason})` : ""}, ${s.bgp.announced} path(s) announced` : "bgp: disabled (no bgp section in the config)",
+    s.bgp.enabled ? `bgp: gobgpd ${s.bgp.state}${s.bgp.reason ? ` (${s.bgp.reason})` : ""}, ${s.bgp.announced} path(s) announced` +
+      (s.bgp.importer ? `, ${s.bgp.learned ?? 0} route(s) learned (import ${s.bgp.importer.state}${s.bgp.importer.reason ? `: ${s.bgp.importer.reason}` : ""})` : "")
+      : "bgp: disabled (no bgp section in the config)",
     ...peers,
     `endpoints: ${counts.ready} ready, ${counts.pending} pending, ${counts.degraded} degraded`,
     "",

@@ -6,7 +6,10 @@ import type { Spec } from "../model/spec.js";
 import { ApiError, call, RawBody, UnreachableError } from "./client.js";
 import { MAX_HOOK_XML, readStdin } from "./stdin.js";
 import { VERSION } from "../version.js";
-import { doctorHuman, domainsTable, endpointsTable, networksTable, render, statusHuman, type DomainView, type OutputFormat } from "./format.js";
+import type { LearnedStatus } from "../daemon/report.js";
+import {
+  doctorHuman, domainsTable, endpointsTable, networksTable, render, routesTable, statusHuman, type DomainView, type OutputFormat,
+} from "./format.js";
 
 // vmroutectl: the admin CLI. Every command is one API call; the daemon
 // validates, so the CLI and the API can never accept different things.
@@ -179,6 +182,10 @@ export function buildProgram(out: (s: string) => void): Command {
       await show({ problems, findings }, () => doctorHuman(findings));
       if (hasProblems(findings)) process.exitCode = 1;
     });
+
+  program.command("routes").description("routes learned from other hosts (BGP import), as installed").action(async () => {
+    await show(await api<LearnedStatus[]>("GET", "/v1/routes"), routesTable);
+  });
 
   program.command("endpoints").description("list endpoints").action(async () => {
     const s = await api<Status>("GET", "/v1/status");

@@ -3,6 +3,8 @@ import { pino, type Logger } from "pino";
 import type { Config } from "../config/schema.js";
 import { Announcer } from "../bgp/announcer.js";
 import { connectGobgp } from "../bgp/gobgp.js";
+import { Importer } from "../bgp/importer.js";
+import { encodeCommunity } from "../bgp/paths.js";
 import { announcedFile } from "../bgp/record.js";
 import { loadConfig } from "../config/load.js";
 import { applyPlan } from "../dataplane/apply.js";
@@ -48,7 +50,8 @@ async function main(argv: string[]): Promise<void> {
   if (gatewayKind.reason) log.warn({ gatewayKind: gatewayKind.kind }, gatewayKind.reason);
   await removeStaleTemporaries(config.stateDir);
   const resolver = new DesiredResolver({ configNetworks: config.networks, nodeAddress: config.node.address });
-  const store = new DesiredStore(await loadDesired(config.stateDir, config.networks, log), persistence(config.stateDir),
+  const imports = config.bgp?.importRoutes === true;
+  const store = new DesiredStore(await loadDesired(config.stateDir, config.networks, imports, log), persistence(config.stateDir),
     (next) => void resolver.runtimePart(next.runtime));
   resolver.resolve(store.current); // a stored state that no longer fits the config stops us here, before any change
   const desired = () => resolver.resolve(store.current).state;
@@ -92,18 +95,29 @@ async function main(argv: string[]): Promise<void> {
   await libvirtResync();
   await reconciler.full("startup");
   announcer?.start();
+  const importer = config.bgp && imports ? new Importer({
+    address: config.bgp.gobgp, connect: connectGobgp, log, migrationCommunity: encodeCommunity(config.bgp.migrationCommunity),
+    onFailure: () => metrics.errors.inc({ source: "bgp" }),
+    // Complete once gobgpd's RIB is known whole; until then kernel routes that the set lacks are kept.
+    publish: (learned, complete) => store.change("bgp: import", (d) => ({ next: { learned, learnedKnown: complete || d.learnedKnown }, result: undefined })),
+  }) : undefined;
+  importer?.start();
   const libvirtTimer = libvirt ? setInterval(libvirtResync, config.libvirt.resyncSeconds * 1000) : undefined;
 
   const controller = new Controller(config, store, resolver, settled);
   const server = await startApi(config.api.socket, apiRoutes({
     config, gatewayKind, controller, reconciler, metrics, desired, ...(announcer ? { announcer } : {}), ...(libvirt ? { libvirt } : {}),
+    ...(importer ? { importer } : {}),
     rejected: () => resolver.resolve(store.current).rejected,
   }), log);
   const metricsServer = config.metrics.listen ? await startMetricsListener(config.metrics.listen, metrics) : undefined;
 
   const kernel = new KernelWatch({ desired, settings, busy: () => reconciler.applying, mark: (s, t) => void reconciler.mark(s, t), log });
   metrics.attachKernelWatch(kernel);
-  const resync = setInterval(() => void reconciler.resync(), config.dataplane.resyncSeconds * 1000);
+  const resync = setInterval(() => {
+    void reconciler.resync();
+    void importer?.compare();
+  }, config.dataplane.resyncSeconds * 1000);
 
   log.info({ socket: config.api.socket, version: VERSION, endpoints: desired().endpoints.length }, "vmrouted started");
   const stop = (signal: string) => {
@@ -113,6 +127,7 @@ async function main(argv: string[]): Promise<void> {
     kernel.stop();
     metricsServer?.close();
     announcer?.stop();
+    importer?.stop();
     stopProfile();
     server.close(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();

@@ -13,7 +13,9 @@ import { rebuildRuntimeState } from "./rebuild.js";
 // explain everything we own, we stop, changing nothing. domains.json is
 // rebuilt from libvirt, which is read before the first pass anyway.
 
-export async function loadDesired(stateDir: string, configNetworks: Record<string, NetworkInput>, log: Logger): Promise<Desired> {
+export async function loadDesired(
+  stateDir: string, configNetworks: Record<string, NetworkInput>, importsRoutes: boolean, log: Logger,
+): Promise<Desired> {
   const stateFile = runtimeFile(stateDir);
   const domainsCache = domainsFile(stateDir);
   const [state, domains] = await Promise.all([stateFile.load(), domainsCache.load()]);
@@ -34,5 +36,6 @@ export async function loadDesired(stateDir: string, configNetworks: Record<strin
     const kept = await domainsCache.keepAside();
     log.error({ kept }, `${domains.problem}; kept it as ${kept}; the domains are read from libvirt before anything changes`);
   }
-  return { runtime, domains: domains.value, learned: new Map() };
+  // Without an importer there is nothing to wait for: learned routes left from an earlier config are removed.
+  return { runtime, domains: domains.value, learned: new Map(), learnedKnown: !importsRoutes };
 }

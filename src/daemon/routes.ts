@@ -1,4 +1,5 @@
 import type { Announcer } from "../bgp/announcer.js";
+import type { Importer } from "../bgp/importer.js";
 import type { Config } from "../config/schema.js";
 import type { GatewayKind } from "../dataplane/capabilities.js";
 import { groupStats } from "../dataplane/observe.js";
@@ -25,6 +26,7 @@ export interface RouteDeps {
   desired: () => DesiredState;
   rejected: () => VmEndpoints["rejected"];
   announcer?: Announcer;
+  importer?: Importer;
   libvirt?: LibvirtService;
 }
 
@@ -34,7 +36,8 @@ export function apiRoutes(d: RouteDeps): Route[] {
   const traffic = new Counters(() => groupStats(d.config.dataplane.netdevGroup));
   const status = async (): Promise<Status> => {
     const s = buildStatus(d.config, d.reconciler.report(), {
-      bgp: d.announcer ? await d.announcer.status() : noBgp, gatewayKind: d.gatewayKind,
+      bgp: d.announcer ? { ...await d.announcer.status(), ...(d.importer ? { importer: importerStatus(d.importer) } : {}) } : noBgp,
+      gatewayKind: d.gatewayKind,
       libvirt: d.libvirt
         ? {
           enabled: true, state: d.libvirt.state, ...(d.libvirt.reason ? { reason: d.libvirt.reason } : {}),
@@ -98,4 +101,8 @@ export function apiRoutes(d: RouteDeps): Route[] {
     { method: "GET", path: /^\/v1\/routes$/, handler: async () => d.reconciler.report().learned },
     { method: "GET", path: /^\/metrics$/, handler: async () => new TextBody(d.metrics.registry.contentType, await d.metrics.text()) },
   ];
+}
+
+function importerStatus(i: Importer): NonNullable<BgpStatus["importer"]> {
+  return { state: i.state, ...(i.reason ? { reason: i.reason } : {}), corrections: i.corrections };
 }

@@ -14,6 +14,8 @@ export interface BgpStatus {
   announced: number;
   /** Routes learned from other hosts, installed in the kernel (the whole list: GET /v1/routes). */
   learned?: number;
+  /** The import of other hosts' best paths (bgp.importRoutes): its stream's state, and full comparisons that corrected it. */
+  importer?: { state: string; reason?: string; corrections: number };
 }
 
 export interface Status {

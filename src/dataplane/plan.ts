@@ -174,6 +174,8 @@ function planRemovals(desired: DesiredState, observed: ObservedState, settings: 
   const ours = observed.routes.filter((r) => r.protocol === settings.routeProtocol || r.protocol === settings.learnedProtocol);
   for (const r of ours.sort((a, b) => compare(routeKey(a), routeKey(b)))) {
     if (r.device && leavingSet.has(r.device)) continue;
+    // Until the importer has a complete set, learned routes stay as they are (a restart flushes nothing).
+    if (r.protocol === settings.learnedProtocol && desired.learnedKnown === false) continue;
     if (wantedRoutes.has(routeKey(r)) || replaced.has(`${r.dst} ${r.metric}`)) continue;
     out.stale.push({
       subject: r.protocol === settings.learnedProtocol ? `learned:${r.dst}` : "host", op: "route.delete", dst: r.dst,

@@ -75,6 +75,8 @@ export function changedScope(before: DesiredState, after: DesiredState): Scope {
     scope.dsts.add(subnetOf(n));
   });
   diff(before.learned, after.learned, (r) => r.prefix, (r) => scope.dsts.add(r.prefix));
+  // Learned routes become known: every learned route in the kernel is looked at (the unwanted ones go).
+  if (before.learnedKnown === false && after.learnedKnown !== false) scope.full = true;
   return scope;
 }
 
@@ -106,6 +108,7 @@ export function restrictDesired(desired: DesiredState, scope: Scope): { desired:
       networks: desired.networks,
       endpoints: desired.endpoints.filter((e) => scope.devices.has(e.device)),
       learned: desired.learned.filter((r) => scope.dsts.has(r.prefix)),
+      ...(desired.learnedKnown !== undefined ? { learnedKnown: desired.learnedKnown } : {}),
     },
     gateways: new Set(desired.networks.filter((n) => scope.devices.has(gatewayDevice(n.name))).map((n) => n.name)),
   };

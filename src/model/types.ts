@@ -55,6 +55,8 @@ export interface DesiredState {
   endpoints: Endpoint[];
   /** Kernel routes for other hosts' workloads (`<prefix> via <next hop>`), already filtered (state/resolve.ts). */
   learned: LearnedRoute[];
+  /** false until the importer has given a complete set: learned routes in the kernel are then left as they are. */
+  learnedKnown?: boolean;
 }
 
 export function endpointId(kind: EndpointKind, ip: string): string {

@@ -17,6 +17,12 @@ export interface Desired {
   readonly domains: ReadonlyMap<string, DomainRecord>;
   /** Best paths other hosts announce, by prefix (BGP importer). Not persisted: gobgpd has them. */
   readonly learned: ReadonlyMap<string, LearnedRoute>;
+  /**
+   * The importer has given a complete set since this start. Until then the
+   * learned routes already in the kernel are kept as they are: a restarted
+   * vmrouted must not flush them before it knows what the fabric has.
+   */
+  readonly learnedKnown: boolean;
 }
 
 export interface Change<T> {
@@ -62,7 +68,8 @@ export class DesiredStore {
       const previous = this.value;
       const { next: parts, result } = fn(previous);
       const next: Desired = { ...previous, ...parts };
-      if (next.runtime === previous.runtime && next.domains === previous.domains && next.learned === previous.learned) return result;
+      if (next.runtime === previous.runtime && next.domains === previous.domains && next.learned === previous.learned &&
+        next.learnedKnown === previous.learnedKnown) return result;
       this.validate(next, previous);
       // Persisted before anyone sees it: a crash from here on leaves the old or the new state on disk.
       if (next.runtime !== previous.runtime) await this.persistence.saveRuntime(next.runtime);

@@ -48,7 +48,10 @@ export class DesiredResolver {
     const vm = vmEndpoints(desired.domains.values(), runtime.networks, claims);
     const endpoints = [...runtime.endpoints, ...vm.endpoints];
     const value: Resolved = {
-      state: { networks: runtime.networks, endpoints, learned: installableRoutes(desired.learned.values(), endpoints, this.context.nodeAddress) },
+      state: {
+        networks: runtime.networks, endpoints, learned: installableRoutes(desired.learned.values(), endpoints, this.context.nodeAddress),
+        learnedKnown: desired.learnedKnown,
+      },
       rejected: vm.rejected,
     };
     this.last = { input: desired, value };

@@ -18,7 +18,7 @@ afterEach(async () => {
 const tempDir = async () => (dir = await mkdtemp(join(tmpdir(), "vmr-store-")));
 
 const CONFIG_NETWORKS = { service: { gateway: "172.31.16.1/24" } };
-const empty = (): Desired => ({ runtime: emptyRuntimeState(), domains: new Map(), learned: new Map() });
+const empty = (): Desired => ({ runtime: emptyRuntimeState(), domains: new Map(), learned: new Map(), learnedKnown: true });
 const tap = (n: number) => ({ kind: "tap" as const, network: "service", ip: `172.31.16.${n}` });
 const resolver = () => new DesiredResolver({ configNetworks: CONFIG_NETWORKS, nodeAddress: "10.0.0.1" });
 

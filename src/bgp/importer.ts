@@ -1,0 +1,235 @@
+import type { Logger } from "pino";
+import type { LearnedRoute } from "../model/types.js";
+import type { GobgpClient, PeerInfo, RibPath } from "./gobgp.js";
+
+// The other hosts' workload routes, from gobgpd's best paths (kube-router's
+// route injection): a WatchEvent stream of best-path changes, whose first
+// message is every current best path, and a full ListPath comparison on every
+// resync (after kube-router #1738: a missed event must not leave a stale
+// route). The result is published to the desired state's writer; the planner
+// turns it into kernel routes `<prefix> via <next hop> proto 96`.
+//
+// A fresh stream's first message is gobgpd's RIB as it is now, which right
+// after a gobgpd (re)start is empty or partial: its sessions come up seconds
+// later. So after every (re)connect the set only grows (new and changed paths
+// are taken at once) until gobgpd's peers are Established and have sent their
+// End-of-RIB (or, without graceful restart, have been up a few seconds; at
+// worst SYNC_TIMEOUT_MS), and a moment more; then a full listing replaces it, withdrawals
+// included. A gobgpd restart therefore removes no kernel route of a host
+// whose paths the fabric kept.
+//
+// Imported: IPv4 /32 best paths that came from a peer. Not imported: paths
+// this gobgpd originated (ours), anything but host routes (a default route a
+// border router sends the reflector is not a workload). Paths back to this
+// host and prefixes a local workload answers for are filtered where the local
+// endpoints are known (state/resolve.ts). While gobgpd is away the set stays
+// as it was: the sessions, not vmrouted, decide what the fabric withdrew, and
+// a reconnect's snapshot says it.
+
+/** Without graceful restart there is no End-of-RIB to wait for: a session up this long has sent its table. */
+const SETTLE_WITHOUT_EOR_S = 3;
+/**
+ * After the peers say they are done, a moment more: FRR sends its End-of-RIB
+ * before the paths it holds back for its update coalescing (about a second).
+ */
+const SETTLE_AFTER_SYNC_MS = 2500;
+/** How long a withdrawal waits for the stream to prove it is not gobgpd shutting down. */
+const WITHDRAW_DELAY_MS = 1000;
+/** A peer that never comes (a dead reflector) does not hold withdrawals back longer than this. */
+const SYNC_TIMEOUT_MS = 120_000;
+
+/** Pure: gobgpd's RIB holds everything its peers have, as far as they tell. */
+export function peersSynced(peers: PeerInfo[]): boolean {
+  return peers.length > 0 && peers.every((p) => p.state === "established" &&
+    (p.endOfRib?.negotiated ? p.endOfRib.received : (p.uptimeSeconds ?? 0) >= SETTLE_WITHOUT_EOR_S));
+}
+
+export interface ImporterDeps {
+  address: string;
+  connect: (address: string) => GobgpClient;
+  /** Encoded (ASN * 65536 + value): marks an elevated path (a VM that just moved there). */
+  migrationCommunity: number;
+  /** Hands the newest set to the writer; complete: it reflects a synced RIB (withdrawals included). */
+  publish: (routes: ReadonlyMap<string, LearnedRoute>, complete: boolean) => Promise<void>;
+  log: Logger;
+  retryMs?: number;
+  onFailure?: () => void;
+}
+
+/** Pure: a best path as a learned route, or undefined when it is not one to import. */
+export function learnedFrom(path: RibPath, migrationCommunity: number): LearnedRoute | undefined {
+  if (path.isFromLocal || path.isWithdraw || !path.nextHop || !path.prefix.endsWith("/32")) return undefined;
+  return { prefix: path.prefix, nextHop: path.nextHop, elevated: path.communities.includes(migrationCommunity) };
+}
+
+/** A batch of watch changes applied to a set, in place (per prefix, the newest entry wins). */
+export function applyBestPaths(routes: Map<string, LearnedRoute>, paths: RibPath[], migrationCommunity: number): Map<string, LearnedRoute> {
+  for (const p of paths) {
+    const route = learnedFrom(p, migrationCommunity);
+    if (!route) routes.delete(p.prefix); // withdrawn, or its best path is now ours: nothing to route elsewhere
+    else {
+      const had = routes.get(route.prefix);
+      // The same route again (a reflector re-sending after a restart) keeps its object: nothing changed.
+      if (!had || had.nextHop !== route.nextHop || had.elevated !== route.elevated) routes.set(route.prefix, route);
+    }
+  }
+  return routes;
+}
+
+export function sameRoutes(a: ReadonlyMap<string, LearnedRoute>, b: ReadonlyMap<string, LearnedRoute>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [prefix, r] of a) {
+    const o = b.get(prefix);
+    if (!o || o.nextHop !== r.nextHop || o.elevated !== r.elevated) return false;
+  }
+  return true;
+}
+
+export class Importer {
+  state: "connecting" | "up" | "down" = "connecting";
+  reason = "not connected yet";
+  /** Full comparisons that found the watched set wrong (each one a missed event). */
+  corrections = 0;
+  private routes = new Map<string, LearnedRoute>();
+  private published: ReadonlyMap<string, LearnedRoute> | undefined;
+  private client: GobgpClient | undefined;
+  private cancel: (() => void) | undefined;
+  private stopped = false;
+  private publishing: Promise<void> = Promise.resolve();
+  private pending = false;
+  /** Since the last (re)connect, gobgpd's RIB has been confirmed complete. */
+  private synced = false;
+  private publishedSynced = false;
+
+  constructor(private readonly deps: ImporterDeps) {}
+
+  get count(): number {
+    return this.routes.size;
+  }
+
+  start(): void {
+    void this.loop();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.withdrawTimer);
+    this.cancel?.();
+    this.client?.close();
+  }
+
+  private withdrawing = new Map<string, RibPath>();
+  private withdrawTimer: NodeJS.Timeout | undefined;
+
+  private flushWithdrawals(client: GobgpClient): void {
+    this.withdrawTimer ??= setTimeout(() => {
+      this.withdrawTimer = undefined;
+      if (this.client !== client || this.withdrawing.size === 0) return;
+      applyBestPaths(this.routes, [...this.withdrawing.values()], this.deps.migrationCommunity);
+      this.withdrawing.clear();
+      this.schedulePublish();
+    }, WITHDRAW_DELAY_MS);
+  }
+
+  /** Waits until gobgpd's peers have sent all they have, then takes gobgpd's listing as the whole truth. */
+  private async sync(client: GobgpClient): Promise<void> {
+    const started = Date.now();
+    while (!this.stopped && this.client === client && Date.now() - started < SYNC_TIMEOUT_MS) {
+      const peers = await client.listPeers().catch(() => [] as PeerInfo[]);
+      if (peersSynced(peers)) break;
+      await new Promise((r) => setTimeout(r, 500).unref());
+    }
+    await new Promise((r) => setTimeout(r, SETTLE_AFTER_SYNC_MS).unref());
+    if (this.stopped || this.client !== client) return;
+    this.synced = true;
+    await this.compare();
+    this.schedulePublish();
+  }
+
+  /** The resync's full comparison: gobgpd's best paths listed, and taken over if the watched set differs. */
+  async compare(): Promise<void> {
+    const client = this.client;
+    if (this.state !== "up" || !client || !this.synced) return;
+    let listed: RibPath[];
+    try {
+      listed = await client.listBestPaths();
+    } catch (e) {
+      this.deps.log.warn({ err: (e as Error).message }, "ListPath for the learned-route comparison failed");
+      return;
+    }
+    const fresh = applyBestPaths(new Map(), listed, this.deps.migrationCommunity);
+    if (client !== this.client || sameRoutes(fresh, this.routes)) return;
+    this.corrections++;
+    this.deps.log.warn({ watched: this.routes.size, listed: fresh.size }, "learned routes differed from gobgpd's RIB (a missed event); taking the listing");
+    this.routes = fresh;
+    this.schedulePublish();
+  }
+
+  private async loop(): Promise<void> {
+    let first = true;
+    while (!this.stopped) {
+      if (!first) await new Promise((r) => setTimeout(r, this.deps.retryMs ?? 1000).unref());
+      first = false;
+      if (this.stopped) return;
+      const client = this.deps.connect(this.deps.address);
+      this.client = client;
+      this.synced = false;
+      const watch = client.watchBestPaths((paths, initial) => {
+        if (initial) {
+          // Only what it adds or changes counts until the RIB is known complete (see above).
+          for (const p of paths) {
+            const route = learnedFrom(p, this.deps.migrationCommunity);
+            if (route) applyBestPaths(this.routes, [p], this.deps.migrationCommunity);
+          }
+          if (this.state !== "up") this.deps.log.info({ gobgp: this.deps.address, learned: this.routes.size }, "importing other hosts' routes from gobgpd");
+          this.state = "up";
+          this.reason = "";
+          void this.sync(client);
+        } else {
+          // Withdrawals wait a moment: a gobgpd that is being stopped (SIGTERM) withdraws everything it
+          // learned into the stream just before it ends, and that is not the fabric withdrawing anything.
+          const gone = paths.filter((p) => !learnedFrom(p, this.deps.migrationCommunity));
+          const kept = paths.filter((p) => learnedFrom(p, this.deps.migrationCommunity));
+          applyBestPaths(this.routes, kept, this.deps.migrationCommunity);
+          for (const p of kept) this.withdrawing.delete(p.prefix);
+          for (const p of gone) this.withdrawing.set(p.prefix, p);
+          if (gone.length) this.flushWithdrawals(client);
+        }
+        this.schedulePublish();
+      });
+      this.cancel = watch.cancel;
+      const why = await watch.ended;
+      this.withdrawing.clear(); // the stream ended right after them: gobgpd was going away
+      this.cancel = undefined;
+      this.client = undefined;
+      client.close();
+      if (this.stopped) return;
+      // The set stays as it is until a new snapshot replaces it.
+      if (this.state !== "down") this.deps.log.warn({ reason: why }, "lost gobgpd's best-path stream; learned routes kept until it is back");
+      this.deps.onFailure?.();
+      this.state = "down";
+      this.reason = why;
+    }
+  }
+
+  /** One publication at a time, always of the newest set (a 50,000-path snapshot is one change, not 50,000). */
+  private schedulePublish(): void {
+    if (this.pending) return;
+    this.pending = true;
+    this.publishing = this.publishing.then(async () => {
+      await new Promise((r) => setImmediate(r));
+      this.pending = false;
+      const complete = this.synced;
+      if (this.published && this.publishedSynced === complete && sameRoutes(this.routes, this.published)) return;
+      // A copy: the writer's state must never change under it.
+      const routes: ReadonlyMap<string, LearnedRoute> = new Map(this.routes);
+      try {
+        await this.deps.publish(routes, complete);
+        this.published = routes;
+        this.publishedSynced = complete;
+      } catch (e) {
+        this.deps.log.error({ err: (e as Error).message }, "publishing learned routes failed");
+      }
+    });
+  }
+}
