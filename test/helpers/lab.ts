@@ -188,7 +188,10 @@ export interface StatusJson {
     netns?: string; domain?: string; conditions: Record<string, boolean>;
     counters: Record<`${"rx" | "tx"}${"Bytes" | "Packets" | "Errors" | "Dropped"}`, number>;
   }>;
-  bgp: { enabled: boolean; state: string; reason?: string; peers: Array<{ address: string; state: string }>; announced: number; learned?: number };
+  bgp: {
+    enabled: boolean; state: string; reason?: string; peers: Array<{ address: string; state: string }>; announced: number; learned?: number;
+    importer?: { state: string; reason?: string; corrections: number };
+  };
   reconcile: { passes: number; operationsApplied: number; passesByTrigger: Record<string, number> };
   libvirt: { enabled: boolean; state: string; unreadable: Array<{ uuid: string; error: string }> };
   version: string;
