@@ -26,9 +26,11 @@ function bytes(n: number): string {
   return `${i === 0 ? n : n.toFixed(1)}${units[i]}`;
 }
 
-export function networksTable(networks: NetworkStatus[]): string {
-  return table(["NETWORK", "DEVICE", "GATEWAY", "KIND", "SOURCE", "STATE", "REASON"],
-    networks.map((n) => [n.name, n.device, n.gateway, n.kind, n.source, n.state, n.reason]));
+/** A daemon that predates natOutgoing in status reports none: "-". */
+export function networksTable(networks: Array<NetworkStatus & { natOutgoing?: boolean }>): string {
+  const nat = (n: { natOutgoing?: boolean }) => (n.natOutgoing === undefined ? "-" : n.natOutgoing ? "yes" : "no");
+  return table(["NETWORK", "DEVICE", "GATEWAY", "KIND", "SOURCE", "NAT", "STATE", "REASON"],
+    networks.map((n) => [n.name, n.device, n.gateway, n.kind, n.source, nat(n), n.state, n.reason]));
 }
 
 /** Conditions in a few letters: "ok" when all hold, otherwise the ones that do not. */

@@ -44,6 +44,8 @@ export interface LibvirtDeps {
   /** An endpoint's reported state, as of the pass that last looked at it. */
   endpoint: (id: string) => EndpointStatus | undefined;
   networks: () => Network[];
+  /** Why this host cannot take an incoming migration now (undefined: it can). */
+  canTakeMigration: () => string | undefined;
   /** IPs and device names (dev:NAME) taken by tap/netns endpoints. */
   apiClaims: () => Set<string>;
 }
@@ -84,12 +86,18 @@ export class LibvirtService {
     if (!parsed.success) throw new InputError(describeZodError(parsed.error, "hook"));
     const { domain, op, subop, seq } = parsed.data;
     const next = lifecycleAfter(op, subop); // throws on an unknown operation
+    if (next !== undefined) this.deps.log.info({ domain, op, subop, extra: parsed.data.extra }, `hook ${op} ${subop}`);
     const doc = parseDomainXml(xml, "hook domain XML");
     const named = domainName(doc);
     if (named !== undefined && named !== domain) throw new InputError(`hook: domain XML is for '${named}', not '${domain}'`);
     const interfaces = routedInterfaces(doc);
     const uuid = domainUuid(doc);
     if (next === undefined) return { domain, lifecycle: this.deps.store.current.domains.get(domain)?.lifecycle ?? "unknown", endpoints: [] };
+    // An incoming migration this host could not announce is refused, so that libvirt aborts it and the guest stays.
+    if (op === "migrate" && subop === "begin") {
+      const why = this.deps.canTakeMigration();
+      if (why) throw new InputError(`hook: refusing the incoming migration of '${domain}': ${why}`);
+    }
     // A start whose interfaces cannot be served is refused before anything is recorded.
     if (next === "prepared")
       for (const i of interfaces) {

@@ -4,6 +4,8 @@ import type { Config } from "../config/schema.js";
 import { Announcer } from "../bgp/announcer.js";
 import { connectGobgp } from "../bgp/gobgp.js";
 import { Importer } from "../bgp/importer.js";
+import { markHandedOver } from "../libvirt/domains.js";
+import { MigrationWatch } from "./migrations.js";
 import { encodeCommunity } from "../bgp/paths.js";
 import { announcedFile } from "../bgp/record.js";
 import { loadConfig } from "../config/load.js";
@@ -68,7 +70,9 @@ async function main(argv: string[]): Promise<void> {
   const reconciler = new Reconciler({
     desired, observe, apply: applyPlan, groupMembers, settings, log, journal,
     // Only ready endpoints are announced: a VM is announced once its host side works.
-    onReport: (report) => announcer?.setDesired(report.endpoints.filter((e) => e.state === "ready").map((e) => ({ ip: e.ip, elevated: e.elevated }))),
+    // A VM migrated away ("source") keeps its route for stragglers but is no longer announced.
+    onReport: (report) => announcer?.setDesired(report.endpoints.filter((e) => e.state === "ready" && e.migration !== "source")
+      .map((e) => ({ ip: e.ip, elevated: e.elevated }))),
     onPass: (pass) => metrics.recordPass(pass),
   });
   metrics.attachReconciler(reconciler);
@@ -82,6 +86,8 @@ async function main(argv: string[]): Promise<void> {
   const libvirt = config.libvirt.enabled ? new LibvirtService({
     virsh: new Virsh(config.libvirt.uri), store, log, settled,
     endpoint: (id) => reconciler.endpoint(id),
+    // An incoming migration is refused when the guest could not be announced here (libvirt then aborts it).
+    canTakeMigration: () => (!announcer || announcer.state === "up" ? undefined : `gobgpd is not reachable (${announcer.reason}): the guest could not be announced from this host`),
     networks: () => desired().networks,
     apiClaims: () => new Set(desired().endpoints.filter((e) => e.kind !== "vm").flatMap((e) => [e.ip, `dev:${e.device}`])),
   }) : undefined;
@@ -99,9 +105,18 @@ async function main(argv: string[]): Promise<void> {
     address: config.bgp.gobgp, connect: connectGobgp, log, migrationCommunity: encodeCommunity(config.bgp.migrationCommunity),
     onFailure: () => metrics.errors.inc({ source: "bgp" }),
     // Complete once gobgpd's RIB is known whole; until then kernel routes that the set lacks are kept.
-    publish: (learned, complete) => store.change("bgp: import", (d) => ({ next: { learned, learnedKnown: complete || d.learnedKnown }, result: undefined })),
+    // A running VM whose IP another host now announces elevated was migrated away: it stops announcing (migration.ts).
+    publish: (learned, complete) => store.change("bgp: import", (d) => {
+      const elevated = new Set([...learned.values()].filter((r) => r.elevated).map((r) => r.prefix));
+      return { next: { learned, learnedKnown: complete || d.learnedKnown, domains: markHandedOver(d.domains, elevated, Date.now()) }, result: undefined };
+    }),
   }) : undefined;
   importer?.start();
+  const othersClient = config.bgp ? connectGobgp(config.bgp.gobgp) : undefined;
+  const migrations = libvirt ? new MigrationWatch({
+    store, log, metrics, libvirtUri: config.libvirt.uri, settleSeconds: config.migration.settleSeconds, settledPass: settled,
+    othersAnnounce: async (prefixes) => !!othersClient && (await othersClient.listPathsOf(prefixes)).some((p) => !p.isFromLocal && !p.isWithdraw),
+  }) : undefined;
   const libvirtTimer = libvirt ? setInterval(libvirtResync, config.libvirt.resyncSeconds * 1000) : undefined;
 
   const controller = new Controller(config, store, resolver, settled);
@@ -128,6 +143,8 @@ async function main(argv: string[]): Promise<void> {
     metricsServer?.close();
     announcer?.stop();
     importer?.stop();
+    migrations?.stop();
+    othersClient?.close();
     stopProfile();
     server.close(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();

@@ -24,11 +24,21 @@ export class Metrics {
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [this.registry],
   });
   readonly kernelOperations = new Counter({ name: "vmrouted_kernel_operations_total", help: "Kernel operations applied", registers: [this.registry] });
+  readonly migrations = new Counter({
+    name: "vmrouted_migrations_total", help: "Incoming live migrations, by how they ended (completed: settled here; failed: cancelled or failed before the guest ran here)",
+    labelNames: ["result"], registers: [this.registry],
+  });
+  readonly switchover = new Histogram({
+    name: "vmrouted_migration_switchover_seconds",
+    help: "From the migrated guest's first announcement (or libvirt's resume event) to its elevated route and path on this host",
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry],
+  });
   readonly errors = new Counter({ name: "vmrouted_errors_total", help: "Errors, by where they happened", labelNames: ["source"], registers: [this.registry] });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: "vmrouted_" });
     for (const source of ["apply", "reconcile", "bgp", "libvirt"]) this.errors.inc({ source }, 0);
+    for (const result of ["completed", "failed"]) this.migrations.inc({ result }, 0);
   }
 
   /** BGP metrics, read from the announcer at each scrape. */

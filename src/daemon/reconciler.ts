@@ -186,15 +186,20 @@ export class Reconciler {
     const scope = closeScope(requested, desired);
     // One observation per pass, at most:
     // - all: startup, a full resync, or drift too large to read piecemeal;
-    // - scoped: a few objects (a VM start, a repair), one ip process;
+    // - read: what kernel events named (a repair), one ip process;
     // - sweep: the resync's rounds between full listings: only what raises no
     //   kernel event (sysctls, namespace insides) is read, for a share of the endpoints;
-    // - cached: a large change of desired state (a spec of 10,000 endpoints) is
-    //   planned against the kernel as last seen, which every batch and every
-    //   kernel event since has kept up to date.
-    const mode: "all" | "scoped" | "sweep" | "cached" = scope.full || !this.cache ? "all"
+    // - cached: a change of desired state (a VM start, a migrated guest going
+    //   live, a learned route, a spec of 10,000 endpoints) is planned against
+    //   the kernel as last seen, which every batch and every kernel event
+    //   since has kept current; only the insides of its namespaces are read.
+    //   What a batch then finds different (a device someone else made) fails
+    //   and is read and planned again.
+    const mode: "all" | "read" | "sweep" | "cached" = scope.full || !this.cache ? "all"
       : scope.sweep && !scope.fromKernel ? "sweep"
-      : scopeSize(scope) <= SCOPED_READ_LIMIT ? "scoped" : scope.fromKernel ? "all" : "cached";
+      : scope.fromKernel ? (scopeSize(scope) <= SCOPED_READ_LIMIT ? "read" : "all") : "cached";
+    // A large cached pass plans everything at once; a small one only its scope.
+    const whole = mode === "all" || (mode === "cached" && scopeSize(scope) > SCOPED_READ_LIMIT);
     let view: ObservedState;
     if (mode === "all") {
       // Sysctls are 4 reads per device: all of them on a full resync, else only the scope's.
@@ -203,23 +208,24 @@ export class Reconciler {
       if (sysctlsOf && this.cache)
         for (const [device, values] of this.cache.sysctls) if (!sysctlsOf.has(device) && observed.links.has(device)) observed.sysctls.set(device, values);
       view = observed;
-    } else if (mode === "scoped") {
+    } else if (mode === "read") {
       view = await timed("observeMs", () => this.observeScope(scope));
-    } else if (mode === "sweep") {
-      const fresh = await timed("observeMs", () => this.deps.observe({
-        netns: [...scope.netns], scope: { devices: [], dsts: [] }, sysctlsOf: scope.devices,
-      }));
+    } else if (whole) {
+      view = this.cache!;
+    } else {
+      // Sweeps read sysctls of a share of the devices; a cached pass, none. Both read their namespaces.
+      const needsRead = mode === "sweep" || scope.netns.size > 0;
+      const fresh = needsRead ? await timed("observeMs", () => this.deps.observe({
+        netns: [...scope.netns], scope: { devices: [], dsts: [] }, sysctlsOf: mode === "sweep" ? scope.devices : new Set(),
+      })) : undefined;
       const cache = this.cache!;
-      view = restrictObserved({
+      view = restrictObserved(fresh ? {
         ...cache, sysctls: new Map([...cache.sysctls, ...fresh.sysctls]), netns: new Map([...cache.netns, ...fresh.netns]),
         ...(fresh.ipForward !== undefined ? { ipForward: fresh.ipForward } : {}),
-      }, scope);
-    } else {
-      view = this.cache!;
+      } : cache, scope);
     }
     const annotate = (o: ObservedState) => (this.deps.journal ? this.deps.journal.annotate(o) : o);
     view = annotate(view);
-    const whole = mode === "all" || mode === "cached";
     const { desired: planned, gateways } = whole ? { desired, gateways: undefined } : restrictDesired(desired, scope);
     // A bulk delete empties the teardown group: from a listing older than this moment, prove first that nothing foreign joined it.
     let completeLinks = whole;
@@ -303,7 +309,8 @@ export class Reconciler {
   /** Keeps the per-object results of this pass (for status) and the failures of its subjects. */
   private record(plan: Plan, scope: Scope, whole: boolean, failures: Map<string, string[]>): void {
     const before = this.endpoints;
-    const ready = (e: EndpointStatus | undefined) => (e?.state === "ready" ? (e.elevated ? "elevated" : "normal") : "no");
+    // What the announcer sees of an endpoint: not ready, handed over (migrated away), elevated, or normal.
+    const ready = (e: EndpointStatus | undefined) => (e?.state !== "ready" ? "no" : e.migration === "source" ? "handed" : e.elevated ? "elevated" : "normal");
     // The endpoints this pass looked at; the announcer hears of it only when one of them changed readiness.
     const looked = new Set<string>(whole ? before.keys() : []);
     if (whole) {

@@ -31,6 +31,8 @@ export interface EndpointStatus {
   domain?: string;
   /** Preferred over every other host's route and path (a live-migrated VM settling here). */
   elevated?: boolean;
+  /** vm endpoints: the live-migration phase on this host (target, settling, source), or normal. */
+  migration?: string;
   state: EndpointState;
   reason: string;
   conditions: EndpointConditions;
@@ -73,7 +75,7 @@ export function endpointStatus(c: EndpointCheck, failures: string[] | undefined)
   const base = {
     id: e.id, kind: e.kind, network: e.network, ip: e.ip, mac: e.mac, device: e.device,
     ...(e.netns !== undefined ? { netns: e.netns } : {}), ...(e.domain !== undefined ? { domain: e.domain } : {}),
-    ...(e.elevated ? { elevated: true } : {}),
+    ...(e.elevated ? { elevated: true } : {}), ...(e.kind === "vm" ? { migration: e.migration ?? "normal" } : {}),
     conditions, counters: c.link?.stats ?? ZERO,
   };
   if (c.pending) return { ...base, state: "pending", reason: c.pending };

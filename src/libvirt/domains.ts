@@ -3,6 +3,7 @@ import type { Endpoint, Network } from "../model/types.js";
 import { endpointId } from "../model/types.js";
 import { resolveEndpoint } from "../model/resolve.js";
 import type { RoutedInterface } from "./domain-xml.js";
+import { afterHook, handedOver, type Migration } from "./migration.js";
 
 // libvirt domains as vmrouted knows them, and how hook calls move them (pure).
 // The domain XML (its vmrouted metadata) is the source of truth for VM
@@ -31,7 +32,7 @@ export interface DomainRecord {
   /** The hook shim's sequence of the last hook call applied (digits; later calls have larger ones). */
   hookSeq?: string;
   /** Live migration in progress on this host (migration.ts); absent when normal. */
-  migration?: { phase: "target" | "live" | "settling"; since: number; source?: string };
+  migration?: Migration;
 }
 
 export const HOOK_OPS = ["prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "attach"] as const;
@@ -72,13 +73,17 @@ export function applyHook(domains: ReadonlyMap<string, DomainRecord>, event: Hoo
   const result = new Map(domains);
   const record = domains.get(event.domain);
   if (next === "released") {
-    if (record) result.set(event.domain, { ...record, lifecycle: "defined", seq, since: now });
+    if (record) {
+      const { migration: _, ...rest } = record;
+      result.set(event.domain, { ...rest, lifecycle: "defined", seq, since: now });
+    }
     return result;
   }
   const uuid = event.uuid ?? record?.uuid;
+  const migration = afterHook(record?.migration, event.op, event.subop, now);
   result.set(event.domain, {
     name: event.domain, ...(uuid ? { uuid } : {}), lifecycle: next, interfaces: event.interfaces, seq, since: now,
-    ...(record?.hookSeq ? { hookSeq: record.hookSeq } : {}), ...(record?.migration ? { migration: record.migration } : {}),
+    ...(record?.hookSeq ? { hookSeq: record.hookSeq } : {}), ...(migration ? { migration } : {}),
   });
   return result;
 }
@@ -163,11 +168,30 @@ export function vmEndpoints(domains: Iterable<DomainRecord>, networks: Network[]
         continue;
       }
       used.add(i.ip).add(`dev:${i.tap}`);
-      const deviceOnly = d.lifecycle === "prepared" ? `domain ${d.name} is starting` : d.lifecycle === "stopped" ? `domain ${d.name} is stopped` : undefined;
+      const phase = d.migration?.phase;
+      const deviceOnly = phase === "target" ? `incoming migration of ${d.name}: the guest still runs on the source`
+        : d.lifecycle === "prepared" ? `domain ${d.name} is starting` : d.lifecycle === "stopped" ? `domain ${d.name} is stopped` : undefined;
       endpoints.push({
         ...r.value, id: endpointId("vm", i.ip), kind: "vm", domain: d.name, ...(deviceOnly ? { deviceOnly } : {}),
+        ...(phase ? { migration: phase } : {}), ...(phase === "settling" ? { elevated: true } : {}),
       });
     }
   }
   return { endpoints, rejected };
+}
+
+/**
+ * The domains after the learned routes changed: a running VM whose IP another
+ * host now announces elevated was migrated away (migration.ts, "source").
+ */
+export function markHandedOver(domains: ReadonlyMap<string, DomainRecord>, elevated: ReadonlySet<string>, now: number): ReadonlyMap<string, DomainRecord> {
+  let result: Map<string, DomainRecord> | undefined;
+  for (const d of domains.values()) {
+    const remote = d.interfaces.some((i) => elevated.has(`${i.ip}/32`));
+    const m = handedOver(d.migration, d.lifecycle, remote, now);
+    if (m === d.migration) continue;
+    result ??= new Map(domains);
+    result.set(d.name, { ...d, ...(m ? { migration: m } : {}) });
+  }
+  return result ?? domains;
 }

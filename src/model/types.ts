@@ -39,6 +39,8 @@ export interface Endpoint {
    * higher local-pref and the migration community.
    */
   elevated?: boolean;
+  /** vm endpoints in a live migration: the phase on this host (libvirt/migration.ts). */
+  migration?: "target" | "settling" | "source";
 }
 
 /** A best path another host announces, as the BGP importer saw it. */

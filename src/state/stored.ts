@@ -32,7 +32,9 @@ const domainSchema = z.object({
   seq: z.number(),
   since: z.number().optional(),
   hookSeq: z.string().optional(),
-  migration: z.object({ phase: z.enum(["target", "live", "settling"]), since: z.number(), source: z.string().optional() }).strict().optional(),
+  migration: z.object({
+    phase: z.enum(["target", "settling", "source"]), since: z.number(), liveBy: z.enum(["garp", "rarp", "resume"]).optional(),
+  }).strict().optional(),
 }).strict();
 const domainsFileSchema = z.object({ version: z.literal(1), domains: z.array(domainSchema) })
   .transform((f) => new Map(f.domains.map((d) => [d.name, d as DomainRecord])) as ReadonlyMap<string, DomainRecord>);

@@ -15,23 +15,30 @@ const SANDBOX = join(REPO, "scripts/lab/libvirtd.sh");
 export class LibvirtLab {
   child: ChildProcess | undefined;
   log = "";
-  private constructor(readonly host: Netns, readonly dir: string) {}
+  private constructor(readonly host: Netns, readonly dir: string, readonly listen?: string) {}
 
   get uri(): string {
     return `qemu:///system?socket=${join(this.dir, "run", "libvirt-sock")}`;
+  }
+  /** With `listen`: how another host's libvirt and `virsh migrate` reach this one. */
+  get tcpUri(): string {
+    if (!this.listen) throw new Error("this libvirtd does not listen on TCP");
+    return `qemu+tcp://${this.listen}/system`;
   }
   get hooksDir(): string {
     return join(this.dir, "etc", "hooks");
   }
 
-  static async create(host: Netns): Promise<LibvirtLab> {
+  /** With `listen` (the host's fabric address), it also listens there and can live-migrate to and from its peers. */
+  static async create(host: Netns, options: { listen?: string } = {}): Promise<LibvirtLab> {
     const dir = await mkdtemp(join(tmpdir(), "vmrouted-libvirt-"));
-    await sh("bash", [SANDBOX, "prepare", dir]);
-    return new LibvirtLab(host, dir);
+    await sh("bash", [SANDBOX, "prepare", dir, ...(options.listen ? [options.listen] : [])]);
+    return new LibvirtLab(host, dir, options.listen);
   }
 
   async start(): Promise<void> {
-    const child = spawn("ip", ["netns", "exec", this.host.name, "unshare", "-m", "--propagation", "private", "bash", SANDBOX, "run", this.dir],
+    const child = spawn("ip", ["netns", "exec", this.host.name, "unshare", "-m", "--propagation", "private", "bash", SANDBOX, "run", this.dir,
+      ...(this.listen ? [this.listen] : [])],
       { stdio: ["ignore", "pipe", "pipe"] });
     child.stdout!.on("data", (c: Buffer) => (this.log += c.toString()));
     child.stderr!.on("data", (c: Buffer) => (this.log += c.toString()));
@@ -72,9 +79,9 @@ export class LibvirtLab {
    * Debian's cloud kernel and a busybox init that configures eth0 from
    * `guest` and reports on its serial console, kept in this lab's directory.
    */
-  async defineGuest(name: string, guest: { ip: string; gateway: string; ping: string[]; watch: string }): Promise<void> {
+  async defineGuest(name: string, guest: { ip: string; gateway: string; ping: string[]; watch: string; echoPort?: number }): Promise<void> {
     const xml = (await sh("bash", [join(REPO, "scripts/lab/guest-domain.sh"), name, this.consolePath(name), guest.ip, guest.gateway,
-      guest.ping.join(","), guest.watch])).stdout;
+      guest.ping.join(","), guest.watch, ...(guest.echoPort ? [String(guest.echoPort)] : [])])).stdout;
     const file = join(this.dir, `${name}.xml`);
     await writeFile(file, xml);
     await this.virsh(["define", file]);
