@@ -25,7 +25,7 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,dev,proc,sys,lib/modules}
 cp /bin/busybox "$root/bin/busybox"
-for applet in sh mount insmod ip ping cat tr sleep echo nc; do ln -s busybox "$root/bin/$applet"; done
+for applet in sh mount insmod ip ping cat tr sleep echo nc wget head; do ln -s busybox "$root/bin/$applet"; done
 for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
   drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci net/core/failover drivers/net/net_failover drivers/net/virtio_net; do
   f=$(ls "$modules/$m.ko"* | head -n 1)

@@ -61,7 +61,10 @@ export class Controller {
     if (!shape.success) throw new InputError(describeZodError(shape.error, "network"));
     const { name, ...network } = shape.data;
     return this.commit(`network add ${name}`, ({ runtime }) => {
-      if (name in this.config.networks || name in runtime.networks) throw new InputError(`network '${name}' already exists`);
+      if (name in this.config.networks) throw new InputError(`network '${name}' comes from the config file; change it there`);
+      // Adding a runtime network again with the same gateway sets its other settings (natOutgoing on or off).
+      const had = runtime.networks[name];
+      if (had && had.gateway !== network.gateway) throw new InputError(`network '${name}' already exists with gateway ${had.gateway}`);
       return { ...runtime, networks: { ...runtime.networks, [name]: network } };
     });
   }

@@ -10,6 +10,8 @@ import {
 import { simulate } from "../dataplane/simulate.js";
 import type { DesiredState } from "../model/types.js";
 import { isOwnedAlias } from "../dataplane/ownership.js";
+import { desiredNat, natDifferences, planNat, type NatTable } from "../dataplane/nat.js";
+import { NftUnavailableError } from "../dataplane/nft.js";
 import { gatewayDevice } from "../model/naming.js";
 import type { CreationJournal } from "./creation-journal.js";
 import { endpointStatus, learnedStatus, networkStatus, type EndpointStatus, type LearnedStatus, type NetworkStatus } from "./report.js";
@@ -31,6 +33,8 @@ export interface ReconcileDeps {
   apply: (operations: Operation[]) => Promise<ApplyResult>;
   /** The devices in a netdev group now (the teardown group's, before a bulk delete planned from the cache). */
   groupMembers: (group: number) => Promise<string[]>;
+  /** vmrouted's nftables table (egress NAT): read it, and run an `nft -f` script. */
+  nat: { list: () => Promise<NatTable | undefined>; apply: (script: string) => Promise<void> };
   settings: PlanSettings;
   log: Logger;
   /** Devices about to be created, written down first (creation-journal.ts); without it nothing is adopted. */
@@ -41,10 +45,19 @@ export interface ReconcileDeps {
   onPass?: (pass: PassSummary) => void;
 }
 
+/** vmrouted's nftables table, as the last pass left it. */
+export interface NatStatus {
+  /** Some network has natOutgoing. */
+  wanted: boolean;
+  state: "ready" | "absent" | "degraded";
+  reason: string;
+}
+
 export interface ReconcileReport {
   at: string;
   durationMs: number;
   operations: number;
+  nat: NatStatus;
   networks: NetworkStatus[];
   endpoints: EndpointStatus[];
   learned: LearnedStatus[];
@@ -87,6 +100,9 @@ export class Reconciler {
   private gateways = new Map<string, NetworkStatus>();
   private learned = new Map<string, LearnedStatus>();
   private lastPass = { at: "", durationMs: 0, operations: 0 };
+  /** The NAT table as last read or applied ("unknown" until a full or sweep pass has read it). */
+  private natSeen: NatTable | undefined | "unknown" = "unknown";
+  private nat: NatStatus = { wanted: false, state: "absent", reason: "" };
   passes = 0;
   operationsApplied = 0;
   /** Passes by trigger (tests and metrics count them). */
@@ -261,6 +277,7 @@ export class Reconciler {
       current = await timed("planMs", planOnce);
     }
     await this.deps.journal?.settle(view);
+    operations += await timed("applyMs", () => this.reconcileNat(desired, mode === "all" || mode === "sweep"));
 
     this.cache = whole ? view : mergeObserved(this.cache!, view, scope);
     this.record(current, scope, whole, failures);
@@ -280,6 +297,42 @@ export class Reconciler {
       this.readyChanged = false;
       this.deps.onReport?.(this.report());
     }
+  }
+
+  /**
+   * vmrouted's nftables table, after the ip batches (DESIGN.md's apply order):
+   * read on full and sweep passes (a change by hand raises no event),
+   * otherwise planned against what was last read or applied; one `nft -f`
+   * transaction when it differs. Returns the operations applied (0 or 1).
+   */
+  private async reconcileNat(desired: DesiredState, read: boolean): Promise<number> {
+    const want = desiredNat(desired);
+    try {
+      if (read || this.natSeen === "unknown") this.natSeen = await this.deps.nat.list();
+    } catch (e) {
+      if (!(e instanceof NftUnavailableError) || want) {
+        this.nat = { wanted: !!want, state: "degraded", reason: `cannot read the nftables table: ${(e as Error).message}` };
+        return 0;
+      }
+      this.natSeen = undefined; // no nft and no network wants NAT: nothing to do
+    }
+    const seen = this.natSeen as NatTable | undefined;
+    const script = planNat(want, seen);
+    if (script) {
+      const differences = natDifferences(want, seen);
+      this.deps.log.info({ subject: "nat", why: differences.slice(0, 3) }, want ? "changing the NAT table" : "removing the NAT table");
+      try {
+        await this.deps.nat.apply(script);
+        this.natSeen = want;
+      } catch (e) {
+        this.natSeen = "unknown";
+        this.nat = { wanted: !!want, state: "degraded", reason: (e as Error).message };
+        this.deps.log.warn({ subject: "nat", errors: [(e as Error).message] }, "operation failed");
+        return 1;
+      }
+    }
+    this.nat = { wanted: !!want, state: want ? "ready" : "absent", reason: "" };
+    return script ? 1 : 0;
   }
 
   /** One `ip -batch` for the scope's devices and destinations, one per namespace in it. */
@@ -353,6 +406,7 @@ export class Reconciler {
     const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : 1);
     return {
       ...this.lastPass,
+      nat: this.nat,
       networks: desired.networks.flatMap((n) => this.gateways.get(n.name) ?? []).sort(byName),
       endpoints: desired.endpoints.flatMap((e) => this.endpoints.get(e.id) ?? []).sort((a, b) => (a.id < b.id ? -1 : 1)),
       learned: desired.learned.flatMap((r) => this.learned.get(r.prefix) ?? []),

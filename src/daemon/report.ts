@@ -45,6 +45,8 @@ export interface NetworkStatus {
   gateway: string;
   kind: string;
   source: "config" | "runtime";
+  /** Traffic from it to outside every vmrouted network is masqueraded. */
+  natOutgoing: boolean;
   state: EndpointState;
   reason: string;
 }
@@ -54,6 +56,7 @@ const ZERO: LinkStats = { rxBytes: 0, rxPackets: 0, rxErrors: 0, rxDropped: 0, t
 export function networkStatus(g: GatewayCheck, plannedKind: string, failures: string[] | undefined): NetworkStatus {
   const base = {
     name: g.network.name, device: g.device, gateway: g.cidr, kind: g.link?.kind ?? plannedKind, source: g.network.source,
+    natOutgoing: g.network.natOutgoing,
   };
   const problem = g.conflict ?? (!g.link ? `device ${g.device} missing` : !g.link.up ? `device ${g.device} is down`
     : !g.addressOk ? `gateway address ${g.cidr} missing` : g.connectedRoute ? `connected route ${g.connectedRoute.dst} present` : undefined);

@@ -1,6 +1,6 @@
 import type { Config } from "../config/schema.js";
 import { VERSION } from "../version.js";
-import type { ReconcileReport } from "./reconciler.js";
+import type { NatStatus, ReconcileReport } from "./reconciler.js";
 import type { EndpointStatus, LearnedStatus, NetworkStatus } from "./report.js";
 
 // The reported state as the API returns it (`vmroutectl status -o json`).
@@ -30,7 +30,11 @@ export interface Status {
     /** Domains whose XML could not be read at the last resync (their last known state is kept). */
     unreadable: Array<{ uuid: string; error: string }>;
   };
-  dataplane: { gatewayKind: string; gatewayKindReason?: string; routeProtocol: number; learnedProtocol: number; netdevGroup: number };
+  dataplane: {
+    gatewayKind: string; gatewayKindReason?: string; routeProtocol: number; learnedProtocol: number; netdevGroup: number;
+    /** vmrouted's nftables table `ip vmrouted` (egress NAT). */
+    nat: NatStatus;
+  };
   reconcile: { at?: string; durationMs?: number; passes: number; operationsApplied: number; passesByTrigger: Record<string, number> };
 }
 
@@ -56,6 +60,7 @@ export function buildStatus(
       routeProtocol: config.dataplane.routeProtocol,
       learnedProtocol: config.dataplane.learnedProtocol,
       netdevGroup: config.dataplane.netdevGroup,
+      nat: report.nat,
     },
     reconcile: {
       ...(report.at ? { at: report.at, durationMs: report.durationMs } : {}),

@@ -11,7 +11,7 @@ import type { ForwardDrop } from "./firewall.js";
 
 export type CheckName =
   | "vmrouted" | "ip-forward" | "gateway-device" | "connected-route" | "endpoint-sysctls" | "tap-carrier"
-  | "firewall" | "gobgpd" | "bgp-peer" | "peer-paths" | "hook" | "ip-claims" | "endpoints";
+  | "firewall" | "nat" | "gobgpd" | "bgp-peer" | "peer-paths" | "hook" | "ip-claims" | "endpoints";
 
 export interface Finding {
   check: CheckName;
@@ -34,13 +34,19 @@ export interface DoctorFacts {
     running: Array<{ domain: string; taps: string[] }>;
     hook: { path: string; installed: boolean; changedAfterLibvirtdStart?: boolean; libvirtdStart?: string };
   };
+  /**
+   * vmrouted's nftables table: its differences from what the networks want
+   * (routes learned from other hosts aside: only the daemon knows those), or
+   * why it could not be read.
+   */
+  nat: { wanted: boolean; differences: string[]; error?: string };
   /** Every claim of a workload IP: state file endpoints and domains' vmrouted metadata. */
   claims: Array<{ ip: string; owner: string }>;
 }
 
 export function diagnose(f: DoctorFacts): Finding[] {
   return [
-    ...daemon(f), ...ipForward(f), ...gateways(f), ...endpointSysctlFindings(f), ...carrier(f), ...firewall(f),
+    ...daemon(f), ...ipForward(f), ...gateways(f), ...endpointSysctlFindings(f), ...carrier(f), ...firewall(f), ...nat(f),
     ...bgp(f), ...hook(f), ...claims(f),
   ];
 }
@@ -118,6 +124,17 @@ function carrier(f: DoctorFacts): Finding[] {
       `re-attach the interface: virsh detach-interface/attach-device on ${d.domain}, or restart the domain`));
   }
   return out.length ? out : [ok("tap-carrier", `${taps} tap(s) of running domains have carrier`)];
+}
+
+function nat(f: DoctorFacts): Finding[] {
+  if (f.nat.error) return f.nat.wanted
+    ? [problem("nat", `cannot read vmrouted's nftables table: ${f.nat.error}`, "install nftables (the kernel needs nf_tables) and restart vmrouted")]
+    : [skipped("nat", `no network has natOutgoing (and nftables cannot be read: ${f.nat.error})`)];
+  if (f.nat.differences.length)
+    return f.nat.differences.map((d) => problem("nat", d,
+      "vmrouted rewrites its table at its next resync (dataplane.resyncSeconds); if this stays, its log says why (nft -f errors)"));
+  return [f.nat.wanted ? ok("nat", "table ip vmrouted masquerades the natOutgoing networks as they want")
+    : ok("nat", "no network has natOutgoing, and vmrouted has no nftables table")];
 }
 
 function firewall(f: DoctorFacts): Finding[] {

@@ -5,7 +5,10 @@ import { connectGobgp } from "../bgp/gobgp.js";
 import { call } from "../cli/client.js";
 import type { Config } from "../config/schema.js";
 import type { Status } from "../daemon/status.js";
-import { runtimeFile } from "../state/stored.js";
+import { runtimeFile, type RuntimeState } from "../state/stored.js";
+import { desiredNat, natDifferences } from "../dataplane/nat.js";
+import { listNatTable } from "../dataplane/nft.js";
+import { resolveNetworks } from "../model/resolve.js";
 import { observe } from "../dataplane/observe.js";
 import { readDomains } from "../libvirt/read.js";
 import { Virsh } from "../libvirt/virsh.js";
@@ -32,12 +35,13 @@ export async function probe(config: Config, o: ProbeOptions): Promise<DoctorFact
     config.libvirt.enabled ? probeLibvirt(config.libvirt.uri, o) : undefined,
   ]);
   const networks = [...Object.keys(config.networks), ...Object.keys(state.networks)];
+  const natFacts = await probeNat(config, state);
   const claims = [
     ...state.endpoints.map((e) => ({ ip: e.ip, owner: e.kind === "netns" ? `netns ${e.netns}` : `tap ${e.ip}` })),
     ...(libvirt?.claims ?? []),
   ];
   return {
-    daemon, kernel, routeProtocol: config.dataplane.routeProtocol, firewall, claims,
+    daemon, kernel, routeProtocol: config.dataplane.routeProtocol, firewall, claims, nat: natFacts,
     gateways: networks.map((n) => ({ network: n, device: gatewayDevice(n) })),
     ...(bgp ? { bgp } : {}),
     ...(libvirt ? { libvirt: { running: libvirt.running, hook: libvirt.hook, ...(libvirt.error ? { error: libvirt.error } : {}) } } : {}),
@@ -69,6 +73,18 @@ async function probeFirewall(group: number): Promise<DoctorFacts["firewall"]> {
     drops.push(...iptablesForwardDrops(legacy.stdout, marks));
   }
   return { inspected, drops };
+}
+
+/** The NAT table against the networks' wishes; the all-workloads set's learned /32s are the daemon's to know, so not compared. */
+async function probeNat(config: Config, state: RuntimeState): Promise<DoctorFacts["nat"]> {
+  const networks = resolveNetworks(config.networks, state.networks);
+  const want = networks.ok ? desiredNat({ networks: networks.value, endpoints: [], learned: [] }) : undefined;
+  try {
+    const seen = await listNatTable();
+    return { wanted: !!want, differences: natDifferences(want, seen).filter((d) => !/set all_prefixes (lacks|has unexpected)/.test(d)) };
+  } catch (e) {
+    return { wanted: !!want, differences: [], error: (e as Error).message };
+  }
 }
 
 async function probeGobgp(address: string): Promise<NonNullable<DoctorFacts["bgp"]>> {

@@ -79,9 +79,9 @@ export class LibvirtLab {
    * Debian's cloud kernel and a busybox init that configures eth0 from
    * `guest` and reports on its serial console, kept in this lab's directory.
    */
-  async defineGuest(name: string, guest: { ip: string; gateway: string; ping: string[]; watch: string; echoPort?: number }): Promise<void> {
+  async defineGuest(name: string, guest: { ip: string; gateway: string; ping: string[]; watch: string; echoPort?: number; fetch?: string }): Promise<void> {
     const xml = (await sh("bash", [join(REPO, "scripts/lab/guest-domain.sh"), name, this.consolePath(name), guest.ip, guest.gateway,
-      guest.ping.join(","), guest.watch, ...(guest.echoPort ? [String(guest.echoPort)] : [])])).stdout;
+      guest.ping.join(","), guest.watch, ...(guest.echoPort ? [`vmr.echo=${guest.echoPort}`] : []), ...(guest.fetch ? [`vmr.fetch=${guest.fetch}`] : [])])).stdout;
     const file = join(this.dir, `${name}.xml`);
     await writeFile(file, xml);
     await this.virsh(["define", file]);

@@ -33,7 +33,11 @@ export class MultiHostLab {
     return `172.31.16.${n * 10 + k}`;
   }
 
-  static async start(id: string, kind: ReflectorKind, o: { hosts?: number; tasksPerHost?: number; net?: number; daemonExtra?: Record<string, unknown> } = {}): Promise<MultiHostLab> {
+  static async start(id: string, kind: ReflectorKind, o: {
+    hosts?: number; tasksPerHost?: number; net?: number; daemonExtra?: Record<string, unknown>;
+    /** The network with natOutgoing on every host. */
+    nat?: boolean;
+  } = {}): Promise<MultiHostLab> {
     const fabric = await Fabric.create(id, o.hosts ?? 3, o.net ?? 97);
     let rr: Reflector | undefined;
     const hosts: LabHost[] = [];
@@ -49,7 +53,7 @@ export class MultiHostLab {
         const n = i + 1;
         await h.gobgpd.start(["-r"]);
         const daemon = await Daemon.create(h.ns, {
-          networks: NETWORK, bgp: { gobgp: "127.0.0.1:50051" }, resyncSeconds: 5,
+          networks: o.nat ? { service: { ...NETWORK.service, natOutgoing: true } } : NETWORK, bgp: { gobgp: "127.0.0.1:50051" }, resyncSeconds: 5,
           extra: { node: { address: h.address, name: `host${n}` }, ...(o.daemonExtra ?? {}) },
         });
         hosts.push({ ...h, n, daemon, tasks: [] });

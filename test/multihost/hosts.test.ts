@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GATEWAY, MultiHostLab, pings } from "../helpers/multihost.js";
-import { netState, rootSnapshot, runId, waitFor } from "../helpers/lab.js";
+import { netState, rootSnapshot, runId, sh, waitFor } from "../helpers/lab.js";
 import { LibvirtLab } from "../helpers/libvirt-lab.js";
 
 // Three hosts and a BIRD reflector: a host dying and coming back, vmrouted
@@ -14,7 +14,8 @@ const GUEST_IP = "172.31.16.15";
 
 beforeAll(async () => {
   rootBefore = await rootSnapshot();
-  lab = await MultiHostLab.start(runId(), "bird", { net: 94 });
+  // natOutgoing on: workload-to-workload traffic between hosts must still never be masqueraded.
+  lab = await MultiHostLab.start(runId(), "bird", { net: 94, nat: true });
   await waitFor(() => lab.learnedExactly(), 30000, "learned routes exact");
 }, 180_000);
 
@@ -22,6 +23,20 @@ afterAll(async () => {
   await libvirt?.destroy();
   await lab?.destroy();
   expect(await rootSnapshot()).toBe(rootBefore);
+});
+
+describe("egress NAT between hosts", () => {
+  it("workload to workload across hosts keeps the sender's address, with natOutgoing on everywhere", async () => {
+    const [a, b] = [lab.host(1), lab.host(2)];
+    const receiver = b.tasks[0]!.ns;
+    await sh("ip", ["netns", "exec", receiver.name, "nft", "-f", "-"], {
+      input: "table ip seen {\n\tset src { type ipv4_addr; size 65535; flags dynamic; }\n\tchain input { type filter hook input priority 0; policy accept; add @src { ip saddr }; }\n}\n",
+    });
+    expect(await pings(a.tasks[1]!.ns, b.tasks[0]!.ip)).toBe(true);
+    const set = JSON.parse((await receiver.exec(["nft", "-j", "list", "set", "ip", "seen", "src"])).stdout) as { nftables: Array<{ set?: { elem?: string[] } }> };
+    expect(set.nftables.find((i) => i.set)?.set?.elem).toEqual([a.tasks[1]!.ip]);
+    expect((await a.daemon.status() as unknown as { dataplane: { nat: { state: string } } }).dataplane.nat.state).toBe("ready");
+  });
 });
 
 describe("hosts coming and going", () => {
