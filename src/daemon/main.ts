@@ -11,6 +11,7 @@ import { announcedFile } from "../bgp/record.js";
 import { loadConfig } from "../config/load.js";
 import { applyPlan } from "../dataplane/apply.js";
 import { detectGatewayKind } from "../dataplane/capabilities.js";
+import { applyNft, listNatTable } from "../dataplane/nft.js";
 import { groupMembers, observe } from "../dataplane/observe.js";
 import { changedScope } from "../dataplane/scope.js";
 import { InputError } from "../model/errors.js";
@@ -69,6 +70,7 @@ async function main(argv: string[]): Promise<void> {
   if (journalProblem) log.error(journalProblem);
   const reconciler = new Reconciler({
     desired, observe, apply: applyPlan, groupMembers, settings, log, journal,
+    nat: { list: () => listNatTable(), apply: (script) => applyNft(script) },
     // Only ready endpoints are announced: a VM is announced once its host side works.
     // A VM migrated away ("source") keeps its route for stragglers but is no longer announced.
     onReport: (report) => announcer?.setDesired(report.endpoints.filter((e) => e.state === "ready" && e.migration !== "source")
