@@ -4,14 +4,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Node.js >= 20 (Debian 12 ships 18, Debian 13 ships 20). Where there is none,
+# Debian's nodejs and npm are installed; a Node older than 20 stops setup here.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "setup: installing Debian's nodejs and npm"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(command -v node >/dev/null || echo nodejs) npm >/dev/null
+fi
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  echo "setup: vmrouted needs Node.js >= 20 but this host has $(node --version): install Node.js 20 from NodeSource (https://github.com/nodesource/distributions, nodejs 20.x) or use Debian 13, then run setup again" >&2
+  exit 1
+fi
+
 # Debian packages: the dataplane tools, curl (the hook shim talks to the API
 # socket with it), the real daemons the tests run (FRR and BIRD as reflectors), and the
 # kernel + busybox the lab guest is built from (scripts/lab/guest.sh); nftables
-# for doctor's firewall check, systemd for `systemd-analyze verify` of the unit,
-# gnuplot for the benchmark's chart; xmllint and virt-install for the libvirt corpus tests.
+# for doctor's firewall check and the egress NAT table, iptables (iptables-nft) for
+# the NAT test's "another application's rules", systemd for `systemd-analyze verify` of the unit,
+# gnuplot for the benchmark's chart; xmllint and virt-install for the libvirt corpus tests;
+# dpkg-dev and lintian to build and check the Debian package (scripts/package.sh).
 PACKAGES=(iproute2 iputils-ping procps util-linux gobgpd bird2
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
-  linux-image-cloud-amd64 busybox-static cpio nftables systemd gnuplot-nox curl frr libxml2-utils virtinst)
+  linux-image-cloud-amd64 busybox-static cpio nftables iptables systemd gnuplot-nox curl frr libxml2-utils virtinst
+  dpkg-dev lintian)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -3,12 +3,13 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 import type { BgpPath } from "./paths.js";
+import { packaged } from "../layout.js";
 
 // A typed client for the parts of gobgpd's API we use (proto/gobgp.proto).
 // Path attributes travel as google.protobuf.Any, so they are encoded (and, on
 // the import side, decoded) here with protobufjs from the same .proto file.
 
-const PROTO = fileURLToPath(new URL("../../proto/gobgp.proto", import.meta.url));
+const PROTO = packaged?.proto ?? fileURLToPath(new URL("../../proto/gobgp.proto", import.meta.url));
 const TYPE_PREFIX = "type.googleapis.com/apipb.";
 const AFI_IP = 1, SAFI_UNICAST = 1, ORIGIN_IGP = 0;
 /** Paths per AddPathStream message: ~150 bytes each, far below gRPC's 4 MiB limit. */
@@ -139,6 +140,8 @@ export interface GobgpClient extends GobgpTransport {
   watchBestPaths(onPaths: (paths: RibPath[], initial: boolean) => void, onEnd?: (reason: string) => void): BestPathWatch;
   /** The best path of every IPv4 unicast prefix of the global RIB (ListPath; streamed and decoded as it arrives). */
   listBestPaths(options?: { timeoutMs?: number }): Promise<RibPath[]>;
+  /** Every path (best or not) gobgpd's global RIB holds for these prefixes: who else announces them. */
+  listPathsOf(prefixes: string[]): Promise<RibPath[]>;
 }
 
 type Callback<T> = (err: grpc.ServiceError | null, value?: T) => void;
@@ -261,8 +264,12 @@ function decodePaths(paths: WirePath[], bestOnly: boolean): RibPath[] {
 
 /** One ListPathResponse (a destination): its best IPv4 unicast path(s), decoded. */
 export function decodeListPathResponse(bytes: Uint8Array): RibPath[] {
+  return decodeDestination(bytes, true);
+}
+
+function decodeDestination(bytes: Uint8Array, bestOnly: boolean): RibPath[] {
   const m = T.ListPathResponse.decode(bytes) as unknown as { destination?: { paths: WirePath[] } | null };
-  return m.destination ? decodePaths(m.destination.paths, true) : [];
+  return m.destination ? decodePaths(m.destination.paths, bestOnly) : [];
 }
 
 export type WatchEventDecoded = { kind: "table"; paths: RibPath[] } | { kind: "peer" } | { kind: "none" };
@@ -391,6 +398,19 @@ export function connectGobgp(address: string): GobgpClient {
       const stream = client.makeServerStreamRequest<object, RibPath[]>(
         "/apipb.GobgpApi/ListPath", encoder(T.ListPathRequest), decodeListPathResponse,
         { tableType: TABLE_GLOBAL, name: "", family: { afi: AFI_IP, safi: SAFI_UNICAST } }, deadline(options.timeoutMs ?? 60_000));
+      stream.on("data", (batch: RibPath[]) => {
+        for (const p of batch) paths.push(p);
+      });
+      stream.on("error", reject);
+      stream.on("end", () => resolve(paths));
+    }),
+
+    listPathsOf: (prefixes) => new Promise((resolve, reject) => {
+      const paths: RibPath[] = [];
+      const stream = client.makeServerStreamRequest<object, RibPath[]>(
+        "/apipb.GobgpApi/ListPath", encoder(T.ListPathRequest), (b: Uint8Array) => decodeDestination(b, false),
+        { tableType: TABLE_GLOBAL, name: "", family: { afi: AFI_IP, safi: SAFI_UNICAST }, prefixes: prefixes.map((prefix) => ({ prefix, type: "EXACT" })) },
+        deadline(5000));
       stream.on("data", (batch: RibPath[]) => {
         for (const p of batch) paths.push(p);
       });

@@ -10,6 +10,7 @@ import { parseDomainXml, routedInterfaces } from "../libvirt/domain-xml.js";
 import { vmEndpoints } from "../libvirt/domains.js";
 import { InputError } from "../model/errors.js";
 import { resolveNetworks } from "../model/resolve.js";
+import { packaged } from "../layout.js";
 
 // The hook's two halves that do not need the daemon: the fallback that makes
 // a starting domain's taps when vmrouted is down (so the VM still starts; the
@@ -42,8 +43,8 @@ export async function ensureTapsWithoutDaemon(domain: string, xml: string, confi
 const MARKER = "vmrouted's libvirt qemu hook";
 
 export async function installHook(options: { hooksDir: string; socket: string; config: string; timeout: number }): Promise<string> {
-  const template = await readFile(fileURLToPath(new URL("../../templates/qemu-hook.sh", import.meta.url)), "utf8");
-  const cli = fileURLToPath(new URL("./main.js", import.meta.url));
+  const template = await readFile(packaged?.hookTemplate ?? fileURLToPath(new URL("../../templates/qemu-hook.sh", import.meta.url)), "utf8");
+  const cli = packaged?.cli ?? fileURLToPath(new URL("./main.js", import.meta.url));
   const values: Record<string, string> = {
     NODE: process.execPath, CLI: cli, SOCKET: options.socket, CONFIG: options.config, TIMEOUT: String(options.timeout),
   };

@@ -76,8 +76,9 @@ export function buildProgram(out: (s: string) => void): Command {
 
   const network = program.command("network").description("gateways (routed networks)");
   network.command("add").argument("<name>").argument("<gateway>", "gateway address with prefix, e.g. 172.31.17.1/24")
-    .action(async (name: string, gateway: string) => {
-      const s = await api<Status>("POST", "/v1/networks", { name, gateway });
+    .option("--nat-outgoing", "masquerade traffic from the network to destinations outside every vmrouted network")
+    .action(async (name: string, gateway: string, o: { natOutgoing?: boolean }) => {
+      const s = await api<Status>("POST", "/v1/networks", { name, gateway, ...(o.natOutgoing ? { natOutgoing: true } : {}) });
       await show(s.networks.find((n) => n.name === name), () => networksTable(s.networks.filter((n) => n.name === name)));
     });
   network.command("remove").argument("<name>").action(async (name: string) => {

@@ -69,7 +69,7 @@ export async function stopChild(child: ChildProcess | undefined, signal: NodeJS.
 }
 
 export interface DaemonOptions {
-  networks?: Record<string, { gateway: string }>;
+  networks?: Record<string, { gateway: string; natOutgoing?: boolean }>;
   bgp?: Record<string, unknown>;
   extra?: Record<string, unknown>;
   resyncSeconds?: number;
@@ -77,19 +77,27 @@ export interface DaemonOptions {
   libvirtUri?: string;
   /** Environment of the daemon process (e.g. a PATH with a fault-injecting wrapper first). */
   env?: Record<string, string>;
+  /** The daemon and the CLI to run (argv before their own arguments): by default the checkout's dist/ under this Node; the package tests run the installed /usr/bin/vmrouted and /usr/bin/vmroutectl. */
+  command?: { daemon: string[]; cli: string[] };
+  /** Where the config is written (default: the daemon's temp dir). */
+  configPath?: string;
 }
+
+const CHECKOUT = { daemon: [process.execPath, DAEMON], cli: [process.execPath, CLI] };
 
 /** The real vmrouted, run inside a test namespace, with its files in a temp dir. */
 export class Daemon {
   child: ChildProcess | undefined;
   log = "";
   env: Record<string, string> = {};
+  command = CHECKOUT;
   private constructor(readonly host: Netns, readonly dir: string, readonly socket: string, readonly configPath: string) {}
 
   static async create(host: Netns, options: DaemonOptions = {}): Promise<Daemon> {
     const dir = await mkdtemp(join(tmpdir(), "vmrouted-test-"));
-    const d = new Daemon(host, dir, join(dir, "vmrouted.sock"), join(dir, "config.yaml"));
+    const d = new Daemon(host, dir, join(dir, "vmrouted.sock"), options.configPath ?? join(dir, "config.yaml"));
     d.env = options.env ?? {};
+    d.command = options.command ?? CHECKOUT;
     await d.writeConfig(options);
     return d;
   }
@@ -110,7 +118,7 @@ export class Daemon {
 
   async start(): Promise<void> {
     await rm(this.socket, { force: true });
-    const child = spawn("ip", ["netns", "exec", this.host.name, process.execPath, DAEMON, "--config", this.configPath], {
+    const child = spawn("ip", ["netns", "exec", this.host.name, ...this.command.daemon, "--config", this.configPath], {
       stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...this.env },
     });
     this.child = child;
@@ -128,12 +136,13 @@ export class Daemon {
   }
 
   ctl(args: string[], input?: string) {
-    return execa(process.execPath, [CLI, "--socket", this.socket, ...args], { reject: false, ...(input !== undefined ? { input } : {}) });
+    const [cmd, ...cli] = this.command.cli;
+    return execa(cmd!, [...cli, "--socket", this.socket, ...args], { reject: false, ...(input !== undefined ? { input } : {}) });
   }
 
   /** The CLI run inside the host namespace, as an operator on that host would (doctor looks at the kernel itself). */
   ctlOnHost(args: string[]) {
-    return execa("ip", ["netns", "exec", this.host.name, process.execPath, CLI, "--socket", this.socket, ...args], { reject: false });
+    return execa("ip", ["netns", "exec", this.host.name, ...this.command.cli, "--socket", this.socket, ...args], { reject: false });
   }
 
   /** `vmroutectl doctor -o json` on the host: exit code and findings. */
@@ -163,7 +172,7 @@ export class Daemon {
 
   /** The daemon run to its exit with another config (for starts that must be refused): exit code and stderr. */
   async runToExit(configPath: string): Promise<{ code: number | null; stderr: string }> {
-    const child = spawn("ip", ["netns", "exec", this.host.name, process.execPath, DAEMON, "--config", configPath], { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn("ip", ["netns", "exec", this.host.name, ...this.command.daemon, "--config", configPath], { stdio: ["ignore", "ignore", "pipe"] });
     let stderr = "";
     child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
     const timer = setTimeout(() => child.kill("SIGKILL"), 20000);
@@ -185,7 +194,7 @@ export interface StatusJson {
   networks: Array<{ name: string; device: string; gateway: string; kind: string; state: string; reason: string }>;
   endpoints: Array<{
     id: string; kind: string; network: string; ip: string; mac: string; device: string; state: string; reason: string;
-    netns?: string; domain?: string; conditions: Record<string, boolean>;
+    netns?: string; domain?: string; migration?: string; elevated?: boolean; conditions: Record<string, boolean>;
     counters: Record<`${"rx" | "tx"}${"Bytes" | "Packets" | "Errors" | "Dropped"}`, number>;
   }>;
   bgp: {

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BgpLab } from "../helpers/bgp-lab.js";
-import { assertLabReady, Daemon, type Finding, netState, rootSnapshot, runId, waitFor } from "../helpers/lab.js";
+import { assertLabReady, Daemon, type Finding, netState, REPO, rootSnapshot, runId, sh, waitFor } from "../helpers/lab.js";
 import { type LibvirtLab, startLibvirtWithDaemon } from "../helpers/libvirt-lab.js";
 
 // A real libvirtd + qemu (TCG) in the host namespace, driven through the
@@ -145,6 +145,79 @@ describe("routed interfaces for libvirt domains", () => {
     const now = (await links()).find((l) => l.ifname === tap!.ifname);
     expect(now?.ifindex).toBe(tap!.ifindex);
     expect(now?.flags).toContain("LOWER_UP");
+  });
+
+  it("the shim answers started, stopped and release without waiting for a pass; calls applied in order, an older one never over a newer one", async () => {
+    const shim = join(libvirt.hooksDir, "qemu.d", "vmrouted");
+    await libvirt.virsh(["destroy", "vm1"], false);
+    await waitFor(async () => !(await birdHas("172.31.16.5/32")), 30000, "vm1 stopped and withdrawn");
+    // The shim is called here as libvirt would, with no domain started: libvirt's resync (which would put
+    // the record right) is made rare for this test, so that what the calls did stays to be seen.
+    const options = { bgp: { gobgp: "127.0.0.1:50051" }, libvirtUri: libvirt.uri };
+    await daemon.stop();
+    await daemon.writeConfig({ ...options, extra: { libvirt: { enabled: true, uri: libvirt.uri, resyncSeconds: 3600 } } });
+    await daemon.start();
+    const xml = (await libvirt.virsh(["dumpxml", "--inactive", "vm1"])).stdout;
+    // As libvirt calls it: prepare first (it waits for the tap).
+    expect((await sh(shim, ["vm1", "prepare", "begin", "-"], { input: xml, reject: false })).exitCode).toBe(0);
+    // vmrouted kept busy by a large change: a pass of 2,000 endpoints takes seconds here.
+    const busy = daemon.request("PUT", "/v1/spec", JSON.stringify({
+      networks: { bulk: { gateway: "172.31.32.1/20" } },
+      endpoints: Array.from({ length: 2000 }, (_, i) => ({ kind: "tap", network: "bulk", ip: `172.31.${32 + Math.floor(i / 250)}.${(i % 250) + 2}` })),
+    }));
+    await new Promise((r) => setTimeout(r, 300)); // that pass has begun
+    // Then started: answered at once, before any pass ran for it.
+    const t = Date.now();
+    const started = await sh(shim, ["vm1", "started", "begin", "-"], { input: xml, reject: false });
+    const answeredMs = Date.now() - t;
+    expect(started.exitCode).toBe(0);
+    expect((await routes()).some((r) => r.dst === "172.31.16.5"), "the route must not be there yet: the call did not wait").toBe(false);
+    console.log(`shim answered started in ${answeredMs} ms while a 2,000-endpoint pass ran`);
+    // An older call arriving after a newer one (its sequence is lower) changes nothing.
+    const stale = await daemon.request("POST", `/v1/hook?domain=vm1&op=stopped&subop=end&extra=-&seq=1`, xml);
+    expect(JSON.parse(stale.body)).toMatchObject({ ignored: expect.stringMatching(/later hook call/) });
+    expect((await busy).status).toBe(200);
+    await waitFor(async () => (await routes()).some((r) => r.dst === "172.31.16.5"), 20000, "vm1 routed after the busy pass");
+    // stopped, then release: applied in order; the route goes, then the tap.
+    for (const [op, sub] of [["stopped", "end"], ["release", "end"]]) expect((await sh(shim, ["vm1", op!, sub!, "-"], { input: xml, reject: false })).exitCode).toBe(0);
+    await waitFor(async () => !(await links()).some((l) => l.ifalias === "vmrouted:vm:172.31.16.5"), 10000, "vm1's tap gone");
+    expect((await routes()).some((r) => r.dst === "172.31.16.5")).toBe(false);
+    await daemon.ctl(["apply", "-f", "-"], "networks: {}\nendpoints: []\n");
+    await daemon.stop();
+    await daemon.writeConfig(options);
+    await daemon.start();
+  });
+
+  it("a stop immediately followed by a start of the same domain ends routed and announced", async () => {
+    await libvirt.virsh(["start", "vm1"]);
+    await waitFor(() => birdHas("172.31.16.5/32"), 15000, "vm1 announced");
+    for (let i = 0; i < 3; i++) {
+      await libvirt.virsh(["destroy", "vm1"]);
+      await libvirt.virsh(["start", "vm1"]);
+    }
+    await waitFor(async () => (await daemon.status()).endpoints.find((e) => e.ip === "172.31.16.5")?.state === "ready", 15000, "vm1 ready");
+    expect((await routes()).some((r) => r.dst === "172.31.16.5")).toBe(true);
+    await waitFor(() => birdHas("172.31.16.5/32"), 15000, "vm1 announced");
+    await new Promise((r) => setTimeout(r, 3000)); // and it stays so (a late stop would undo it)
+    expect(await birdHas("172.31.16.5/32")).toBe(true);
+  });
+
+  it("a domain made by virt-install (q35, libosinfo metadata): iface add keeps libosinfo's entry beside vmrouted's", async () => {
+    const file = join(libvirt.dir, "vi.xml");
+    await writeFile(file, await readFile(join(REPO, "test/fixtures/domain-virt-install.xml"), "utf8"));
+    await libvirt.virsh(["define", file]);
+    const r = await daemon.ctl(["iface", "add", "vi-test", "--network", "service", "--ip", "172.31.16.9"]);
+    expect(r.exitCode, r.stderr).toBe(0);
+    const xml = (await libvirt.virsh(["dumpxml", "--inactive", "vi-test"])).stdout;
+    expect(xml.match(/<metadata>/g)).toHaveLength(1);
+    expect(xml).toContain("http://libosinfo.org/xmlns/libvirt/domain/1.0");
+    expect(xml).toContain("https://vmrouted.dev/xmlns/interfaces/1");
+    expect(xml).toMatch(/<target dev='tap-[0-9a-f]{10}' managed='no'\/>/);
+    await daemon.ctl(["iface", "remove", "vi-test", "--ip", "172.31.16.9"]);
+    const after = (await libvirt.virsh(["dumpxml", "--inactive", "vi-test"])).stdout;
+    expect(after).toContain("http://libosinfo.org/xmlns/libvirt/domain/1.0");
+    expect(after).not.toContain("https://vmrouted.dev/xmlns/interfaces/1");
+    await libvirt.virsh(["undefine", "vi-test"]);
   });
 
   describe("doctor with libvirt", () => {

@@ -320,13 +320,15 @@ describe("metrics", () => {
 
 describe("systemd", () => {
   it("systemd-analyze verify accepts the unit and the gobgpd drop-in, without a warning", async () => {
-    // verify checks that ExecStart exists: a throwaway root with the unit installed as the README says.
+    // verify checks that every Exec* command exists: a throwaway root with the unit and what it runs
+    // (ExecStart is the package's /usr/bin/vmrouted; test/package/ verifies the installed package too).
     const root = await mkdtemp(join(tmpdir(), "vmrouted-systemd-"));
     try {
-      for (const d of ["usr/local/bin", "usr/bin", "usr/sbin", "usr/lib/systemd", "etc/systemd/system/gobgpd.service.d"]) await mkdir(join(root, d), { recursive: true });
+      for (const d of ["usr/bin", "usr/sbin", "usr/lib/systemd", "etc/systemd/system/gobgpd.service.d"]) await mkdir(join(root, d), { recursive: true });
       for (const [link, target] of [["lib", "usr/lib"], ["bin", "usr/bin"], ["sbin", "usr/sbin"]]) await symlink(target!, join(root, link!));
       await cp("/usr/lib/systemd/system", join(root, "usr/lib/systemd/system"), { recursive: true });
-      await cp(join(REPO, "bin/vmrouted"), join(root, "usr/local/bin/vmrouted"));
+      await cp(join(REPO, "bin/vmrouted"), join(root, "usr/bin/vmrouted"));
+      await cp("/bin/sh", join(root, "usr/bin/sh"), { dereference: true }); // the unit's ExecCondition
       await cp(join(REPO, "systemd/vmrouted.service"), join(root, "etc/systemd/system/vmrouted.service"));
       await cp(join(REPO, "systemd/gobgpd.service.d/vmrouted.conf"), join(root, "etc/systemd/system/gobgpd.service.d/vmrouted.conf"));
       await cp("/usr/bin/gobgpd", join(root, "usr/bin/gobgpd"));
