@@ -76,7 +76,7 @@ export function statusHuman(s: Status): string {
     (p.uptimeSeconds !== undefined ? `  up ${duration(p.uptimeSeconds)}` : "") +
     (p.prefixesSent !== undefined ? `  ${p.prefixesSent} prefixes sent` : ""));
   const lines = [
-    `node ${s.node.name} (${s.node.address})  gateway devices: ${s.dataplane.gatewayKind}${s.dataplane.gatewayKindReason ? ` (${s.dataplane.gatewayKindReason})` : ""}`,
+    `vmrouted ${s.version}  node ${s.node.name} (${s.node.address})  gateway devices: ${s.dataplane.gatewayKind}${s.dataplane.gatewayKindReason ? ` (${s.dataplane.gatewayKindReason})` : ""}`,
     s.bgp.enabled ? `bgp: gobgpd ${s.bgp.state}${s.bgp.reason ? ` (${s.bgp.reason})` : ""}, ${s.bgp.announced} path(s) announced` +
       (s.bgp.importer ? `, ${s.bgp.learned ?? 0} route(s) learned (import ${s.bgp.importer.state}${s.bgp.importer.reason ? `: ${s.bgp.importer.reason}` : ""})` : "")
       : "bgp: disabled (no bgp section in the config)",

@@ -198,12 +198,12 @@ const statusSchema = z.object({
   node: z.object({ name: z.string(), address: z.string().ip({ version: "v4" }) }).strict(),
   networks: z.array(z.object({
     name: z.string(), device: z.string().regex(/^virgw-/), gateway: z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d+$/),
-    kind: z.enum(["dummy", "bridge"]), source: z.enum(["config", "runtime"]), state, reason: z.string(),
+    kind: z.enum(["dummy", "bridge"]), source: z.enum(["config", "runtime"]), natOutgoing: z.boolean(), state, reason: z.string(),
   }).strict()),
   endpoints: z.array(z.object({
     id: z.string(), kind: z.enum(["tap", "netns", "vm"]), network: z.string(), ip: z.string().ip({ version: "v4" }),
     mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/), device: z.string().max(15), netns: z.string().optional(), domain: z.string().optional(),
-    elevated: z.boolean().optional(), state, reason: z.string(),
+    elevated: z.boolean().optional(), migration: z.enum(["normal", "target", "settling", "source"]).optional(), state, reason: z.string(),
     conditions: z.object({
       device: z.boolean(), up: z.boolean(), carrier: z.boolean(), route: z.boolean(), neighbour: z.boolean(), sysctls: z.boolean(),
       inner: z.boolean().optional(), announced: z.boolean().optional(),
@@ -212,15 +212,22 @@ const statusSchema = z.object({
   }).strict()),
   bgp: z.object({
     enabled: z.boolean(), state: z.enum(["disabled", "connecting", "up", "down"]), reason: z.string().optional(),
-    peers: z.array(z.object({ address: z.string(), state: z.string(), uptimeSeconds: z.number().optional(), prefixesSent: z.number().optional() }).strict()),
+    peers: z.array(z.object({
+      address: z.string(), state: z.string(), uptimeSeconds: z.number().optional(), prefixesSent: z.number().optional(),
+      endOfRib: z.object({ negotiated: z.boolean(), received: z.boolean() }).strict().optional(),
+    }).strict()),
     announced: z.number().int().nonnegative(), learned: z.number().int().nonnegative(),
+    importer: z.object({ state: z.enum(["connecting", "up", "down"]), reason: z.string().optional(), corrections: z.number().int().nonnegative() }).strict(),
   }).strict(),
   libvirt: z.object({
     enabled: z.boolean(), state: z.string(), reason: z.string().optional(),
     rejected: z.array(z.object({ domain: z.string(), ip: z.string(), reason: z.string() }).strict()),
     unreadable: z.array(z.object({ uuid: z.string(), error: z.string() }).strict()),
   }).strict(),
-  dataplane: z.object({ gatewayKind: z.string(), gatewayKindReason: z.string().optional(), routeProtocol: z.number(), learnedProtocol: z.number(), netdevGroup: z.number() }).strict(),
+  dataplane: z.object({
+    gatewayKind: z.string(), gatewayKindReason: z.string().optional(), routeProtocol: z.number(), learnedProtocol: z.number(), netdevGroup: z.number(),
+    nat: z.object({ wanted: z.boolean(), state: z.enum(["ready", "absent", "degraded"]), reason: z.string() }).strict(),
+  }).strict(),
   reconcile: z.object({
     at: z.string().datetime().optional(), durationMs: z.number().optional(), passes: z.number(), operationsApplied: z.number(),
     passesByTrigger: z.record(z.number().int().positive()),
