@@ -1,237 +1,232 @@
-// npm run bench: what operators feel, vmrouted side by side with the runbook it
-// replaces (bench/runbook.sh), on this machine, in namespaces this run creates,
-// with a real gobgpd and a real BIRD route reflector (and a real libvirtd for
-// the hook). Writes bench/out/results.{json,md} and bench/out/converge.png;
+// npm run bench: what operators feel, each measure side by side with its floor
+// (the same kernel work by hand in one batch, one AddPathStream) and, up to
+// 1,000 endpoints, the runbook vmrouted replaces; on this machine, in
+// namespaces this run creates, with a real gobgpd and a real BIRD route
+// reflector (a GoBGP reflector for the learned-route measure, a real libvirtd
+// for the hook). Writes bench/out/results.{json,md} and bench/out/converge.png;
 // `npm run bench -- --publish` also copies them to docs/bench/ for the README.
-import { execFileSync } from "node:child_process";
-import { cpus, totalmem, release } from "node:os";
-import { copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
+//   --sizes 100,1000,10000  --rounds 3  --idle 60  --only converge|hook|learned
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { cpus, release, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { BgpLab, HOST_ADDRESS } from "../test/helpers/bgp-lab.js";
 import { assertLabReady, Daemon, REPO, runId, sh, waitFor } from "../test/helpers/lab.js";
 import { LibvirtLab } from "../test/helpers/libvirt-lab.js";
-import { markdown, type Results, type Sample, summarize } from "./report.js";
+import { floorDown, floorFiles, floorUp, Injector, ipOf } from "./floor.js";
+import { learnedRoutes } from "./learned.js";
+import { chart, markdown, summarize, type Footprint, type Results } from "./report.js";
 
 const args = process.argv.slice(2);
-const ROUNDS = Number(args[args.indexOf("--rounds") + 1] ?? "") || 3;
-const ONLY = args.includes("--only") ? args[args.indexOf("--only") + 1] : undefined; // converge | hook (for reruns)
-const SIZES = ONLY === "hook" ? [] : [100, 1000];
-const IDLE_SECONDS = Number(args[args.indexOf("--idle") + 1] ?? "") || 30;
+const arg = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
+const ROUNDS = Number(arg("--rounds")) || 3;
+const SIZES = (arg("--sizes") ?? "100,1000,10000").split(",").map(Number);
+const IDLE_SECONDS = Number(arg("--idle")) || 60;
+const ONLY = arg("--only");
 const OUT = join(REPO, "bench/out");
 const RUNBOOK = join(REPO, "bench/runbook.sh");
 
-const ipOf = (i: number) => `172.31.${16 + Math.floor(i / 250)}.${2 + (i % 250)}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls every 5 ms; returns ms since t0 (taken before the action) when check() first holds. */
-async function until(t0: number, check: () => Promise<boolean>, what: string, timeoutMs = 300_000): Promise<number> {
-  await waitFor(check, timeoutMs, what, 5);
+const fmt = (ms: number) => (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(0)} ms`);
+function check(ok: boolean, what: string): void {
+  if (!ok) throw new Error(`bench: ${what}`);
+}
+/** ms from t0 (taken before the action) until check() holds, polled every `every` ms. */
+async function until(t0: number, done: () => Promise<boolean>, what: string, every = 10): Promise<number> {
+  await waitFor(done, 600_000, what, every);
   return performance.now() - t0;
 }
 
 async function main(): Promise<void> {
   assertLabReady();
   await mkdir(OUT, { recursive: true });
-  const id = runId();
-  const lab = await BgpLab.start(`b${id}`);
+  const results: Results = { date: new Date().toISOString(), machine: machine(), rounds: ROUNDS, converge: {}, teardown: {}, footprint: [] };
+  if (!ONLY || ONLY === "converge") await convergeAndIdle(results);
+  if (!ONLY || ONLY === "hook") results.hook = await hookLatency();
+  if (!ONLY || ONLY === "learned") results.learned = await learnedRoutes(Math.min(ROUNDS, 2));
+  await writeFile(join(OUT, "results.json"), JSON.stringify(results, null, 2) + "\n");
+  await writeFile(join(OUT, "results.md"), markdown(results));
+  chart(results, OUT);
+  process.stdout.write(markdown(results));
+  if (args.includes("--publish")) {
+    await mkdir(join(REPO, "docs/bench"), { recursive: true });
+    for (const f of ["results.json", "results.md", "converge.png"]) await copyFile(join(OUT, f), join(REPO, "docs/bench", f)).catch(() => undefined);
+  }
+}
+
+/** Converge and teardown at each N (floor, vmrouted, runbook up to 1,000), repair, and idle footprint at 1,000 and 10,000. */
+async function convergeAndIdle(results: Results): Promise<void> {
+  const lab = await BgpLab.start(`b${runId()}`);
+  const dir = await mkdtemp(join(tmpdir(), "vmrouted-bench-"));
   let daemon: Daemon | undefined;
-  let libvirt: LibvirtLab | undefined;
+  let injector: Injector | undefined;
   try {
-    daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, networks: { service: { gateway: "172.31.16.1/20" } }, resyncSeconds: 5 });
+    daemon = await Daemon.create(lab.host, {
+      bgp: { gobgp: "127.0.0.1:50051" }, networks: { service: { gateway: "172.31.16.1/16" } }, resyncSeconds: 30,
+    });
     await daemon.start();
     await lab.waitForSession(60_000);
-
+    injector = await Injector.connect(lab.apiSocket, HOST_ADDRESS);
     const birdCount = async () => {
       const r = await sh("birdc", ["-s", lab.birdSocket, "show", "route", "count", "protocol", "host1"], { reject: false });
       return Number(/(\d+) of \d+ routes/.exec(r.stdout)?.[1] ?? 0);
     };
     const kernel = async (protocol: string) => {
-      const [routes, links] = await Promise.all([
+      const [routes, taps] = await Promise.all([
         lab.host.json<unknown[]>(["-4", "route", "show", "proto", protocol]),
-        lab.host.json<Array<{ ifname: string; group?: string | number }>>(["link", "show", "type", "tun"]),
+        lab.host.json<unknown[]>(["link", "show", "type", "tun"]),
       ]);
-      return { routes: routes.length, taps: links.length };
+      return { routes: routes.length, taps: taps.length };
     };
-    const spec = async (n: number) => {
-      const file = join(daemon!.dir, `spec-${n}.json`);
-      await writeFile(file, JSON.stringify({ endpoints: Array.from({ length: n }, (_, i) => ({ kind: "tap", network: "service", ip: ipOf(i) })) }));
-      return file;
-    };
-
-    const results: Results = { date: new Date().toISOString(), machine: machine(), rounds: ROUNDS, converge: {}, teardown: {}, repair: {} };
     for (const n of SIZES) {
-      const samples = { bConv: [] as Sample[], bTear: [] as Sample[], vConv: [] as Sample[], vTear: [] as Sample[], repair: [] as Sample[] };
-      const full = await spec(n);
-      const empty = await spec(0);
+      const files = await floorFiles(dir, n);
+      const spec = join(dir, `spec-${n}.json`), empty = join(dir, "spec-0.json");
+      await writeFile(spec, JSON.stringify({ endpoints: Array.from({ length: n }, (_, i) => ({ kind: "tap", network: "service", ip: ipOf(i) })) }));
+      await writeFile(empty, "{}");
+      const s = { fUp: [] as number[], fDown: [] as number[], vUp: [] as number[], vDown: [] as number[], bUp: [] as number[], bDown: [] as number[], repair: [] as number[] };
       for (let r = 0; r < ROUNDS; r++) {
-        // Baseline: the runbook, one VM at a time.
+        // The floor.
         let t0 = performance.now();
-        await lab.host.exec(["bash", RUNBOOK, "up", "0", String(n), HOST_ADDRESS]);
-        samples.bConv.push(await until(t0, async () => (await birdCount()) === n, "baseline announcements"));
-        check((await kernel("boot")).routes === n, "baseline routes");
+        await floorUp(lab.host, files, injector, n);
+        s.fUp.push(await until(t0, async () => (await birdCount()) === n, "floor announcements"));
+        check((await kernel("93")).routes === n, "floor routes");
         t0 = performance.now();
-        await lab.host.exec(["bash", RUNBOOK, "down", "0", String(n), HOST_ADDRESS]);
-        samples.bTear.push(await until(t0, async () => (await birdCount()) === 0 && (await kernel("boot")).taps === 0, "baseline teardown"));
+        await floorDown(lab.host, files, injector, n);
+        s.fDown.push(await until(t0, async () => (await birdCount()) === 0, "floor withdrawals"));
+        check((await kernel("93")).taps === 0, "floor teardown");
 
-        // vmrouted: one declarative apply.
+        // vmrouted: one declarative apply, as an operator runs it (the CLI's start counts).
         t0 = performance.now();
-        const applied = await daemon.ctl(["-o", "json", "apply", "-f", full]);
+        const applied = await daemon.ctl(["-o", "json", "apply", "-f", spec]);
         check(applied.exitCode === 0, `apply: ${applied.stderr}`);
-        samples.vConv.push(await until(t0, async () => (await birdCount()) === n, "vmrouted announcements"));
+        s.vUp.push(await until(t0, async () => (await birdCount()) === n, "vmrouted announcements"));
         const k = await kernel("94");
         check(k.routes === n && k.taps === n, `vmrouted kernel state: ${JSON.stringify(k)}`);
 
-        // Repair: a /32 deleted by hand, until it is back in the kernel.
-        const victim = `${ipOf(Math.floor(n / 2))}/32`;
-        t0 = performance.now();
-        await lab.host.ip(["route", "del", victim]);
-        const t1 = performance.now();
-        samples.repair.push((await until(t0, async () => (await lab.host.json<unknown[]>(["route", "show", victim])).length === 1, "repair")) - (t1 - t0));
-
-        if (n === SIZES[SIZES.length - 1] && r === ROUNDS - 1) results.footprint = await footprint(daemon, n);
+        if (n === 1000) {
+          // Repair: a /32 deleted by hand, back by its kernel event (the resync is 30 s away).
+          const victim = `${ipOf(500 + r)}/32`;
+          t0 = performance.now();
+          await lab.host.ip(["route", "del", victim, "proto", "94"]);
+          const deleted = performance.now();
+          s.repair.push((await until(t0, async () => (await lab.host.json<unknown[]>(["route", "show", victim, "proto", "94"])).length === 1, "repair", 2)) - (deleted - t0));
+        }
+        if ((n === 1000 || n === 10000) && r === ROUNDS - 1) results.footprint.push(await footprint(daemon, n));
 
         t0 = performance.now();
         check((await daemon.ctl(["-o", "json", "apply", "-f", empty])).exitCode === 0, "apply empty");
-        samples.vTear.push(await until(t0, async () => (await birdCount()) === 0 && (await kernel("94")).taps === 0, "vmrouted teardown"));
-        process.stderr.write(`N=${n} round ${r + 1}/${ROUNDS}: baseline ${fmt(samples.bConv.at(-1)!)} / ${fmt(samples.bTear.at(-1)!)}, ` +
-          `vmrouted ${fmt(samples.vConv.at(-1)!)} / ${fmt(samples.vTear.at(-1)!)}, repair ${fmt(samples.repair.at(-1)!)}\n`);
+        s.vDown.push(await until(t0, async () => (await birdCount()) === 0 && (await kernel("94")).taps === 0, "vmrouted teardown"));
+
+        // The runbook, once per size up to 1,000 (it takes minutes beyond).
+        if (n <= 1000 && r === 0) {
+          t0 = performance.now();
+          await lab.host.exec(["bash", RUNBOOK, "up", "0", String(n), HOST_ADDRESS]);
+          s.bUp.push(await until(t0, async () => (await birdCount()) === n, "runbook announcements", 50));
+          t0 = performance.now();
+          await lab.host.exec(["bash", RUNBOOK, "down", "0", String(n), HOST_ADDRESS]);
+          s.bDown.push(await until(t0, async () => (await birdCount()) === 0 && (await kernel("boot")).routes === 0, "runbook teardown", 50));
+        }
+        process.stderr.write(`N=${n} round ${r + 1}/${ROUNDS}: floor ${fmt(s.fUp.at(-1)!)} / ${fmt(s.fDown.at(-1)!)}, ` +
+          `vmrouted ${fmt(s.vUp.at(-1)!)} / ${fmt(s.vDown.at(-1)!)}${s.bUp.length && r === 0 ? `, runbook ${fmt(s.bUp[0]!)} / ${fmt(s.bDown[0]!)}` : ""}\n`);
       }
-      results.converge[n] = { baseline: summarize(samples.bConv), vmrouted: summarize(samples.vConv) };
-      results.teardown[n] = { baseline: summarize(samples.bTear), vmrouted: summarize(samples.vTear) };
-      results.repair[n] = { vmrouted: summarize(samples.repair) };
-    }
-
-    await daemon.cleanup();
-    daemon = undefined;
-    if (ONLY !== "converge") {
-      libvirt = await LibvirtLab.create(lab.host);
-      results.hook = await hookLatency(lab, libvirt);
-    }
-
-    await writeFile(join(OUT, "results.json"), JSON.stringify(results, null, 2) + "\n");
-    await writeFile(join(OUT, "results.md"), markdown(results));
-    if (SIZES.length) chart(results);
-    process.stdout.write(markdown(results));
-    if (args.includes("--publish")) {
-      await mkdir(join(REPO, "docs/bench"), { recursive: true });
-      for (const f of ["results.json", "results.md", "converge.png"]) await copyFile(join(OUT, f), join(REPO, "docs/bench", f));
+      results.converge[n] = { floor: summarize(s.fUp), vmrouted: summarize(s.vUp), ...(s.bUp.length ? { baseline: summarize(s.bUp) } : {}) };
+      results.teardown[n] = { floor: summarize(s.fDown), vmrouted: summarize(s.vDown), ...(s.bDown.length ? { baseline: summarize(s.bDown) } : {}) };
+      if (s.repair.length) results.repair = { endpoints: n, ms: summarize(s.repair) };
     }
   } finally {
-    await libvirt?.destroy();
+    injector?.close();
     await daemon?.cleanup();
     await lab.destroy();
+    await rm(dir, { recursive: true, force: true });
   }
 }
 
-function check(ok: boolean, what: string): void {
-  if (!ok) throw new Error(`bench: ${what}`);
-}
-
-const fmt = (ms: number) => (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(0)} ms`);
-
-function machine(): Results["machine"] {
-  const c = cpus();
-  return { cpus: c.length, model: c[0]?.model ?? "unknown", memoryGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version };
-}
-
-/** vmrouted's process tree (node + its `ip monitor`): RSS now, CPU over IDLE_SECONDS of idling with n endpoints. */
-async function footprint(daemon: Daemon, n: number): Promise<NonNullable<Results["footprint"]>> {
+/** CPU (vmrouted and every process it ran, over IDLE_SECONDS of idling) and RSS, with n endpoints; and status latency. */
+async function footprint(daemon: Daemon, n: number): Promise<Footprint> {
   const pid = daemon.child!.pid!;
-  // node and its long-lived `ip monitor` child (not the short-lived ip/virsh runs).
-  const tree = async () => {
-    const kids = (await readFile(`/proc/${pid}/task/${pid}/children`, "utf8")).trim().split(/\s+/).filter(Boolean).map(Number);
-    const monitors = [];
-    for (const k of kids) if ((await readFile(`/proc/${k}/cmdline`, "utf8").catch(() => "")).includes("monitor")) monitors.push(k);
-    return [pid, ...monitors];
+  const stat = async (p: number) => {
+    const f = (await readFile(`/proc/${p}/stat`, "utf8")).slice(0).split(") ")[1]!.split(" ");
+    return Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]); // utime, stime, and of children waited for
   };
-  const cpuTicks = async (p: number) => {
-    const stat = await readFile(`/proc/${p}/stat`, "utf8");
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return Number(f[11]) + Number(f[12]); // utime + stime
+  // The long-lived `ip monitor` and `virsh event` children are not waited for until they end: counted on their own.
+  const children = async () => (await readFile(`/proc/${pid}/task/${pid}/children`, "utf8")).trim().split(/\s+/).filter(Boolean).map(Number);
+  const total = async () => {
+    let ticks = await stat(pid);
+    for (const c of await children()) ticks += await stat(c).catch(() => 0);
+    return ticks;
   };
-  const rssKiB = async (p: number) => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${p}/status`, "utf8"))?.[1] ?? 0);
-  const pids = await tree();
-  const before = await Promise.all(pids.map(cpuTicks));
+  const rss = async () => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+  await sleep(5000); // the apply's echo and announcements are over
+  const before = await total();
   const t0 = performance.now();
   await sleep(IDLE_SECONDS * 1000);
   const seconds = (performance.now() - t0) / 1000;
-  const after = await Promise.all(pids.map(cpuTicks));
-  const ticks = after.reduce((a, b) => a + b, 0) - before.reduce((a, b) => a + b, 0);
-  const rss = await Promise.all(pids.map(rssKiB));
+  const ticks = (await total()) - before;
+  const statusMs: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const t = performance.now();
+    check((await daemon.request("GET", "/v1/status")).status === 200, "status");
+    statusMs.push(performance.now() - t);
+  }
   return {
-    endpoints: n, idleSeconds: Math.round(seconds),
-    rssMiB: Math.round((rss.reduce((a, b) => a + b, 0) / 1024) * 10) / 10,
-    daemonRssMiB: Math.round((rss[0]! / 1024) * 10) / 10,
-    cpuPercentOfCore: Math.round(((ticks / 100) / seconds) * 1000) / 10,
+    endpoints: n, idleSeconds: Math.round(seconds), cpuPercentOfCore: Math.round(((ticks / 100) / seconds) * 1000) / 10,
+    rssMiB: Math.round((await rss()) * 10) / 10, statusMs: summarize(statusMs),
   };
 }
 
-/** virsh start + destroy of a diskless domain with one routed interface: vmrouted's hook vs no hook at all. */
-async function hookLatency(lab: BgpLab, libvirt: LibvirtLab): Promise<NonNullable<Results["hook"]>> {
-  const daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, libvirtUri: libvirt.uri });
-  const rounds = Math.max(5, ROUNDS);
+/**
+ * `virsh start` of a diskless domain with one routed interface: a libvirtd
+ * with vmrouted's hook against one without any hook (its tap made by hand
+ * beforehand, outside the clock), 10 starts each, interleaved.
+ */
+async function hookLatency(): Promise<NonNullable<Results["hook"]>> {
+  const lab = await BgpLab.start(`h${runId()}`);
+  const plain = await LibvirtLab.create(lab.host);
+  const hooked = await LibvirtLab.create(lab.host);
+  const daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, libvirtUri: hooked.uri });
+  const rounds = 10;
   try {
-    // Without any hook: libvirtd has no hooks dir entry; the tap is made by hand beforehand (managed='no').
-    await libvirt.start();
+    check((await daemon.ctl(["install-hook", "--hooks-dir", hooked.hooksDir, "--config", daemon.configPath])).exitCode === 0, "install-hook");
+    await plain.start();
+    await hooked.start();
     await daemon.start();
-    await libvirt.define("bench1");
-    check((await daemon.ctl(["iface", "add", "bench1", "--network", "service", "--ip", "172.31.16.50"])).exitCode === 0, "iface add");
-    const tap = /<target dev='([^']+)' managed='no'/.exec((await libvirt.virsh(["dumpxml", "--inactive", "bench1"])).stdout)![1]!;
-    await daemon.stop();
-    let hooked = false;
-    const cycle = async () => {
-      // The runbook's part, outside the clock: the tap must exist before the start (libvirt removes it at destroy).
-      if (!hooked && (await lab.host.ip(["link", "show", tap], false)).exitCode !== 0) {
+    await hooked.define("withhook");
+    check((await daemon.ctl(["iface", "add", "withhook", "--network", "service", "--ip", "172.31.16.50"])).exitCode === 0, "iface add");
+    await plain.define("nohook");
+    const tap = "tap-nohook";
+    const iface = `<interface type='ethernet'><mac address='52:54:00:00:00:51'/><target dev='${tap}' managed='no'/><model type='virtio'/></interface>`;
+    await writeFile(join(plain.dir, "iface.xml"), iface);
+    await plain.virsh(["attach-device", "nohook", join(plain.dir, "iface.xml"), "--config"]);
+    const cycle = async (libvirt: LibvirtLab, name: string) => {
+      if (libvirt === plain && (await lab.host.ip(["link", "show", tap], false)).exitCode !== 0) {
         await lab.host.ip(["tuntap", "add", "dev", tap, "mode", "tap", "one_queue", "vnet_hdr"]);
         await lab.host.ip(["link", "set", tap, "up"]);
       }
       const t0 = performance.now();
-      await libvirt.virsh(["start", "bench1"]);
-      const t1 = performance.now();
-      await libvirt.virsh(["destroy", "bench1"]);
-      return { start: t1 - t0, total: performance.now() - t0 };
+      await libvirt.virsh(["start", name]);
+      const ms = performance.now() - t0;
+      await libvirt.virsh(["destroy", name]);
+      return ms;
     };
-    await cycle(); // warm-up (qemu binary and firmware into the page cache)
-    const none: Array<{ start: number; total: number }> = [];
-    for (let i = 0; i < rounds; i++) none.push(await cycle());
-    await lab.host.ip(["link", "del", tap], false);
-    hooked = true;
-
-    // With vmrouted's hook: installed, read by a restarted libvirtd; vmrouted running.
-    check((await daemon.ctl(["install-hook", "--hooks-dir", libvirt.hooksDir, "--config", daemon.configPath])).exitCode === 0, "install-hook");
-    await libvirt.stop();
-    await libvirt.start();
-    await daemon.start();
-    await cycle();
-    const withHook: Array<{ start: number; total: number }> = [];
-    for (let i = 0; i < rounds; i++) withHook.push(await cycle());
-    const noHook = { start: summarize(none.map((x) => x.start)), total: summarize(none.map((x) => x.total)) };
-    const hook = { start: summarize(withHook.map((x) => x.start)), total: summarize(withHook.map((x) => x.total)) };
-    return { noHook, hook, addedStartMs: Math.round(hook.start.median - noHook.start.median), addedTotalMs: Math.round(hook.total.median - noHook.total.median) };
+    await cycle(plain, "nohook"); // warm-up (qemu and firmware into the page cache)
+    await cycle(hooked, "withhook");
+    const none: number[] = [], withHook: number[] = [];
+    for (let i = 0; i < rounds; i++) {
+      none.push(await cycle(plain, "nohook"));
+      withHook.push(await cycle(hooked, "withhook"));
+    }
+    const noHook = summarize(none), hook = summarize(withHook);
+    return { noHook, hook, addedMs: Math.round(hook.median - noHook.median), rounds };
   } finally {
     await daemon.cleanup();
+    await hooked.destroy();
+    await plain.destroy();
+    await lab.destroy();
   }
 }
 
-function chart(r: Results): void {
-  const rows = SIZES.map((n) => `${n} ${r.converge[n]!.baseline.median / 1000} ${r.converge[n]!.vmrouted.median / 1000}`).join("\n");
-  const script = `set terminal png size 640,400
-set output '${join(OUT, "converge.png")}'
-set title 'converge: empty host to N taps + routes + /32s at the route reflector'
-set xlabel 'endpoints (N)'
-set ylabel 'seconds (median of ${r.rounds})'
-set logscale xy
-set key top left
-set grid
-set xrange [70:1400]
-set xtics (${SIZES.join(", ")})
-plot '-' using 1:2 with linespoints lw 2 title 'runbook (bash, one VM at a time)', '-' using 1:3 with linespoints lw 2 title 'vmrouted'
-${rows}
-e
-${rows}
-e
-`;
-  execFileSync("gnuplot", [], { input: script });
+function machine(): Results["machine"] {
+  const c = cpus();
+  return { cpus: c.length, model: c[0]?.model ?? "unknown", memoryGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version };
 }
 
 main().catch((e: unknown) => {

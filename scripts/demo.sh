@@ -2,26 +2,30 @@
 # The vmrouted demo: a throwaway lab in network namespaces on this host (the
 # root namespace is never touched) with a real VM, narrated step by step, torn
 # down on exit or Ctrl-C.
-#   host ns:  vmrouted + gobgpd + libvirtd (its own dirs, scripts/lab/libvirtd.sh)
-#   rr ns:    BIRD 2 route reflector, installing learned routes in its kernel
-#   task ns:  a container-like namespace on the same routed network as the VM
+#   host ns:   vmrouted + gobgpd + libvirtd (its own dirs, scripts/lab/libvirtd.sh)
+#   host2 ns:  the same, a second hypervisor the VM live-migrates to
+#   rr ns:     BIRD 2 route reflector, installing learned routes in its kernel
+#   task ns:   a container-like namespace on the same routed network as the VM
+#   fabric ns: the bridge they all hang off (10.99.0.0/24)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "demo: run as root (it creates network namespaces)" >&2; exit 1; fi
 bash scripts/setup.sh
 
 ID=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
-HOST="vmrd-$ID-host"; RR="vmrd-$ID-rr"; TASK="vmrd-$ID-task"
+HOST="vmrd-$ID-host"; HOST2="vmrd-$ID-host2"; RR="vmrd-$ID-rr"; TASK="vmrd-$ID-task"; FABRIC="vmrd-$ID-fab"
 WORK=$(mktemp -d /tmp/vmrouted-demo.XXXXXX)
-SOCK="$WORK/vmrouted.sock"
-LV="$WORK/libvirt"
+SOCK="$WORK/vmrouted.sock"; SOCK2="$WORK/vmrouted2.sock"
+LV="$WORK/libvirt"; LV2="$WORK/libvirt2"
 VIRSH=(virsh -q -c "qemu:///system?socket=$LV/run/libvirt-sock")
+VIRSH2=(virsh -q -c "qemu:///system?socket=$LV2/run/libvirt-sock")
 GUEST=demo-guest; GUEST_IP=172.31.16.5; TASK_IP=172.31.16.20
-DAEMON_PID=""; GOBGPD_PID=""; BIRD_PID=""; LIBVIRTD_PID=""
+DAEMON_PID=""; GOBGPD_PID=""; BIRD_PID=""; LIBVIRTD_PID=""; DAEMON2_PID=""; GOBGPD2_PID=""; LIBVIRTD2_PID=""
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 ctl() { node dist/cli/main.js --socket "$SOCK" "$@"; }
+ctl2() { node dist/cli/main.js --socket "$SOCK2" "$@"; }
 wait_until() { # wait_until SECONDS WHAT COMMAND...: polls every 0.2 s
   local limit=$(( $1 * 5 )) what=$2; shift 2
   for _ in $(seq "$limit"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
@@ -35,63 +39,81 @@ cleanup() {
   CLEANED=1
   trap - EXIT INT TERM
   say "Tearing the lab down"
-  if [ -n "$LIBVIRTD_PID" ] && kill -0 "$LIBVIRTD_PID" 2>/dev/null; then
-    "${VIRSH[@]}" destroy "$GUEST" >/dev/null 2>&1 || true
-    "${VIRSH[@]}" undefine "$GUEST" >/dev/null 2>&1 || true
-  fi
-  for pid in "$DAEMON_PID" "$GOBGPD_PID" "$BIRD_PID" "$LIBVIRTD_PID"; do
+  for lv in "$LV" "$LV2"; do
+    virsh -q -c "qemu:///system?socket=$lv/run/libvirt-sock" destroy "$GUEST" >/dev/null 2>&1 || true
+    virsh -q -c "qemu:///system?socket=$lv/run/libvirt-sock" undefine "$GUEST" >/dev/null 2>&1 || true
+  done
+  for pid in "$DAEMON_PID" "$DAEMON2_PID" "$GOBGPD_PID" "$GOBGPD2_PID" "$BIRD_PID" "$LIBVIRTD_PID" "$LIBVIRTD2_PID"; do
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill "$pid"; wait "$pid" 2>/dev/null || true; fi
   done
   # A qemu that outlived libvirtd (interrupted mid-start, or libvirtd gone first):
   # stop it by the pid libvirt recorded, if that pid is still our guest's qemu.
-  qpid=$(cat "$LV/run/qemu/$GUEST.pid" 2>/dev/null || true)
-  if [ -n "$qpid" ] && grep -qa "guest=$GUEST" "/proc/$qpid/cmdline" 2>/dev/null; then
-    kill "$qpid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$qpid" 2>/dev/null || break; sleep 0.1; done
-  fi
-  for ns in "$HOST" "$RR" "$TASK"; do ip netns del "$ns" 2>/dev/null || true; done
+  for lv in "$LV" "$LV2"; do
+    qpid=$(cat "$lv/run/qemu/$GUEST.pid" 2>/dev/null || true)
+    if [ -n "$qpid" ] && grep -qa "guest=$GUEST" "/proc/$qpid/cmdline" 2>/dev/null; then
+      kill "$qpid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$qpid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  done
+  for ns in "$HOST" "$HOST2" "$RR" "$TASK" "$FABRIC"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$WORK"
   echo "done: domain, daemons, namespaces and files removed"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say "1. A host (namespace $HOST, 10.99.0.1) and a route reflector ($RR, 10.99.0.2) on one link, and a task namespace"
-for ns in "$HOST" "$RR" "$TASK"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
-ip -n "$HOST" link add uplink type veth peer name downlink netns "$RR"
-ip -n "$HOST" addr add 10.99.0.1/24 dev uplink; ip -n "$HOST" link set uplink up
-ip -n "$RR" addr add 10.99.0.2/24 dev downlink; ip -n "$RR" link set downlink up
+say "1. Two hosts ($HOST 10.99.0.1, $HOST2 10.99.0.3) and a route reflector ($RR, 10.99.0.2) on one fabric, and a task namespace"
+for ns in "$FABRIC" "$HOST" "$HOST2" "$RR" "$TASK"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip -n "$FABRIC" link add br0 type bridge; ip -n "$FABRIC" link set br0 up
+attach() { # attach NS PORT ADDRESS: a veth made straight into NS and the fabric
+  ip link add uplink netns "$1" type veth peer name "$2" netns "$FABRIC"
+  ip -n "$FABRIC" link set "$2" master br0 up
+  ip -n "$1" addr add "$3/24" dev uplink; ip -n "$1" link set uplink up
+}
+attach "$HOST" p-host 10.99.0.1; attach "$HOST2" p-host2 10.99.0.3; attach "$RR" p-rr 10.99.0.2
 
-say "2. BIRD 2 as route reflector, gobgpd and libvirtd on the host, then vmrouted with its libvirt hook"
-fill() { sed -e 's/${ASN}/64512/g; s/${NODE_ADDRESS}/10.99.0.1/g; s/${RR_ADDRESS}/10.99.0.2/g' "templates/$1"; }
-{ fill bird-rr.conf; cat scripts/lab/bird-kernel.conf; } > "$WORK/bird.conf"
-fill gobgpd.toml > "$WORK/gobgpd.toml"
+say "2. BIRD 2 as route reflector; on each host gobgpd, libvirtd and vmrouted with its libvirt hook"
+fill() { sed -e "s/\${ASN}/64512/g; s/\${NODE_ADDRESS}/$2/g; s/\${RR_ADDRESS}/10.99.0.2/g" "templates/$1"; }
+{ fill bird-rr.conf 10.99.0.1; printf 'protocol bgp host2 from vmrouted_hosts {\n  neighbor 10.99.0.3 as 64512;\n}\n'; cat scripts/lab/bird-kernel.conf; } > "$WORK/bird.conf"
 ip netns exec "$RR" bird -f -c "$WORK/bird.conf" -s "$WORK/bird.ctl" -P "$WORK/bird.pid" > "$WORK/bird.log" 2>&1 &
 BIRD_PID=$!
-ip netns exec "$HOST" gobgpd -f "$WORK/gobgpd.toml" --api-hosts 127.0.0.1:50051 --pprof-disable -l warn > "$WORK/gobgpd.log" 2>&1 &
-GOBGPD_PID=$!
-cat > "$WORK/config.yaml" <<YAML
-node: { address: 10.99.0.1, name: demo-host }
-api: { socket: $SOCK }
-stateDir: $WORK/state
+host_up() { # host_up NS ADDRESS NAME SOCKET LIBVIRT_DIR: gobgpd, libvirtd (listening for migrations), vmrouted
+  local ns=$1 addr=$2 name=$3 sock=$4 lv=$5
+  fill gobgpd.toml "$addr" > "$WORK/$name-gobgpd.toml"
+  ip netns exec "$ns" gobgpd -f "$WORK/$name-gobgpd.toml" --api-hosts 127.0.0.1:50051 --pprof-disable -r -l warn > "$WORK/$name-gobgpd.log" 2>&1 &
+  LAST_GOBGPD=$!
+  cat > "$WORK/$name.yaml" <<YAML
+node: { address: $addr, name: $name }
+api: { socket: $sock }
+stateDir: $WORK/$name-state
 bgp: { gobgp: "127.0.0.1:50051", communities: ["64512:100"] }
 networks:
   service: { gateway: 172.31.16.1/24 }
-libvirt: { uri: "qemu:///system?socket=$LV/run/libvirt-sock" }
+libvirt: { uri: "qemu:///system?socket=$lv/run/libvirt-sock" }
+migration: { settleSeconds: 10 }
 YAML
-cat "$WORK/config.yaml"
-bash scripts/lab/libvirtd.sh prepare "$LV"
-# The hook is installed before libvirtd starts: libvirtd reads hooks at start.
-run ctl install-hook --hooks-dir "$LV/etc/hooks" --config "$WORK/config.yaml"
-ip netns exec "$HOST" unshare -m --propagation private bash scripts/lab/libvirtd.sh run "$LV" > "$WORK/libvirtd.log" 2>&1 &
-LIBVIRTD_PID=$!
-ip netns exec "$HOST" node dist/daemon/main.js --config "$WORK/config.yaml" > "$WORK/vmrouted.log" 2>&1 &
-DAEMON_PID=$!
+  bash scripts/lab/libvirtd.sh prepare "$lv" "$addr"
+  # The hook is installed before libvirtd starts: libvirtd reads hooks at start.
+  node dist/cli/main.js --socket "$sock" install-hook --hooks-dir "$lv/etc/hooks" --config "$WORK/$name.yaml" >/dev/null
+  ip netns exec "$ns" unshare -m --propagation private bash scripts/lab/libvirtd.sh run "$lv" "$addr" > "$WORK/$name-libvirtd.log" 2>&1 &
+  LAST_LIBVIRTD=$!
+  ip netns exec "$ns" node dist/daemon/main.js --config "$WORK/$name.yaml" > "$WORK/$name-vmrouted.log" 2>&1 &
+  LAST_DAEMON=$!
+}
+host_up "$HOST" 10.99.0.1 demo-host "$SOCK" "$LV"
+GOBGPD_PID=$LAST_GOBGPD; LIBVIRTD_PID=$LAST_LIBVIRTD; DAEMON_PID=$LAST_DAEMON
+host_up "$HOST2" 10.99.0.3 demo-host2 "$SOCK2" "$LV2"
+GOBGPD2_PID=$LAST_GOBGPD; LIBVIRTD2_PID=$LAST_LIBVIRTD; DAEMON2_PID=$LAST_DAEMON
+cat "$WORK/demo-host.yaml"
 wait_until 20 libvirtd "${VIRSH[@]}" list
+wait_until 20 "the second libvirtd" "${VIRSH2[@]}" list
 wait_until 15 vmrouted ctl status
-echo "waiting for the BGP session gobgpd -> BIRD ..."
-wait_until 40 "the BGP session" sh -c "birdc -s '$WORK/bird.ctl' show protocols host1 | grep -q Established"
-birdc -s "$WORK/bird.ctl" show protocols host1 | tail -n 1
+wait_until 15 "the second vmrouted" ctl2 status
+echo "waiting for the BGP sessions gobgpd -> BIRD ..."
+for h in host1 host2; do
+  wait_until 40 "the BGP session of $h" sh -c "birdc -s '$WORK/bird.ctl' show protocols $h | grep -q Established"
+  birdc -s "$WORK/bird.ctl" show protocols "$h" | tail -n 1
+done
 
 say "3. Declare the network and a task namespace on it (a veth pair, routed like a VM)"
 cat > "$WORK/spec.yaml" <<YAML
@@ -135,8 +157,31 @@ run ip netns exec "$RR" ping -c 1 -W 2 "$GUEST_IP"
 say "8. Status: networks, endpoints (the VM's and the task's) with state, conditions and counters, BGP"
 run ctl status
 
-say "9. virsh destroy: the hook withdraws the /32; the route reflector forgets it"
-run "${VIRSH[@]}" destroy "$GUEST"
+say "9. Live migration to the second host, while the route reflector pings the guest every 10 ms"
+ip netns exec "$RR" ping -i 0.01 -q "$GUEST_IP" > "$WORK/ping.txt" 2>&1 &
+PING_PID=$!
+sleep 1
+run ip netns exec "$HOST" "${VIRSH[@]}" migrate --live --persistent --undefinesource "$GUEST" qemu+tcp://10.99.0.3/system --migrateuri tcp://10.99.0.3
+sleep 1.5
+kill -INT "$PING_PID"; wait "$PING_PID" 2>/dev/null || true
+summary=$(grep -E 'packets transmitted' "$WORK/ping.txt")
+sent=$(echo "$summary" | sed -E 's/^([0-9]+) packets transmitted, ([0-9]+) received.*/\1/')
+got=$(echo "$summary" | sed -E 's/^([0-9]+) packets transmitted, ([0-9]+) received.*/\2/')
+echo "ping during the migration: $summary"
+echo "replies lost: $((sent - got)) of $sent"
+echo "the guest announced itself on host 2 (a RARP on its tap); host 2 routed it and announced it with"
+echo "preference; host 1 handed it over. The route reflector now routes the guest via host 2:"
+wait_until 20 "the reflector to route via host 2" sh -c "ip -n '$RR' route show '$GUEST_IP/32' | grep -q 10.99.0.3"
+run ip -n "$RR" route show "$GUEST_IP/32"
+echo "host 2's view of the guest (migration: settling, then normal after 10 s):"
+ctl2 endpoints | grep -E 'KIND|demo-guest'
+ctl2 -o json endpoints | grep -oE '"migration": "[a-z]+"' | head -n 1
+echo "host 1 has nothing of it left:"
+wait_until 10 "host 1 to let go" sh -c "! ip -n '$HOST' link show | grep -q tap-"
+run ip -n "$HOST" route show "$GUEST_IP/32"
+
+say "10. virsh destroy on host 2: the hook withdraws the /32; the route reflector forgets it"
+run "${VIRSH2[@]}" destroy "$GUEST"
 wait_until 30 "the withdrawal" sh -c "! ip -n '$RR' route show '$GUEST_IP/32' | grep -q ."
 run birdc -s "$WORK/bird.ctl" show route "$GUEST_IP/32" || true  # birdc exits 1 for "Network not found"
 run ip -n "$RR" route show "$GUEST_IP/32"

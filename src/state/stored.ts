@@ -40,8 +40,9 @@ const domainsFileSchema = z.object({ version: z.literal(1), domains: z.array(dom
   .transform((f) => new Map(f.domains.map((d) => [d.name, d as DomainRecord])) as ReadonlyMap<string, DomainRecord>);
 
 export function runtimeFile(stateDir: string): StateFile<RuntimeState> {
+  // Durable: the operator's intent must survive the host losing power (files.ts).
   return new StateFile(stateDir, "state.json", runtimeFileSchema, emptyRuntimeState,
-    (s) => JSON.stringify({ version: 1, ...s }, null, 2) + "\n");
+    (s) => JSON.stringify({ version: 1, ...s }, null, 2) + "\n", true);
 }
 
 export function domainsFile(stateDir: string): StateFile<ReadonlyMap<string, DomainRecord>> {

@@ -57,6 +57,8 @@ describe("the demo (README quick start, first command)", () => {
       expect(r.output).toContain("guest console: VMR ping 10.99.0.2 ok");
       expect(r.output).toMatch(/64 bytes from 172\.31\.16\.5/); // the route reflector's ping to the guest
       expect(r.output).toMatch(/vm\s+demo-guest\s+service\s+172\.31\.16\.5\s.*\sready\s+ok\s/); // all conditions hold, announced included
+      expect(r.output).toMatch(/replies lost: \d+ of \d+/); // the live migration, counted
+      expect(r.output).toMatch(/172\.31\.16\.5 via 10\.99\.0\.3 dev uplink proto bird/); // the reflector routes to host 2 after it
       expect(r.output).toContain("done: domain, daemons, namespaces and files removed");
       expect(await leftovers()).toEqual(before);
     }
@@ -67,6 +69,7 @@ describe("the demo (README quick start, first command)", () => {
     ["while the daemons start", "== 2."],
     ["while the guest starts", "== 5."],
     ["with the guest running and announced", "== 6."],
+    ["during the live migration", "== 9."],
   ])("Ctrl-C %s leaves no namespaces, daemons, domains or files", async (_when, marker) => {
     const root = await rootSnapshot();
     const before = await leftovers();

@@ -41,9 +41,12 @@ class Daemonised {
 export class BgpLab {
   gobgpd: Daemonised;
   bird: Daemonised;
+  /** gobgpd's API as this process (in the root namespace) reaches it: a unix socket beside the namespace's loopback port. */
+  readonly apiSocket: string;
   private constructor(readonly host: Netns, readonly rr: Netns, readonly dir: string, readonly birdSocket: string) {
+    this.apiSocket = join(dir, "gobgpd-api.sock");
     this.gobgpd = new Daemonised("gobgpd", () => ["ip", "netns", "exec", host.name, "gobgpd", "-f", join(dir, "gobgpd.toml"),
-      "--api-hosts", "127.0.0.1:50051", "--pprof-disable", "-l", "warn"]);
+      "--api-hosts", `127.0.0.1:50051,unix://${this.apiSocket}`, "--pprof-disable", "-l", "warn"]);
     this.bird = new Daemonised("bird", () => ["ip", "netns", "exec", rr.name, "bird", "-f", "-c", join(dir, "bird.conf"),
       "-s", birdSocket, "-P", join(dir, "bird.pid")]);
   }
@@ -85,6 +88,7 @@ export class BgpLab {
   }
 
   async startGobgpd(): Promise<void> {
+    await rm(this.apiSocket, { force: true }); // a killed gobgpd leaves it, and the next one would not start
     this.gobgpd.start();
     await waitFor(async () => (await this.host.exec(["gobgp", "global"], false)).exitCode === 0, 15000, "gobgpd API");
   }

@@ -286,7 +286,7 @@ interface GobgpNeighborJson {
 }
 const SESSION_ESTABLISHED = 6;
 
-class GobgpReflector implements Reflector {
+export class GobgpReflector implements Reflector {
   readonly kind = "gobgp" as const;
   readonly address: string;
   readonly gobgpd: GobgpdProcess;

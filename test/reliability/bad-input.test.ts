@@ -104,7 +104,7 @@ describe("CLI arguments", () => {
     ["network add with a bad gateway", ["network", "add", "x", "300.1.1.1/24"], /gateway '300.1.1.1\/24'/],
     ["network add with injection in the name", ["network", "add", "x;reboot", "172.31.40.1/24"], /must start with a lowercase letter/],
     ["network add overlapping", ["network", "add", "x", "172.31.16.129/25"], /overlaps/],
-    ["network add of an existing name", ["network", "add", "service", "172.31.30.1/24"], /already exists/],
+    ["network add of a config network", ["network", "add", "service", "172.31.30.1/24"], /comes from the config file/],
     ["network remove of a config network", ["network", "remove", "service"], /config file/],
     ["network remove of an unknown network", ["network", "remove", "zzz"], /unknown network/],
     ["iface add to an unknown domain", ["iface", "add", "nosuchvm", "--network", "service", "--ip", "172.31.16.7"], /unknown domain 'nosuchvm'/],
