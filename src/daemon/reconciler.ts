@@ -243,15 +243,16 @@ export class Reconciler {
     const annotate = (o: ObservedState) => (this.deps.journal ? this.deps.journal.annotate(o) : o);
     view = annotate(view);
     const { desired: planned, gateways } = whole ? { desired, gateways: undefined } : restrictDesired(desired, scope);
-    // A bulk delete empties the teardown group: from a listing older than this moment, prove first that nothing foreign joined it.
-    let completeLinks = whole;
+    // Devices leave in one bulk delete of the teardown group (one RCU wait for all of them, not one each),
+    // which is only safe while nothing foreign sits in that group: asked of the kernel, not of a listing.
+    let completeLinks = true;
     const planOnce = async () => {
       const p = plan(planned, view, settings, { completeLinks, ...(gateways ? { gateways } : {}) });
-      if (mode !== "cached" || !p.operations.some((op) => op.op === "link.delete-group")) return p;
+      if (!completeLinks || !p.operations.some((op) => op.op === "link.delete-group")) return p;
       const members = await this.deps.groupMembers(settings.teardownGroup);
       if (members.every((name) => isOwnedAlias(view.links.get(name)?.alias))) return p;
       completeLinks = false;
-      return plan(planned, view, settings, { completeLinks });
+      return plan(planned, view, settings, { completeLinks, ...(gateways ? { gateways } : {}) });
     };
 
     let current = await timed("planMs", planOnce);

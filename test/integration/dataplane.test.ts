@@ -39,6 +39,9 @@ beforeAll(async () => {
   // Things vmrouted does not own and must never touch, some of them look-alikes.
   await host.ip(["tuntap", "add", "dev", "tap-lookalike", "mode", "tap"]);
   await host.ip(["link", "set", "tap-lookalike", "group", "94", "up"]);
+  // A foreign device in the teardown group: a bulk `ip link del group 95` would take it along.
+  await host.ip(["tuntap", "add", "dev", "tap-teardown", "mode", "tap"]);
+  await host.ip(["link", "set", "tap-teardown", "group", "95"]);
   await host.ip(["link", "add", "br-foreign", "type", "bridge"]);
   await host.ip(["link", "set", "br-foreign", "up"]);
   await host.ip(["addr", "add", "192.168.77.1/24", "dev", "br-foreign"]);
@@ -172,6 +175,7 @@ describe("host dataplane on the real kernel", () => {
     expect(look).toMatchObject({ group: "94" });
     expect(look?.ifalias).toBeUndefined();
     expect(all.find((l) => l.ifname === "br-foreign")).toBeDefined();
+    expect(all.find((l) => l.ifname === "tap-teardown")).toMatchObject({ group: "95" });
     expect(await routes()).toContainEqual(expect.objectContaining({ dst: "172.31.16.99", dev: "tap-lookalike", protocol: "4" }));
     const addrs = await host.json<Array<{ addr_info: Array<{ local: string }> }>>(["-4", "addr", "show", "dev", "br-foreign"]);
     expect(addrs[0]!.addr_info[0]!.local).toBe("192.168.77.1");
