@@ -134,6 +134,8 @@ async function convergeAndIdle(results: Results): Promise<void> {
     }
   } finally {
     injector?.close();
+    // Kept to explain an outlier afterwards (pass timings are logged per pass).
+    if (daemon) await writeFile(join(OUT, "converge-daemon.log"), daemon.log).catch(() => undefined);
     await daemon?.cleanup();
     await lab.destroy();
     await rm(dir, { recursive: true, force: true });

@@ -44,16 +44,20 @@ function conditionsCell(e: EndpointStatus): string {
 }
 
 export function endpointsTable(endpoints: EndpointStatus[]): string {
+  // The migration column appears while a VM moves: a target waits for its guest by design, not by fault.
+  const migrating = endpoints.some((e) => e.migration !== undefined && e.migration !== "normal");
   const rows = endpoints.map((e) => {
     const k = e.counters;
     return [
-      e.kind, e.domain ?? e.netns ?? "-", e.network, e.ip, e.mac, e.device, e.state, conditionsCell(e), e.conditions.carrier ? "yes" : "no",
+      e.kind, e.domain ?? e.netns ?? "-", e.network, e.ip, e.mac, e.device, e.state, ...(migrating ? [e.migration ?? "-"] : []),
+      conditionsCell(e), e.conditions.carrier ? "yes" : "no",
       `${bytes(k.rxBytes)}/${k.rxPackets}`, `${bytes(k.txBytes)}/${k.txPackets}`, `${k.rxErrors + k.txErrors}/${k.rxDropped + k.txDropped}`,
     ];
   });
   const reasons = endpoints.filter((e) => e.reason).map((e) => `  ${e.id}: ${e.reason}`);
   return [
-    table(["KIND", "OWNER", "NETWORK", "IP", "MAC", "DEVICE", "STATE", "CONDITIONS", "CARRIER", "RX B/PKT", "TX B/PKT", "ERR/DROP"], rows),
+    table(["KIND", "OWNER", "NETWORK", "IP", "MAC", "DEVICE", "STATE", ...(migrating ? ["MIGRATION"] : []),
+      "CONDITIONS", "CARRIER", "RX B/PKT", "TX B/PKT", "ERR/DROP"], rows),
     ...(reasons.length ? ["", "why not ready:", ...reasons] : []),
   ].join("\n");
 }
@@ -93,13 +97,14 @@ export function statusHuman(s: Status): string {
 export interface DomainView {
   domain: string;
   lifecycle: string;
+  migration?: string;
   interfaces: Array<{ network: string; ip: string; mac: string; tap: string; state: string; reason: string }>;
 }
 
 export function domainsTable(domains: DomainView[]): string {
   if (domains.length === 0) return "no domains with routed interfaces";
   return table(["DOMAIN", "LIFECYCLE", "NETWORK", "IP", "MAC", "TAP", "STATE", "REASON"],
-    domains.flatMap((d) => d.interfaces.map((i) => [d.domain, d.lifecycle, i.network, i.ip, i.mac, i.tap, i.state, i.reason])));
+    domains.flatMap((d) => d.interfaces.map((i) => [d.domain, d.migration ? `${d.lifecycle} (migration: ${d.migration})` : d.lifecycle, i.network, i.ip, i.mac, i.tap, i.state, i.reason])));
 }
 
 const MARK = { ok: "ok  ", problem: "FAIL", skipped: "skip" } as const;
