@@ -53,7 +53,7 @@ export async function learnedRoutes(rounds: number): Promise<NonNullable<Results
       return { bgp, total: performance.now() - t0 };
     };
     // The floor's batch: the same routes, by hand, in a namespace where the next hop is on a link.
-    await floorNs.ip(["link", "add", "a", "type", "veth", "peer", "name", "b"]);
+    await floorNs.ip(["link", "add", "name", "a", "type", "veth", "peer", "name", "b"]);
     for (const d of ["a", "b"]) await floorNs.ip(["link", "set", d, "up"]);
     await floorNs.ip(["addr", "add", `${other.address}/24`, "dev", "b"]);
     const add = join(dir, "floor-add"), del = join(dir, "floor-del");

@@ -23,11 +23,13 @@ export interface KernelWatchDeps {
   /** A pass is applying operations: its echo is still arriving. */
   busy: () => boolean;
   mark: (scope: Partial<Scope>, trigger: string) => void;
+  /** Every event, with when it arrived, for the reconciler's picture of the kernel. */
+  note: (events: KernelEvent[], arrivedAt: number) => void;
   log: Logger;
 }
 
 export class KernelWatch {
-  private events: KernelEvent[] = [];
+  private chunks: Array<{ at: number; events: KernelEvent[] }> = [];
   private timer: NodeJS.Timeout | undefined;
   private index: { desired: DesiredState; index: DesiredIndex } | undefined;
   private readonly monitor;
@@ -56,8 +58,8 @@ export class KernelWatch {
   private lastArrival = 0;
 
   private collect(events: KernelEvent[]): void {
-    for (const e of events) this.events.push(e);
     this.lastArrival = performance.now();
+    this.chunks.push({ at: this.lastArrival, events });
     // One timer for a burst (a batch of 10,000 taps is ~60,000 events), not one per chunk.
     this.timer ??= setTimeout(() => this.quiet(), QUIET_MS);
   }
@@ -73,8 +75,10 @@ export class KernelWatch {
   }
 
   private judge(): void {
-    const events = this.events;
-    this.events = [];
+    const chunks = this.chunks;
+    this.chunks = [];
+    for (const c of chunks) this.deps.note(c.events, c.at);
+    const events = chunks.flatMap((c) => c.events);
     const desired = this.deps.desired();
     if (this.index?.desired !== desired) this.index = { desired, index: indexDesired(desired) };
     const scope = driftScope(events, this.index.index, this.deps.settings);

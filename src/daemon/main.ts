@@ -129,7 +129,8 @@ async function main(argv: string[]): Promise<void> {
   }), log);
   const metricsServer = config.metrics.listen ? await startMetricsListener(config.metrics.listen, metrics) : undefined;
 
-  const kernel = new KernelWatch({ desired, settings, busy: () => reconciler.applying, mark: (s, t) => void reconciler.mark(s, t), log });
+  const kernel = new KernelWatch({ desired, settings, busy: () => reconciler.applying, mark: (s, t) => void reconciler.mark(s, t),
+    note: (events, at) => reconciler.noteKernelEvents(events, at), log });
   metrics.attachKernelWatch(kernel);
   const resync = setInterval(() => {
     void reconciler.resync();

@@ -8,6 +8,7 @@ import {
   closeScope, emptyScope, isEmptyScope, mergeObserved, mergeScope, restrictDesired, restrictObserved, scopeSize, type Scope,
 } from "../dataplane/scope.js";
 import { simulate } from "../dataplane/simulate.js";
+import { foldEvents, type KernelEvent } from "../dataplane/events.js";
 import type { DesiredState } from "../model/types.js";
 import { isOwnedAlias } from "../dataplane/ownership.js";
 import { desiredNat, natDifferences, planNat, type NatTable } from "../dataplane/nat.js";
@@ -110,6 +111,15 @@ export class Reconciler {
 
   constructor(private readonly deps: ReconcileDeps) {}
 
+  /** Kernel events not yet folded into the picture, and when the picture was last listed whole. */
+  private unfolded: Array<{ at: number; events: KernelEvent[] }> = [];
+  private listedAt = 0;
+
+  /** Kernel events, folded into the picture at the next pass (they mark nothing dirty: KernelWatch judges that). */
+  noteKernelEvents(events: KernelEvent[], arrivedAt: number): void {
+    if (this.cache) this.unfolded.push({ at: arrivedAt, events });
+  }
+
   /** Marks objects dirty; a pass follows. Resolves when a pass has covered them. */
   mark(scope: Partial<Scope>, trigger: string): Promise<void> {
     mergeScope(this.dirty, scope);
@@ -198,6 +208,10 @@ export class Reconciler {
         phases[phase] += performance.now() - t;
       }
     };
+    // Between listings the picture follows the kernel's events; those that arrived before the last listing began are in it.
+    const unfolded = this.unfolded;
+    this.unfolded = [];
+    if (this.cache) this.cache = foldEvents(this.cache, unfolded.filter((c) => c.at > this.listedAt).flatMap((c) => c.events));
     const allNetns = [...new Set(desired.endpoints.flatMap((e) => (e.netns !== undefined ? [e.netns] : [])))];
     const scope = closeScope(requested, desired);
     // One observation per pass, at most:
@@ -220,6 +234,7 @@ export class Reconciler {
     if (mode === "all") {
       // Sysctls are 4 reads per device: all of them on a full resync, else only the scope's.
       const sysctlsOf = scope.full || !this.cache ? undefined : scope.devices;
+      this.listedAt = performance.now();
       const observed = await timed("observeMs", () => this.deps.observe({ netns: allNetns, ...(sysctlsOf ? { sysctlsOf } : {}) }));
       if (sysctlsOf && this.cache)
         for (const [device, values] of this.cache.sysctls) if (!sysctlsOf.has(device) && observed.links.has(device)) observed.sysctls.set(device, values);

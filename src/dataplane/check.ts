@@ -13,6 +13,8 @@ import { endpointAlias, endpointSysctls, gatewayAlias, isOwnedAlias } from "./ow
 // two can never disagree about what "right" means.
 
 export const KERNEL_PROTOCOL = 2;
+/** The protocol of a route added without `proto`, which iproute2 leaves unsaid (in `-json` even with `-N`). */
+export const RTPROT_BOOT = 3;
 export const SCOPE_LINK = 253;
 
 export interface DataplaneSettings {

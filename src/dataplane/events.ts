@@ -3,7 +3,8 @@ import { formatIpv4 } from "../model/ipv4.js";
 import { networkPrefix } from "../model/resolve.js";
 import { gatewayDevice } from "../model/naming.js";
 import type { DesiredState, Endpoint, LearnedRoute, Network } from "../model/types.js";
-import { KERNEL_PROTOCOL, routeMetricFor, type DataplaneSettings } from "./check.js";
+import { KERNEL_PROTOCOL, routeMetricFor, RTPROT_BOOT, type DataplaneSettings } from "./check.js";
+import type { ObservedRoute, ObservedState } from "./observed.js";
 import { endpointAlias, gatewayAlias, isOwnedAlias } from "./ownership.js";
 
 // Kernel events (`ip -N -d monitor label link address route neigh`), parsed
@@ -15,8 +16,8 @@ import { endpointAlias, gatewayAlias, isOwnedAlias } from "./ownership.js";
 // updates or anything about objects that are not ours.
 
 export type KernelEvent =
-  | { kind: "link"; deleted: boolean; name: string; up: boolean; group: number; alias?: string; mac?: string }
-  | { kind: "route"; deleted: boolean; dst: string; device?: string; via?: string; protocol: number; metric: number; table: number }
+  | { kind: "link"; deleted: boolean; name: string; up: boolean; carrier: boolean; group: number; alias?: string; mac?: string }
+  | { kind: "route"; deleted: boolean; dst: string; device?: string; via?: string; protocol: number; metric: number; table: number; scope: number; type: string }
   | { kind: "neigh"; deleted: boolean; device: string; ip: string; mac?: string; permanent: boolean }
   | { kind: "addr"; deleted: boolean; device: string; cidr: string };
 
@@ -27,6 +28,8 @@ export interface EventScope {
 }
 
 const MAIN_TABLE = 254;
+/** rtm_type numbers (`-N` prints them) as `ip -json` names them. */
+const ROUTE_TYPES: Record<number, string> = { 1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat" };
 
 /** One monitor record: its `[LABEL]` first line and indented continuation lines. */
 export function parseMonitorRecord(record: string): KernelEvent | undefined {
@@ -47,14 +50,16 @@ export function parseMonitorRecord(record: string): KernelEvent | undefined {
       const alias = /^\s+alias (.*)$/m.exec(rest!)?.[1]?.trimEnd();
       const mac = /^\s+link\/\S+ ([0-9a-f:]{17})/m.exec(rest!)?.[1];
       const group = after("group");
+      const flags = head[3]!.split(",");
       return {
-        kind: "link", deleted, name: head[1]!, up: head[3]!.split(",").includes("UP"),
+        kind: "link", deleted, name: head[1]!, up: flags.includes("UP"), carrier: flags.includes("LOWER_UP"),
         group: group === undefined || group === "default" ? 0 : Number(group),
         ...(alias ? { alias } : {}), ...(mac ? { mac } : {}),
       };
     }
     case "ROUTE": {
       // With -N: "<type> <dst> [via <gw>] dev <dev> table <n> proto <n> scope <n> [metric <n>] ..."
+      const type = /^\d+$/.test(words[0] ?? "") ? ROUTE_TYPES[Number(words[0])] ?? words[0]! : "unicast";
       const typed = /^\d+$/.test(words[0] ?? "") ? words.slice(1) : words;
       const dstWord = typed[0];
       if (!dstWord || dstWord.includes(":")) return undefined; // IPv6: not ours
@@ -62,7 +67,8 @@ export function parseMonitorRecord(record: string): KernelEvent | undefined {
       const device = after("dev"), via = after("via");
       return {
         kind: "route", deleted, dst, ...(device ? { device } : {}), ...(via ? { via } : {}),
-        protocol: Number(after("proto") ?? 0), metric: Number(after("metric") ?? 0), table: Number(after("table") ?? MAIN_TABLE),
+        protocol: Number(after("proto") ?? RTPROT_BOOT), metric: Number(after("metric") ?? 0), table: Number(after("table") ?? MAIN_TABLE),
+        scope: Number(after("scope") ?? 0), type,
       };
     }
     case "NEIGH": {
@@ -175,4 +181,75 @@ function judge(e: KernelEvent, index: DesiredIndex, settings: DataplaneSettings)
       return e.deleted ? desired : !desired;
     }
   }
+}
+
+const routeKey = (dst: string, metric: number) => `${dst} ${metric}`;
+
+/**
+ * The kernel picture kept current by events between listings (the cache a
+ * pass plans against): main-table routes added and deleted, links changed or
+ * gone. Every event counts, not only vmrouted's objects: a foreign route to
+ * an IP that becomes a workload's later is a conflict then, and one that went
+ * away is none. The kernel flushes a device's IPv4 routes without any route
+ * event when the device goes down or away (fib_sync_down_dev), so those
+ * follow from the link event. Folded in arrival order, an event older than
+ * the listing it is folded into only restates what the listing shows.
+ */
+export function foldEvents(observed: ObservedState, events: KernelEvent[]): ObservedState {
+  if (events.length === 0) return observed;
+  const routes = new Map(observed.routes.map((r) => [routeKey(r.dst, r.metric), r]));
+  let byDevice: Map<string, Set<string>> | undefined;
+  const devicesRoutes = (device: string) => {
+    if (!byDevice) {
+      byDevice = new Map();
+      for (const [key, r] of routes) if (r.device !== undefined) (byDevice.get(r.device) ?? byDevice.set(r.device, new Set()).get(r.device)!).add(key);
+    }
+    return byDevice.get(device) ?? byDevice.set(device, new Set()).get(device)!;
+  };
+  const links = new Map(observed.links);
+  const sysctls = new Map(observed.sysctls);
+  const gone = new Set<string>();
+  for (const e of events) {
+    if (e.kind === "route") {
+      if (e.table !== MAIN_TABLE) continue;
+      const key = routeKey(e.dst, e.metric);
+      const old = routes.get(key);
+      if (old?.device !== undefined && byDevice) devicesRoutes(old.device).delete(key);
+      if (e.deleted) {
+        routes.delete(key);
+        continue;
+      }
+      const r: ObservedRoute = {
+        dst: e.dst, ...(e.device ? { device: e.device } : {}), protocol: e.protocol, scope: e.scope, type: e.type,
+        ...(e.via ? { gateway: e.via } : {}), metric: e.metric,
+      };
+      routes.set(key, r);
+      if (r.device !== undefined && byDevice) devicesRoutes(r.device).add(key);
+    } else if (e.kind === "link") {
+      if (e.deleted || !e.up) {
+        for (const key of devicesRoutes(e.name)) routes.delete(key);
+        devicesRoutes(e.name).clear();
+      }
+      if (e.deleted) {
+        links.delete(e.name);
+        sysctls.delete(e.name);
+        gone.add(e.name);
+        continue;
+      }
+      gone.delete(e.name);
+      // A device the picture never listed stays unknown (an event lacks its kind and index): creating one fails and is read then.
+      const link = links.get(e.name);
+      if (link) {
+        const { alias: _a, mac: _m, ...rest } = link;
+        links.set(e.name, { ...rest, up: e.up, carrier: e.carrier, group: e.group, ...(e.alias ? { alias: e.alias } : {}), ...(e.mac ? { mac: e.mac } : {}) });
+      }
+    }
+  }
+  return {
+    ...observed, links, sysctls, routes: [...routes.values()],
+    ...(gone.size ? {
+      addresses: observed.addresses.filter((a) => !gone.has(a.device)),
+      neighbours: observed.neighbours.filter((n) => !gone.has(n.device)),
+    } : {}),
+  };
 }

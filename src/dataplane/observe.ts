@@ -1,5 +1,6 @@
 import { access } from "node:fs/promises";
 import { NETNS_INNER_IFNAME } from "../model/types.js";
+import { RTPROT_BOOT } from "./check.js";
 import { ipBatchJson, ipJson } from "./iproute.js";
 import type { InterfaceSysctls, LinkStats, ObservedLink, ObservedNetns, ObservedRoute, ObservedState } from "./observed.js";
 import { endpointSysctls, IP_FORWARD_KEY, isOwnedAlias } from "./ownership.js";
@@ -46,7 +47,8 @@ export function toRoute(r: IpRoute): ObservedRoute {
   return {
     dst,
     ...(r.dev ? { device: r.dev } : {}),
-    protocol: Number(r.protocol ?? 0),
+    // `ip -json` leaves the default protocol (boot) unsaid, even with -N.
+    protocol: Number(r.protocol ?? RTPROT_BOOT),
     scope: Number(r.scope ?? 0),
     type: r.type ?? "unicast",
     ...(r.gateway ? { gateway: r.gateway } : {}),

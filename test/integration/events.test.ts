@@ -80,6 +80,36 @@ describe("kernel events", () => {
     expect(foreign).toContain("tap-0123456789"); // the foreign objects were there, untouched, while they lasted
   });
 
+  it("between listings the picture follows foreign routes: one that came is a conflict, one whose device went is none", async () => {
+    const endpoint = async (ip: string) => (await daemon.status()).endpoints.find((e) => e.ip === ip);
+    const routesTo = (ip: string) => host.json<Array<{ dst: string; dev?: string; protocol?: string; metric?: number }>>(["-4", "route", "show", `${ip}/32`]);
+    for (const dev of ["rb-gone", "rb-here"]) {
+      await host.ip(["tuntap", "add", "dev", dev, "mode", "tap"]);
+      await host.ip(["link", "set", dev, "up"]);
+    }
+    // Listed by a full pass: a foreign route (no proto: boot) to an IP that is no workload's yet.
+    await host.ip(["route", "add", "172.31.16.150/32", "dev", "rb-gone"]);
+    expect((await daemon.request("POST", "/v1/reconcile")).status).toBe(200);
+    // Came after the listing, with the very metric vmrouted's route would have: `route replace` would take it over.
+    await host.ip(["route", "add", "172.31.16.152/32", "dev", "rb-here", "proto", "static", "metric", "1024"]);
+    // The kernel flushes rb-gone's route with the device, and says nothing about the route.
+    await host.ip(["link", "del", "rb-gone"]);
+    await quiet();
+    try {
+      for (const ip of ["172.31.16.150", "172.31.16.152"]) {
+        const r = await daemon.ctl(["tap", "add", "--network", "service", "--ip", ip]);
+        expect(r.exitCode, r.stderr).toBe(0);
+      }
+      expect(await endpoint("172.31.16.150")).toMatchObject({ state: "ready" });
+      expect(await routesTo("172.31.16.150")).toEqual([expect.objectContaining({ protocol: "94" })]);
+      expect(await endpoint("172.31.16.152")).toMatchObject({ state: "degraded", reason: expect.stringContaining("protocol 4") });
+      expect(await routesTo("172.31.16.152")).toEqual([expect.objectContaining({ dev: "rb-here", protocol: "4", metric: 1024 })]);
+    } finally {
+      for (const ip of ["172.31.16.150", "172.31.16.152"]) await daemon.ctl(["tap", "remove", ip]);
+      await host.ip(["link", "del", "rb-here"]);
+    }
+  });
+
   it("a /32 deleted by hand is repaired by its event (the resync is an hour away)", async () => {
     const before = await eventPasses();
     const e = (await daemon.status()).endpoints.find((x) => x.ip === "172.31.16.12")!;
