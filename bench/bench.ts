@@ -40,11 +40,15 @@ async function main(): Promise<void> {
   assertLabReady();
   await mkdir(OUT, { recursive: true });
   const results: Results = { date: new Date().toISOString(), machine: machine(), rounds: ROUNDS, converge: {}, teardown: {}, footprint: [] };
-  if (!ONLY || ONLY === "converge") await convergeAndIdle(results);
-  if (!ONLY || ONLY === "hook") results.hook = await hookLatency();
+  // Written after each part too: a part that fails late does not cost the others' numbers.
+  const save = async () => {
+    await writeFile(join(OUT, "results.json"), JSON.stringify(results, null, 2) + "\n");
+    await writeFile(join(OUT, "results.md"), markdown(results));
+  };
+  if (!ONLY || ONLY === "converge") await convergeAndIdle(results).then(save);
+  if (!ONLY || ONLY === "hook") results.hook = await hookLatency().finally(save);
   if (!ONLY || ONLY === "learned") results.learned = await learnedRoutes(Math.min(ROUNDS, 2));
-  await writeFile(join(OUT, "results.json"), JSON.stringify(results, null, 2) + "\n");
-  await writeFile(join(OUT, "results.md"), markdown(results));
+  await save();
   chart(results, OUT);
   process.stdout.write(markdown(results));
   if (args.includes("--publish")) {

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { toApiPath } from "../src/bgp/gobgp.js";
 import { pathFor } from "../src/bgp/paths.js";
-import { Daemon, Netns, runId, sh, waitFor } from "../test/helpers/lab.js";
+import { Daemon, Netns, REPO, runId, sh, waitFor } from "../test/helpers/lab.js";
 import { createReflector, Fabric, type GobgpReflector } from "../test/helpers/reflectors.js";
 import { ipOf } from "./floor.js";
 import { summarize, type Results } from "./report.js";
@@ -53,9 +53,10 @@ export async function learnedRoutes(rounds: number): Promise<NonNullable<Results
       return { bgp, total: performance.now() - t0 };
     };
     // The floor's batch: the same routes, by hand, in a namespace where the next hop is on a link.
-    await floorNs.ip(["link", "add", "name", "a", "type", "veth", "peer", "name", "b"]);
-    for (const d of ["a", "b"]) await floorNs.ip(["link", "set", d, "up"]);
-    await floorNs.ip(["addr", "add", `${other.address}/24`, "dev", "b"]);
+    // (Names `ip` cannot take for a keyword: "a" would be `address`.)
+    await floorNs.ip(["link", "add", "name", "floor0", "type", "veth", "peer", "name", "floor1"]);
+    for (const d of ["floor0", "floor1"]) await floorNs.ip(["link", "set", "dev", d, "up"]);
+    await floorNs.ip(["addr", "add", `${other.address}/24`, "dev", "floor1"]);
     const add = join(dir, "floor-add"), del = join(dir, "floor-del");
     await writeFile(add, Array.from({ length: PATHS }, (_, i) => `route replace ${prefixOf(i)} via ${other.address} proto 96 metric 1024`).join("\n") + "\n");
     await writeFile(del, Array.from({ length: PATHS }, (_, i) => `route del ${prefixOf(i)} via ${other.address} proto 96 metric 1024`).join("\n") + "\n");
@@ -84,6 +85,7 @@ export async function learnedRoutes(rounds: number): Promise<NonNullable<Results
       withdraw: { vmrouted: summarize(s.down), bgpOnly: summarize(s.downBgp), floorBatch: summarize(s.fDel) },
     };
   } finally {
+    if (daemon) await writeFile(join(REPO, "bench/out/learned-daemon.log"), daemon.log).catch(() => undefined);
     await daemon?.cleanup();
     await rr?.destroy();
     await fabric.destroy();

@@ -37,6 +37,12 @@ const SETTLE_AFTER_SYNC_MS = 2500;
 const WITHDRAW_DELAY_MS = 1000;
 /** A peer that never comes (a dead reflector) does not hold withdrawals back longer than this. */
 const SYNC_TIMEOUT_MS = 120_000;
+/**
+ * While paths stream in (a reflector sending 50,000), at most one publication
+ * per this many ms: each is a new desired state, diffed and planned whole. The
+ * first change after a quiet moment goes at once (a migrated VM's path).
+ */
+const PUBLISH_EVERY_MS = 250;
 
 /** Pure: gobgpd's RIB holds everything its peers have, as far as they tell. */
 export function peersSynced(peers: PeerInfo[]): boolean {
@@ -76,6 +82,16 @@ export function applyBestPaths(routes: Map<string, LearnedRoute>, paths: RibPath
   return routes;
 }
 
+/** Pure: a listing, except where the watched set is newer (prefixes the stream spoke about while it was taken). */
+export function listingWithNewer(listed: Map<string, LearnedRoute>, watched: ReadonlyMap<string, LearnedRoute>, touched: Iterable<string>): Map<string, LearnedRoute> {
+  for (const prefix of touched) {
+    const w = watched.get(prefix);
+    if (w) listed.set(prefix, w);
+    else listed.delete(prefix);
+  }
+  return listed;
+}
+
 export function sameRoutes(a: ReadonlyMap<string, LearnedRoute>, b: ReadonlyMap<string, LearnedRoute>): boolean {
   if (a.size !== b.size) return false;
   for (const [prefix, r] of a) {
@@ -97,9 +113,14 @@ export class Importer {
   private stopped = false;
   private publishing: Promise<void> = Promise.resolve();
   private pending = false;
-  /** Since the last (re)connect, gobgpd's RIB has been confirmed complete. */
+  /** Since the last (re)connect, gobgpd's peers have sent what they have: a listing can be compared. */
   private synced = false;
+  /** Since the last (re)connect, a listing has confirmed the watched set: it is the whole truth, withdrawals included. */
+  private complete = false;
   private publishedSynced = false;
+  private lastPublishAt = -Infinity;
+  /** While a comparison lists: the prefixes the stream has spoken about since it began. */
+  private touched: Set<string> | undefined;
 
   constructor(private readonly deps: ImporterDeps) {}
 
@@ -142,27 +163,43 @@ export class Importer {
     await new Promise((r) => setTimeout(r, SETTLE_AFTER_SYNC_MS).unref());
     if (this.stopped || this.client !== client) return;
     this.synced = true;
-    await this.compare();
+    // The set becomes complete (withdrawals included) only from a listing compared with it.
+    while (!this.stopped && this.client === client && !(await this.compare()))
+      await new Promise((r) => setTimeout(r, 1000).unref());
+    if (this.stopped || this.client !== client) return;
+    this.complete = true;
     this.schedulePublish();
   }
 
-  /** The resync's full comparison: gobgpd's best paths listed, and taken over if the watched set differs. */
-  async compare(): Promise<void> {
+  /**
+   * The resync's full comparison: gobgpd's best paths listed, and taken over
+   * if the watched set differs. A listing takes a while (a second at 50,000
+   * paths) and the stream goes on meanwhile: for the prefixes it spoke about
+   * during the listing, and those whose withdrawal waits, the watched set is
+   * the newer and stays. Returns false when gobgpd could not list.
+   */
+  async compare(): Promise<boolean> {
     const client = this.client;
-    if (this.state !== "up" || !client || !this.synced) return;
+    if (this.state !== "up" || !client || !this.synced) return true;
+    const touched = new Set(this.withdrawing.keys());
+    this.touched = touched;
     let listed: RibPath[];
     try {
       listed = await client.listBestPaths();
     } catch (e) {
       this.deps.log.warn({ err: (e as Error).message }, "ListPath for the learned-route comparison failed");
-      return;
+      return false;
+    } finally {
+      if (this.touched === touched) this.touched = undefined;
     }
-    const fresh = applyBestPaths(new Map(), listed, this.deps.migrationCommunity);
-    if (client !== this.client || sameRoutes(fresh, this.routes)) return;
+    if (client !== this.client) return true;
+    const fresh = listingWithNewer(applyBestPaths(new Map(), listed, this.deps.migrationCommunity), this.routes, touched);
+    if (sameRoutes(fresh, this.routes)) return true;
     this.corrections++;
     this.deps.log.warn({ watched: this.routes.size, listed: fresh.size }, "learned routes differed from gobgpd's RIB (a missed event); taking the listing");
     this.routes = fresh;
     this.schedulePublish();
+    return true;
   }
 
   private async loop(): Promise<void> {
@@ -174,7 +211,9 @@ export class Importer {
       const client = this.deps.connect(this.deps.address);
       this.client = client;
       this.synced = false;
+      this.complete = false;
       const watch = client.watchBestPaths((paths, initial) => {
+        if (this.touched) for (const p of paths) this.touched.add(p.prefix);
         if (initial) {
           // Only what it adds or changes counts until the RIB is known complete (see above).
           for (const p of paths) {
@@ -217,9 +256,11 @@ export class Importer {
     if (this.pending) return;
     this.pending = true;
     this.publishing = this.publishing.then(async () => {
-      await new Promise((r) => setImmediate(r));
+      const wait = this.lastPublishAt + PUBLISH_EVERY_MS - performance.now();
+      await new Promise((r) => (wait > 0 ? setTimeout(r, wait).unref() : setImmediate(r)));
       this.pending = false;
-      const complete = this.synced;
+      this.lastPublishAt = performance.now();
+      const complete = this.complete;
       if (this.published && this.publishedSynced === complete && sameRoutes(this.routes, this.published)) return;
       // A copy: the writer's state must never change under it.
       const routes: ReadonlyMap<string, LearnedRoute> = new Map(this.routes);

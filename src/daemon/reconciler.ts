@@ -228,8 +228,10 @@ export class Reconciler {
     const mode: "all" | "read" | "sweep" | "cached" = scope.full || !this.cache ? "all"
       : scope.sweep && !scope.fromKernel ? "sweep"
       : scope.fromKernel ? (scopeSize(scope) <= SCOPED_READ_LIMIT ? "read" : "all") : "cached";
-    // A large cached pass plans everything at once; a small one only its scope.
-    const whole = mode === "all" || (mode === "cached" && scopeSize(scope) > SCOPED_READ_LIMIT);
+    // A cached pass over most of what is desired (a spec of 10,000 endpoints) plans everything at once;
+    // a smaller one (a thousand of 50,000 learned routes) only its scope.
+    const total = desired.endpoints.length + desired.learned.length + desired.networks.length;
+    const whole = mode === "all" || (mode === "cached" && scopeSize(scope) > Math.max(SCOPED_READ_LIMIT, total / 4));
     let view: ObservedState;
     if (mode === "all") {
       // Sysctls are 4 reads per device: all of them on a full resync, else only the scope's.

@@ -171,12 +171,18 @@ function planRemovals(desired: DesiredState, observed: ObservedState, settings: 
     `${r.protocol} ${r.dst} ${r.protocol === settings.learnedProtocol ? `via ${r.gateway}` : `dev ${r.device}`} ${r.metric}`;
   // A replacement with the same destination and metric overwrites the old route in place (the kernel's key).
   const replaced = new Set(out.routes.flatMap((op) => (op.op === "route.replace" ? [`${op.dst} ${op.metric}`] : [])));
-  const ours = observed.routes.filter((r) => r.protocol === settings.routeProtocol || r.protocol === settings.learnedProtocol);
-  for (const r of ours.sort((a, b) => compare(routeKey(a), routeKey(b)))) {
+  // Each key built once, and only the stale routes sorted (50,000 learned routes are mostly wanted).
+  const stale: Array<{ key: string; r: ObservedState["routes"][number] }> = [];
+  for (const r of observed.routes) {
+    if (r.protocol !== settings.routeProtocol && r.protocol !== settings.learnedProtocol) continue;
     if (r.device && leavingSet.has(r.device)) continue;
     // Until the importer has a complete set, learned routes stay as they are (a restart flushes nothing).
     if (r.protocol === settings.learnedProtocol && desired.learnedKnown === false) continue;
-    if (wantedRoutes.has(routeKey(r)) || replaced.has(`${r.dst} ${r.metric}`)) continue;
+    const key = routeKey(r);
+    if (wantedRoutes.has(key) || replaced.has(`${r.dst} ${r.metric}`)) continue;
+    stale.push({ key, r });
+  }
+  for (const { r } of stale.sort((a, b) => compare(a.key, b.key))) {
     out.stale.push({
       subject: r.protocol === settings.learnedProtocol ? `learned:${r.dst}` : "host", op: "route.delete", dst: r.dst,
       ...(r.gateway ? { via: r.gateway } : {}), ...(r.device ? { device: r.device } : {}), protocol: r.protocol, metric: r.metric,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { applyBestPaths, learnedFrom, peersSynced, sameRoutes } from "../../src/bgp/importer.js";
+import { applyBestPaths, learnedFrom, listingWithNewer, peersSynced, sameRoutes } from "../../src/bgp/importer.js";
 import type { PeerInfo, RibPath } from "../../src/bgp/gobgp.js";
 import { plan } from "../../src/dataplane/plan.js";
 import { renderBatchLine } from "../../src/dataplane/operations.js";
@@ -40,6 +40,15 @@ describe("importing best paths", () => {
     expect(routes.get("172.31.16.40/32")).toBe(kept);
     expect(sameRoutes(routes, new Map(routes))).toBe(true);
     expect(sameRoutes(routes, new Map([...routes, ["x", learned("x")]]))).toBe(false);
+  });
+
+  it("compares with a listing only where the stream said nothing while it was taken", () => {
+    // Listed: .40 and .42, which the stream missed; .44, which the stream withdrew while the listing was taken;
+    // .43, whose withdrawal waits. Watched: .41, which came while the listing was taken, and .43.
+    const watched = new Map([learned("172.31.16.41/32"), learned("172.31.16.43/32")].map((r) => [r.prefix, r]));
+    const listed = new Map([learned("172.31.16.40/32"), learned("172.31.16.42/32"), learned("172.31.16.44/32"), learned("172.31.16.43/32")].map((r) => [r.prefix, r]));
+    const touched = ["172.31.16.41/32", "172.31.16.44/32", "172.31.16.43/32"];
+    expect([...listingWithNewer(listed, watched, touched).keys()].sort()).toEqual(["172.31.16.40/32", "172.31.16.41/32", "172.31.16.42/32", "172.31.16.43/32"]);
   });
 });
 
