@@ -145,7 +145,7 @@ Architecture: all
 Maintainer: $MAINTAINER
 Installed-Size: $size
 Depends: nodejs (>= 20), iproute2, gobgpd, nftables, curl
-Recommends: libvirt-daemon
+Recommends: libvirt-daemon, tcpdump
 Section: net
 Priority: optional
 Homepage: https://vmrouted.dev/

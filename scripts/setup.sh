@@ -22,11 +22,12 @@ fi
 # for doctor's firewall check and the egress NAT table, iptables (iptables-nft) for
 # the NAT test's "another application's rules", systemd for `systemd-analyze verify` of the unit,
 # gnuplot for the benchmark's chart; xmllint and virt-install for the libvirt corpus tests;
-# dpkg-dev and lintian to build and check the Debian package (scripts/package.sh).
+# dpkg-dev and lintian to build and check the Debian package (scripts/package.sh);
+# tcpdump, which vmrouted runs on an incoming migration's tap to see the guest's RARP.
 PACKAGES=(iproute2 iputils-ping procps util-linux gobgpd bird2
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
   linux-image-cloud-amd64 busybox-static cpio nftables iptables systemd gnuplot-nox curl frr libxml2-utils virtinst
-  dpkg-dev lintian)
+  dpkg-dev lintian tcpdump)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
