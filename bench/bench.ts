@@ -182,14 +182,14 @@ async function footprint(daemon: Daemon, n: number): Promise<Footprint> {
 /**
  * `virsh start` of a diskless domain with one routed interface: a libvirtd
  * with vmrouted's hook against one without any hook (its tap made by hand
- * beforehand, outside the clock), 10 starts each, interleaved.
+ * beforehand, outside the clock), 20 starts each (the noise of a qemu start is ±200 ms), interleaved.
  */
 async function hookLatency(): Promise<NonNullable<Results["hook"]>> {
   const lab = await BgpLab.start(`h${runId()}`);
   const plain = await LibvirtLab.create(lab.host);
   const hooked = await LibvirtLab.create(lab.host);
   const daemon = await Daemon.create(lab.host, { bgp: { gobgp: "127.0.0.1:50051" }, libvirtUri: hooked.uri });
-  const rounds = 10;
+  const rounds = 20;
   try {
     check((await daemon.ctl(["install-hook", "--hooks-dir", hooked.hooksDir, "--config", daemon.configPath])).exitCode === 0, "install-hook");
     await plain.start();

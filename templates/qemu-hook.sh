@@ -6,8 +6,9 @@
 # libvirt. So: never call virsh here, and bound our own wait.
 # It talks to vmrouted's API socket with curl: no Node on the path of a VM
 # start. Only `prepare begin` and `migrate begin` wait for vmrouted (the taps
-# must exist before qemu opens them); every other call is answered as soon as
-# vmrouted has recorded it, and applied in order (each call carries a sequence).
+# must exist before qemu opens them); every other call returns at once, its
+# request sent in the background, and vmrouted applies them in order (each
+# call carries a sequence).
 NODE='@NODE@'
 CLI='@CLI@'
 SOCKET='@SOCKET@'
@@ -26,16 +27,26 @@ case "$2/$3" in
   *) exit 0 ;;
 esac
 
-answer=$(printf '%s' "$xml" | curl -sS --max-time "$TIMEOUT" --unix-socket "$SOCKET" -X POST \
-  -H 'content-type: application/xml' --data-binary @- \
-  --url-query "domain=$1" --url-query "op=$2" --url-query "subop=$3" --url-query "extra=${4:--}" --url-query "seq=$seq" \
-  -w '\n%{http_code}' http://vmrouted/v1/hook 2>&1)
+post() {
+  printf '%s' "$xml" | curl -sS --max-time "$TIMEOUT" --unix-socket "$SOCKET" -X POST \
+    -H 'content-type: application/xml' --data-binary @- \
+    --url-query "domain=$1" --url-query "op=$2" --url-query "subop=$3" --url-query "extra=${4:--}" --url-query "seq=$seq" \
+    -w '\n%{http_code}' http://vmrouted/v1/hook
+}
+if [ "$blocking" = 0 ]; then
+  # libvirt waits for the hook's output to close, not for vmrouted: the call
+  # goes on in the background, its output elsewhere, and libvirt goes on at
+  # once. Nothing here could stop the domain anyway; vmrouted logs what it
+  # refuses, and the sequence keeps a late call from undoing a newer one.
+  post "$@" </dev/null >/dev/null 2>&1 &
+  exit 0
+fi
+answer=$(post "$@" 2>&1)
 rc=$?
 if [ "$rc" -eq 7 ]; then
-  # vmrouted is not running (curl: cannot connect). Only a start needs anything
-  # now: its taps, made directly (the daemon routes and announces the domain
-  # when it is back, from its libvirt resync).
-  [ "$blocking" = 1 ] || exit 0
+  # vmrouted is not running (curl: cannot connect). A start needs its taps
+  # now: made directly (the daemon routes and announces the domain when it is
+  # back, from its libvirt resync).
   printf '%s' "$xml" | timeout "$TIMEOUT" "$NODE" "$CLI" --socket "$SOCKET" hook --config "$CONFIG" -- "$1" "$2" "$3" "${4:--}" >/dev/null
   exit $?
 fi
@@ -44,7 +55,7 @@ if [ "$rc" -ne 0 ] || [ "$code" != 200 ]; then
   # One line for libvirt's error message: vmrouted's {"error": "..."} or curl's own.
   body=$(printf '%s\n' "$answer" | sed '$d' | sed -n 's/^{"error":"\(.*\)"}$/\1/p')
   echo "vmrouted: ${body:-$(printf '%s\n' "$answer" | head -n 1)}" >&2
-  # Only a failed prepare (or incoming migration) may stop a domain: its tap could not be made.
-  [ "$blocking" = 1 ] && exit 1
+  # The domain (or incoming migration) stops here: its tap could not be made.
+  exit 1
 fi
 exit 0
