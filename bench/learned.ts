@@ -6,7 +6,7 @@ import { pathFor } from "../src/bgp/paths.js";
 import { Daemon, Netns, REPO, runId, sh, waitFor } from "../test/helpers/lab.js";
 import { createReflector, Fabric, type GobgpReflector } from "../test/helpers/reflectors.js";
 import { ipOf } from "./floor.js";
-import { summarize, type Results } from "./report.js";
+import { LEARNED_SETTLE_SECONDS, summarize, type Results } from "./report.js";
 
 // Routes learned from other hosts: 50,000 paths injected at a GoBGP route
 // reflector reach a host whose vmrouted (with 1,000 endpoints of its own)
@@ -61,7 +61,7 @@ export async function learnedRoutes(rounds: number): Promise<NonNullable<Results
     await writeFile(add, Array.from({ length: PATHS }, (_, i) => `route replace ${prefixOf(i)} via ${other.address} proto 96 metric 1024`).join("\n") + "\n");
     await writeFile(del, Array.from({ length: PATHS }, (_, i) => `route del ${prefixOf(i)} via ${other.address} proto 96 metric 1024`).join("\n") + "\n");
     const s = { up: [] as number[], upBgp: [] as number[], down: [] as number[], downBgp: [] as number[], fAdd: [] as number[], fDel: [] as number[] };
-    let rssMiB = 0;
+    let rssMiB = 0, rssPeakMiB = 0;
     for (let r = 0; r < rounds; r++) {
       let t = performance.now();
       await floorNs.ip(["-batch", add]);
@@ -72,15 +72,19 @@ export async function learnedRoutes(rounds: number): Promise<NonNullable<Results
       const up = await measure(false, PATHS);
       s.up.push(up.total);
       s.upBgp.push(up.bgp);
-      rssMiB = Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${daemon.child!.pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+      const rss = async () => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${daemon!.child!.pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+      // Right after the burst the heap still holds its garbage; what a host carries is the settled figure.
+      rssPeakMiB = await rss();
+      await new Promise((r) => setTimeout(r, LEARNED_SETTLE_SECONDS * 1000));
+      rssMiB = await rss();
       const down = await measure(true, 0);
       s.down.push(down.total);
       s.downBgp.push(down.bgp);
       process.stderr.write(`learned ${PATHS}: installed ${Math.round(up.total)} ms (BGP ${Math.round(up.bgp)}), withdrawn ${Math.round(down.total)} ms (BGP ${Math.round(down.bgp)}); ` +
-        `one ip -batch: ${Math.round(s.fAdd.at(-1)!)} / ${Math.round(s.fDel.at(-1)!)} ms; RSS ${rssMiB.toFixed(0)} MiB\n`);
+        `one ip -batch: ${Math.round(s.fAdd.at(-1)!)} / ${Math.round(s.fDel.at(-1)!)} ms; RSS ${rssPeakMiB.toFixed(0)} → ${rssMiB.toFixed(0)} MiB\n`);
     }
     return {
-      paths: PATHS, localEndpoints: LOCAL, rssMiB: Math.round(rssMiB * 10) / 10,
+      paths: PATHS, localEndpoints: LOCAL, rssMiB: Math.round(rssMiB * 10) / 10, rssPeakMiB: Math.round(rssPeakMiB * 10) / 10,
       install: { vmrouted: summarize(s.up), bgpOnly: summarize(s.upBgp), floorBatch: summarize(s.fAdd) },
       withdraw: { vmrouted: summarize(s.down), bgpOnly: summarize(s.downBgp), floorBatch: summarize(s.fDel) },
     };

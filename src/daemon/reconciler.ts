@@ -144,28 +144,28 @@ export class Reconciler {
   private sweepFrom = 0;
 
   /**
-   * The resync timer's tick. Links, addresses, routes and neighbours raise
+   * The resync timer's tick (`listed`: this one lists everything). Links, addresses, routes and neighbours raise
    * kernel events; sysctls and namespace insides do not. Small hosts get a
    * full listing every tick. Large ones read, each tick, the sysctls and
    * namespaces of a share of their endpoints (every endpoint within 8 ticks)
    * and list everything every 10th tick, when a lost event would be found:
    * at 10,000 endpoints a full listing costs a second and a half of CPU.
    */
-  resync(): Promise<void> {
+  resync(): { listed: boolean; done: Promise<void> } {
     const desired = this.deps.desired();
     const n = desired.endpoints.length;
     // Startup listed everything: the first full listing is FULL_RESYNC_EVERY ticks later.
-    if (n <= SWEEP_BELOW || ++this.resyncs % FULL_RESYNC_EVERY === 0 || !this.cache) return this.full("resync");
+    if (n <= SWEEP_BELOW || ++this.resyncs % FULL_RESYNC_EVERY === 0 || !this.cache) return { listed: true, done: this.full("resync") };
     const share = Math.max(SWEEP_BELOW, Math.ceil(n / SWEEP_TICKS));
     const devices = [...desired.endpoints].sort((a, b) => (a.device < b.device ? -1 : 1));
     if (this.sweepFrom >= n) this.sweepFrom = 0;
     const picked = devices.slice(this.sweepFrom, this.sweepFrom + share);
     this.sweepFrom += share;
-    return this.mark({
+    return { listed: false, done: this.mark({
       sweep: true,
       devices: new Set([...picked.map((e) => e.device), ...desired.networks.map((net) => gatewayDevice(net.name))]),
       netns: new Set(picked.flatMap((e) => (e.netns !== undefined ? [e.netns] : []))),
-    }, "resync");
+    }, "resync") };
   }
 
   /** Resolves once everything marked before this call has been through a pass. */

@@ -11,6 +11,7 @@ import { configSchema } from "../../src/config/schema.js";
 // from the schema.
 
 const EXAMPLE = join(import.meta.dirname, "../../packaging/deb/config.yaml");
+const README = join(import.meta.dirname, "../../README.md");
 
 const uncomment = (text: string) =>
   text.split("\n").filter((l) => !l.startsWith("##")).map((l) => l.replace(/^#/, "")).join("\n");
@@ -29,5 +30,16 @@ describe("the packaged config example", () => {
     const defaults = parseConfig("node: { address: 10.1.1.3 }\nbgp: {}\n");
     for (const key of ["api", "stateDir", "libvirt", "migration", "dataplane", "log"] as const) expect(config[key], key).toEqual(defaults[key]);
     expect(config.bgp).toMatchObject({ gobgp: defaults.bgp!.gobgp, importRoutes: defaults.bgp!.importRoutes, migrationCommunity: defaults.bgp!.migrationCommunity });
+  });
+});
+
+describe("the README's configuration", () => {
+  it("is a valid config naming every top-level key", async () => {
+    const readme = await readFile(README, "utf8");
+    const section = readme.slice(readme.indexOf("\n## Configuration"));
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
+    expect(yaml).toBeDefined();
+    const config = parseConfig(yaml!, "README");
+    expect(Object.keys(config).sort()).toEqual(Object.keys(configSchema.shape).sort());
   });
 });
