@@ -269,8 +269,13 @@ describe("status", () => {
   });
 });
 
-/** A line of the Prometheus text exposition format (version 0.0.4). */
-const PROM_LINE = /^(# HELP [a-zA-Z_:][a-zA-Z0-9_:]* .*|# TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (counter|gauge|histogram|summary|untyped)|[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? -?([0-9.e+-]+|NaN|\+Inf|-Inf)( -?\d+)?)$/;
+/**
+ * A line of the Prometheus text exposition format (version 0.0.4). Values are
+ * parsed with Go's ParseFloat, for which NaN and Inf are case-insensitive:
+ * prom-client writes "Nan" for the event-loop lag's mean when a scrape's
+ * window held no sample (scrapes closer together than its 100 ms resolution).
+ */
+const PROM_LINE = /^(# HELP [a-zA-Z_:][a-zA-Z0-9_:]* .*|# TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (counter|gauge|histogram|summary|untyped)|[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? -?([0-9.e+-]+|[Nn][Aa][Nn]|\+Inf|-Inf)( -?\d+)?)$/;
 
 function parseProm(text: string): Map<string, number> {
   const samples = new Map<string, number>();
