@@ -53,7 +53,7 @@ async function main(): Promise<void> {
   };
   if (!ONLY || ONLY === "converge") await convergeAndIdle(results).then(save);
   if (!ONLY || ONLY === "hook") results.hook = await hookLatency().finally(save);
-  if (!ONLY || ONLY === "learned") results.learned = await learnedRoutes(Math.min(ROUNDS, 2));
+  if (!ONLY || ONLY === "learned") results.learned = await learnedRoutes(ROUNDS);
   await save();
   chart(results, OUT);
   process.stdout.write(markdown(results));
@@ -195,7 +195,8 @@ async function footprint(daemon: Daemon, n: number): Promise<Footprint> {
     return ticks;
   };
   const rss = async () => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
-  await sleep(5000); // the apply's echo and announcements are over
+  // Idle means after the burst: its echo, announcements and the collection of its garbage (5 s after its last pass).
+  await sleep(10_000);
   const before = await total();
   const t0 = performance.now();
   await sleep(IDLE_SECONDS * 1000);

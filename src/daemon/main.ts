@@ -1,3 +1,4 @@
+import { BurstCollector } from "./memory.js";
 import { Command } from "commander";
 import { pino, type Logger } from "pino";
 import type { Config } from "../config/schema.js";
@@ -68,6 +69,7 @@ async function main(argv: string[]): Promise<void> {
   const journal = new CreationJournal(config.stateDir);
   const journalProblem = await journal.load();
   if (journalProblem) log.error(journalProblem);
+  const memory = new BurstCollector();
   const reconciler = new Reconciler({
     desired, observe, apply: applyPlan, groupMembers, settings, log, journal,
     nat: { list: () => listNatTable(), apply: (script) => applyNft(script) },
@@ -75,7 +77,10 @@ async function main(argv: string[]): Promise<void> {
     // A VM migrated away ("source") keeps its route for stragglers but is no longer announced.
     onReport: (report) => announcer?.setDesired(report.endpoints.filter((e) => e.state === "ready" && e.migration !== "source")
       .map((e) => ({ ip: e.ip, elevated: e.elevated }))),
-    onPass: (pass) => metrics.recordPass(pass),
+    onPass: (pass) => {
+      metrics.recordPass(pass);
+      memory.afterPass(pass.operations);
+    },
   });
   metrics.attachReconciler(reconciler);
   // Every published change marks what it changed dirty; the pass that follows covers just that.
@@ -148,6 +153,7 @@ async function main(argv: string[]): Promise<void> {
     announcer?.stop();
     importer?.stop();
     migrations?.stop();
+    memory.stop();
     othersClient?.close();
     stopProfile();
     server.close(() => process.exit(0));
