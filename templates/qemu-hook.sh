@@ -40,7 +40,9 @@ if [ "$blocking" = 0 ]; then
   # goes on in the background, its output elsewhere, and libvirt goes on at
   # once. Nothing here could stop the domain anyway; vmrouted logs what it
   # refuses, and the sequence keeps a late call from undoing a newer one.
-  post "$@" </dev/null >/dev/null 2>&1 &
+  # A subshell: dash does not apply a backgrounded function call's
+  # redirections in the child, which then holds libvirt's pipe until curl ends.
+  (post "$@") </dev/null >/dev/null 2>&1 &
   exit 0
 fi
 answer=$(post "$@" 2>&1)

@@ -51,7 +51,10 @@ export function buildProgram(out: (s: string) => void): Command {
     .description("Admin CLI of vmrouted: routed network interfaces for VMs and namespaces")
     .option("--socket <path>", "vmrouted API socket", DEFAULT_SOCKET)
     .addOption(new Option("-o, --output <format>", "output format").choices(["human", "json", "yaml"]).default("human"))
-    .showSuggestionAfterError(false);
+    .showSuggestionAfterError(false)
+    // Every command refuses arguments it does not take (commander accepts them by default:
+    // `network add n 10.0.0.1/24 --nat-outgoing yes` made the network and ignored the "yes").
+    .allowExcessArguments(false);
   const opts = () => program.opts<{ socket: string; output: OutputFormat }>();
   const api = <T>(method: string, path: string, body?: unknown) => call<T>(opts().socket, method, path, body);
   const show = async (value: unknown, human: (v: never) => string) => out(await render(value, opts().output, human));

@@ -15,7 +15,8 @@ const QUIET_MS = 5000;
 export class BurstCollector {
   private timer: NodeJS.Timeout | undefined;
   private operations = 0;
-  private readonly gc = exposeGc();
+
+  constructor(private readonly gc: (() => void) | undefined = exposeGc()) {}
 
   /** After every pass: once a burst's operations add up, one collection when passes have paused. */
   afterPass(operations: number): void {
@@ -39,7 +40,7 @@ export class BurstCollector {
  * context made after the flag is set gets it (Node's documented use of
  * v8.setFlagsFromString). Without it, V8 collects on its own schedule.
  */
-function exposeGc(): (() => void) | undefined {
+export function exposeGc(): (() => void) | undefined {
   try {
     setFlagsFromString("--expose-gc");
     const gc: unknown = runInNewContext("gc");

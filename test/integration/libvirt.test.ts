@@ -188,6 +188,28 @@ describe("routed interfaces for libvirt domains", () => {
     await daemon.start();
   });
 
+  it("the shim returns from started, stopped and release while vmrouted cannot answer: libvirt is never held by them", async () => {
+    const shim = join(libvirt.hooksDir, "qemu.d", "vmrouted");
+    const xml = (await libvirt.virsh(["dumpxml", "--inactive", "vm1"])).stdout;
+    const pid = daemon.child!.pid!; // our own child
+    process.kill(pid, "SIGSTOP");
+    try {
+      for (const [op, sub] of [["started", "begin"], ["stopped", "end"], ["release", "end"]] as const) {
+        const t = Date.now();
+        // Output captured as libvirt does: the call returns only once every holder of the pipes has let go.
+        const r = await sh(shim, ["vm1", op, sub, "-"], { input: xml, reject: false });
+        expect(r.exitCode, r.stderr).toBe(0);
+        expect(Date.now() - t, `${op} ${sub} returned while vmrouted was stopped (a waiting curl would take the 20 s timeout)`).toBeLessThan(3000);
+      }
+    } finally {
+      process.kill(pid, "SIGCONT");
+    }
+    // Sent in the background, they arrive once vmrouted runs again, in order: the last, release, leaves no tap.
+    const lifecycle = async () => (JSON.parse((await daemon.request("GET", "/v1/domains")).body) as Array<{ domain: string; lifecycle: string }>).find((d) => d.domain === "vm1")?.lifecycle;
+    await waitFor(async () => (await lifecycle()) === "defined", 15000, "the calls applied, release last");
+    await waitFor(async () => !(await links()).some((l) => l.ifalias === "vmrouted:vm:172.31.16.5"), 10000, "vm1's tap gone");
+  });
+
   it("a stop immediately followed by a start of the same domain ends routed and announced", async () => {
     await libvirt.virsh(["start", "vm1"]);
     await waitFor(() => birdHas("172.31.16.5/32"), 15000, "vm1 announced");
