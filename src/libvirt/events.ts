@@ -1,4 +1,4 @@
-import { execa, type ResultPromise } from "execa";
+import { superviseLines } from "../child-lines.js";
 
 // libvirt's domain lifecycle events (`virsh event --loop --all --event
 // lifecycle`), for the one thing hooks cannot tell: when a migrated domain
@@ -18,31 +18,14 @@ export function parseLifecycleLine(line: string): LifecycleEvent | undefined {
 }
 
 export function watchLifecycle(uri: string, onEvent: (e: LifecycleEvent) => void, retryMs = 2000): { stop(): void } {
-  let stopped = false;
-  let child: ResultPromise | undefined;
-  const run = () => {
-    if (stopped) return;
-    let partial = "";
-    // stdbuf: virsh writes its events through stdio, which a pipe would otherwise hold back a buffer at a time.
-    child = execa("stdbuf", ["-oL", "virsh", "-q", "-c", uri, "event", "--all", "--loop", "--event", "lifecycle"], { buffer: false, reject: false });
-    child.stdout?.setEncoding("utf8");
-    child.stdout?.on("data", (chunk: string) => {
-      const lines = (partial + chunk).split("\n");
-      partial = lines.pop() ?? "";
-      for (const l of lines) {
+  // stdbuf: virsh writes its events through stdio, which a pipe would otherwise hold back a buffer at a time.
+  return superviseLines("stdbuf", ["-oL", "virsh", "-q", "-c", uri, "event", "--all", "--loop", "--event", "lifecycle"], {
+    onLines: (text) => {
+      for (const l of text.split("\n")) {
         const e = parseLifecycleLine(l);
         if (e) onEvent(e);
       }
-    });
-    child.then(() => {
-      if (!stopped) setTimeout(run, retryMs).unref();
-    }, () => undefined);
-  };
-  run();
-  return {
-    stop() {
-      stopped = true;
-      child?.kill();
     },
-  };
+    restartMs: retryMs,
+  });
 }
