@@ -13,9 +13,11 @@ import { join } from "node:path";
 import { BgpLab, HOST_ADDRESS } from "../test/helpers/bgp-lab.js";
 import { assertLabReady, Daemon, REPO, runId, sh, waitFor } from "../test/helpers/lab.js";
 import { LibvirtLab } from "../test/helpers/libvirt-lab.js";
+import { parseMonitorRecord } from "../src/dataplane/events.js";
+import { splitRecords } from "../src/dataplane/monitor.js";
 import { floorDown, floorFiles, floorUp, Injector, ipOf } from "./floor.js";
 import { learnedRoutes } from "./learned.js";
-import { chart, markdown, summarize, type Footprint, type Results } from "./report.js";
+import { chart, markdown, rssMiB, summarize, type Footprint, type Results } from "./report.js";
 
 const args = process.argv.slice(2);
 const arg = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
@@ -150,21 +152,22 @@ async function convergeAndIdle(results: Results): Promise<void> {
   }
 }
 
-/** ms from the kernel's event for `ip`'s /32 deleted by hand to its event for the route back. */
+/** ms from the kernel's event for `ip`'s /32 deleted by hand to its event for the route back (read as vmrouted reads them). */
 async function repairTime(netns: string, ip: string): Promise<number> {
-  const monitor = spawn("ip", ["-n", netns, "-o", "monitor", "route"], { stdio: ["ignore", "pipe", "ignore"] });
+  const monitor = spawn("ip", ["-n", netns, "-N", "-d", "monitor", "label", "route"], { stdio: ["ignore", "pipe", "ignore"] });
   try {
-    let deletedAt = 0, buffer = "";
+    let deletedAt = 0, partial = "";
     const back = new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`bench: ${ip}/32 not repaired within 10 s`)), 10_000);
-      monitor.stdout!.on("data", (chunk: Buffer) => {
+      monitor.stdout!.setEncoding("utf8");
+      monitor.stdout!.on("data", (chunk: string) => {
         const now = performance.now();
-        buffer += chunk.toString();
-        const lines = buffer.split("\n");
-        buffer = lines.pop()!;
-        for (const line of lines) {
-          if (!new RegExp(`^(Deleted )?${ip.replace(/\./g, "\\.")} dev .* proto 94`).test(line)) continue;
-          if (line.startsWith("Deleted ")) deletedAt = now;
+        const text = partial + chunk;
+        const end = text.lastIndexOf("\n");
+        partial = text.slice(end + 1);
+        for (const e of splitRecords(text.slice(0, Math.max(end, 0))).flatMap((r) => parseMonitorRecord(r) ?? [])) {
+          if (e.kind !== "route" || e.dst !== `${ip}/32` || e.protocol !== 94) continue;
+          if (e.deleted) deletedAt = now;
           else if (deletedAt) {
             clearTimeout(timer);
             resolve(now - deletedAt);
@@ -194,7 +197,6 @@ async function footprint(daemon: Daemon, n: number): Promise<Footprint> {
     for (const c of await children()) ticks += await stat(c).catch(() => 0);
     return ticks;
   };
-  const rss = async () => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
   // Idle means after the burst: its echo, announcements and the collection of its garbage (5 s after its last pass).
   await sleep(10_000);
   const before = await total();
@@ -210,7 +212,7 @@ async function footprint(daemon: Daemon, n: number): Promise<Footprint> {
   }
   return {
     endpoints: n, idleSeconds: Math.round(seconds), cpuPercentOfCore: Math.round(((ticks / 100) / seconds) * 1000) / 10,
-    rssMiB: Math.round((await rss()) * 10) / 10, statusMs: summarize(statusMs),
+    rssMiB: Math.round((await rssMiB(pid)) * 10) / 10, statusMs: summarize(statusMs),
   };
 }
 

@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { toApiPath } from "../src/bgp/gobgp.js";
@@ -6,7 +6,7 @@ import { pathFor } from "../src/bgp/paths.js";
 import { Daemon, Netns, REPO, runId, sh, waitFor } from "../test/helpers/lab.js";
 import { createReflector, Fabric, type GobgpReflector } from "../test/helpers/reflectors.js";
 import { ipOf } from "./floor.js";
-import { LEARNED_SETTLE_SECONDS, summarize, type Results } from "./report.js";
+import { LEARNED_SETTLE_SECONDS, rssMiB as rssOf, summarize, type Results } from "./report.js";
 
 // Routes learned from other hosts: 50,000 paths injected at a GoBGP route
 // reflector reach a host whose vmrouted (with 1,000 endpoints of its own)
@@ -72,11 +72,10 @@ export async function learnedRoutes(rounds: number): Promise<NonNullable<Results
       const up = await measure(false, PATHS);
       s.up.push(up.total);
       s.upBgp.push(up.bgp);
-      const rss = async () => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${daemon!.child!.pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
       // Right after the burst the heap still holds its garbage; what a host carries is the settled figure.
-      rssPeakMiB = await rss();
+      rssPeakMiB = await rssOf(daemon.child!.pid!);
       await new Promise((r) => setTimeout(r, LEARNED_SETTLE_SECONDS * 1000));
-      rssMiB = await rss();
+      rssMiB = await rssOf(daemon.child!.pid!);
       const down = await measure(true, 0);
       s.down.push(down.total);
       s.downBgp.push(down.bgp);

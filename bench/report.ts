@@ -1,4 +1,5 @@
 import { execFileSync } from "node:child_process";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 
 // Bench results: shapes, summaries (median and spread), the markdown table and
@@ -17,6 +18,11 @@ export function summarize(samples: number[]): Summary {
 }
 
 export interface SideBySide { floor: Summary; vmrouted: Summary; baseline?: Summary }
+
+/** A process's resident memory now, in MiB (the footprint and learned-route parts report it). */
+export async function rssMiB(pid: number): Promise<number> {
+  return Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+}
 
 /** How the learned-route RSS is taken (bench/learned.ts waits this long after the install). */
 export const LEARNED_SETTLE_SECONDS = 20;

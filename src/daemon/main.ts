@@ -1,4 +1,3 @@
-import { BurstCollector } from "./memory.js";
 import { Command } from "commander";
 import { pino, type Logger } from "pino";
 import type { Config } from "../config/schema.js";
@@ -27,6 +26,7 @@ import { Controller } from "./controller.js";
 import { CreationJournal } from "./creation-journal.js";
 import { KernelWatch } from "./kernel-watch.js";
 import { LibvirtService } from "./libvirt.js";
+import { BurstCollector } from "./memory.js";
 import { Metrics, startMetricsListener } from "./metrics.js";
 import { Reconciler } from "./reconciler.js";
 import { loadDesired } from "./recover.js";

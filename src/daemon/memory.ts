@@ -26,7 +26,7 @@ export class BurstCollector {
     clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.operations = 0;
-      this.gc?.();
+      this.gc!();
     }, QUIET_MS).unref();
   }
 
