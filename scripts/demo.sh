@@ -20,7 +20,6 @@ LV="$WORK/libvirt"; LV2="$WORK/libvirt2"
 VIRSH=(virsh -q -c "qemu:///system?socket=$LV/run/libvirt-sock")
 VIRSH2=(virsh -q -c "qemu:///system?socket=$LV2/run/libvirt-sock")
 GUEST=demo-guest; GUEST_IP=172.31.16.5; TASK_IP=172.31.16.20
-DAEMON_PID=""; GOBGPD_PID=""; BIRD_PID=""; LIBVIRTD_PID=""; DAEMON2_PID=""; GOBGPD2_PID=""; LIBVIRTD2_PID=""
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
@@ -33,18 +32,28 @@ wait_until() { # wait_until SECONDS WHAT COMMAND...: polls every 0.2 s
 }
 console() { grep -a '^VMR ' "$WORK/$GUEST.console" 2>/dev/null | tr -d '\r' || true; }
 
+# The demo's own stdout/stderr, kept: Ctrl-C during a function call whose output
+# is redirected (wait_until's `ctl status >/dev/null`, `fill > file`) runs the
+# traps with that redirection still in force, and the teardown's lines went to
+# /dev/null.
+exec {DEMO_OUT}>&1 {DEMO_ERR}>&2
 CLEANED=""
 cleanup() {
   [ -z "$CLEANED" ] || return 0
   CLEANED=1
   trap - EXIT INT TERM
+  exec 1>&"$DEMO_OUT" 2>&"$DEMO_ERR"
   say "Tearing the lab down"
   for lv in "$LV" "$LV2"; do
     virsh -q -c "qemu:///system?socket=$lv/run/libvirt-sock" destroy "$GUEST" >/dev/null 2>&1 || true
     virsh -q -c "qemu:///system?socket=$lv/run/libvirt-sock" undefine "$GUEST" >/dev/null 2>&1 || true
   done
-  for pid in "$DAEMON_PID" "$DAEMON2_PID" "$GOBGPD_PID" "$GOBGPD2_PID" "$BIRD_PID" "$LIBVIRTD_PID" "$LIBVIRTD2_PID"; do
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill "$pid"; wait "$pid" 2>/dev/null || true; fi
+  # Every daemon is a job of this shell: stop them by pid, newest first (a host's
+  # vmrouted before its libvirtd and gobgpd, BIRD last). The job table, not
+  # variables set after each start, so that one started just before Ctrl-C
+  # (its pid not yet stored anywhere) is stopped too.
+  for pid in $(jobs -p | tac); do
+    if kill -0 "$pid" 2>/dev/null; then kill "$pid"; wait "$pid" 2>/dev/null || true; fi
   done
   # A qemu that outlived libvirtd (interrupted mid-start, or libvirtd gone first):
   # stop it by the pid libvirt recorded, if that pid is still our guest's qemu.
@@ -76,12 +85,10 @@ say "2. BIRD 2 as route reflector; on each host gobgpd, libvirtd and vmrouted wi
 fill() { sed -e "s/\${ASN}/64512/g; s/\${NODE_ADDRESS}/$2/g; s/\${RR_ADDRESS}/10.99.0.2/g" "templates/$1"; }
 { fill bird-rr.conf 10.99.0.1; printf 'protocol bgp host2 from vmrouted_hosts {\n  neighbor 10.99.0.3 as 64512;\n}\n'; cat scripts/lab/bird-kernel.conf; } > "$WORK/bird.conf"
 ip netns exec "$RR" bird -f -c "$WORK/bird.conf" -s "$WORK/bird.ctl" -P "$WORK/bird.pid" > "$WORK/bird.log" 2>&1 &
-BIRD_PID=$!
 host_up() { # host_up NS ADDRESS NAME SOCKET LIBVIRT_DIR: gobgpd, libvirtd (listening for migrations), vmrouted
   local ns=$1 addr=$2 name=$3 sock=$4 lv=$5
   fill gobgpd.toml "$addr" > "$WORK/$name-gobgpd.toml"
   ip netns exec "$ns" gobgpd -f "$WORK/$name-gobgpd.toml" --api-hosts 127.0.0.1:50051 --pprof-disable -r -l warn > "$WORK/$name-gobgpd.log" 2>&1 &
-  LAST_GOBGPD=$!
   cat > "$WORK/$name.yaml" <<YAML
 node: { address: $addr, name: $name }
 api: { socket: $sock }
@@ -96,14 +103,10 @@ YAML
   # The hook is installed before libvirtd starts: libvirtd reads hooks at start.
   node dist/cli/main.js --socket "$sock" install-hook --hooks-dir "$lv/etc/hooks" --config "$WORK/$name.yaml" >/dev/null
   ip netns exec "$ns" unshare -m --propagation private bash scripts/lab/libvirtd.sh run "$lv" "$addr" > "$WORK/$name-libvirtd.log" 2>&1 &
-  LAST_LIBVIRTD=$!
   ip netns exec "$ns" node dist/daemon/main.js --config "$WORK/$name.yaml" > "$WORK/$name-vmrouted.log" 2>&1 &
-  LAST_DAEMON=$!
 }
 host_up "$HOST" 10.99.0.1 demo-host "$SOCK" "$LV"
-GOBGPD_PID=$LAST_GOBGPD; LIBVIRTD_PID=$LAST_LIBVIRTD; DAEMON_PID=$LAST_DAEMON
 host_up "$HOST2" 10.99.0.3 demo-host2 "$SOCK2" "$LV2"
-GOBGPD2_PID=$LAST_GOBGPD; LIBVIRTD2_PID=$LAST_LIBVIRTD; DAEMON2_PID=$LAST_DAEMON
 cat "$WORK/demo-host.yaml"
 wait_until 20 libvirtd "${VIRSH[@]}" list
 wait_until 20 "the second libvirtd" "${VIRSH2[@]}" list

@@ -26,8 +26,8 @@ async function leftovers() {
   return { netns, dirs, procs };
 }
 
-/** Runs the demo in its own process group; with `interruptAt`, sends SIGINT once that text is printed. */
-function runDemo(interruptAt?: string): Promise<{ code: number | null; output: string; interrupted: boolean }> {
+/** Runs the demo in its own process group; with `interruptAt`, sends SIGINT `delayMs` after that text is printed. */
+function runDemo(interruptAt?: string, delayMs = 300): Promise<{ code: number | null; output: string; interrupted: boolean }> {
   return new Promise((resolve, reject) => {
     const child = spawn("bash", [join(REPO, "scripts/demo.sh")], { detached: true, stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
@@ -36,7 +36,7 @@ function runDemo(interruptAt?: string): Promise<{ code: number | null; output: s
       output += c.toString();
       if (interruptAt && !interrupted && output.includes(interruptAt)) {
         interrupted = true;
-        setTimeout(() => process.kill(-child.pid!, "SIGINT"), 300);
+        setTimeout(() => process.kill(-child.pid!, "SIGINT"), delayMs);
       }
     };
     child.stdout.on("data", onData);
@@ -65,15 +65,20 @@ describe("the demo (README quick start, first command)", () => {
     expect(await rootSnapshot()).toBe(root);
   }, 400_000);
 
+  // Step 2 starts six daemons in about two seconds: Ctrl-C at several moments
+  // of it (a daemon started just before the interrupt once outlived the demo).
   it.each([
-    ["while the daemons start", "== 2."],
-    ["while the guest starts", "== 5."],
-    ["with the guest running and announced", "== 6."],
-    ["during the live migration", "== 9."],
-  ])("Ctrl-C %s leaves no namespaces, daemons, domains or files", async (_when, marker) => {
+    ["while the daemons start (+0.1 s)", "== 2.", 100],
+    ["while the daemons start (+0.3 s)", "== 2.", 300],
+    ["while the daemons start (+0.7 s)", "== 2.", 700],
+    ["while the daemons start (+1.2 s)", "== 2.", 1200],
+    ["while the guest starts", "== 5.", 300],
+    ["with the guest running and announced", "== 6.", 300],
+    ["during the live migration", "== 9.", 300],
+  ])("Ctrl-C %s leaves no namespaces, daemons, domains or files", async (_when, marker, delayMs) => {
     const root = await rootSnapshot();
     const before = await leftovers();
-    const r = await runDemo(marker);
+    const r = await runDemo(marker, delayMs);
     expect(r.interrupted, r.output.slice(-3000)).toBe(true);
     expect(r.code).not.toBe(0);
     expect(r.output).toContain("done: domain, daemons, namespaces and files removed");
