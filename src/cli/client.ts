@@ -35,6 +35,11 @@ export function call<T = unknown>(socketPath: string, method: string, path: stri
           if ((res.statusCode ?? 500) >= 400) return reject(new ApiError((parsed as { error?: string }).error ?? `HTTP ${res.statusCode}`));
           resolve(parsed as T);
         });
+        // vmrouted gone in the middle of its answer: Node's response emits neither
+        // "end" nor "error" then, only "close" (and the CLI would exit without a word).
+        res.on("close", () => {
+          if (!res.complete) reject(new UnreachableError(`vmrouted at ${socketPath} closed the connection before its answer was complete (did it stop?)`));
+        });
       },
     );
     // A stopped (SIGSTOP) or wedged daemon accepts the connection and never answers.

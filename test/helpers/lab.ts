@@ -158,6 +158,8 @@ export class Daemon {
       const req = request({ socketPath: this.socket, method, path, headers: { "content-type": "application/json" } }, (res) => {
         let text = "";
         res.on("data", (c) => (text += c)).on("end", () => resolve({ status: res.statusCode ?? 0, body: text }));
+        // A daemon killed mid-answer: Node emits neither "end" nor "error" on the response, only "close".
+        res.on("close", () => { if (!res.complete) reject(new Error(`vmrouted closed the connection in the middle of its answer to ${method} ${path}`)); });
       });
       req.on("error", reject);
       req.end(body);

@@ -1,5 +1,4 @@
 import { cp, mkdir, mkdtemp, rm, symlink } from "node:fs/promises";
-import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -289,17 +288,6 @@ function parseProm(text: string): Map<string, number> {
   return samples;
 }
 
-/** GET over the API socket: status code and body. */
-function getOnSocket(socketPath: string, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    request({ socketPath, path, method: "GET" }, (res) => {
-      let body = "";
-      res.on("data", (c: Buffer) => (body += c.toString()));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-    }).on("error", reject).end();
-  });
-}
-
 /** GET from inside the host namespace (the metrics port is on its loopback). */
 async function getInHost(url: string): Promise<{ status: number; body: string }> {
   const script = `fetch(${JSON.stringify(url)}).then(async (r) => process.stdout.write(JSON.stringify({ status: r.status, body: await r.text() })))`;
@@ -308,7 +296,7 @@ async function getInHost(url: string): Promise<{ status: number; body: string }>
 
 describe("metrics", () => {
   it("GET /metrics on the API socket and on the loopback port parses as Prometheus text, and moves", async () => {
-    const scrape = async () => (await getOnSocket(daemon.socket, "/metrics")).body;
+    const scrape = async () => (await daemon.request("GET", "/metrics")).body;
     // A gobgpd restart, to be counted as a reconnect.
     await lab.gobgpd.stop();
     await lab.startGobgpd();
