@@ -1,12 +1,12 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { request } from "node:http";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { execa } from "execa";
 import { stringify } from "yaml";
+import { exchange } from "../../src/cli/client.js";
 
 // Building blocks for integration tests: network namespaces this test creates
 // (never the root one), the real daemon started and stopped by its pid, and
@@ -153,17 +153,9 @@ export class Daemon {
   }
 
   /** One raw API call, as any client could send it: status code and body text. */
-  request(method: string, path: string, body = ""): Promise<{ status: number; body: string }> {
-    return new Promise((resolve, reject) => {
-      const req = request({ socketPath: this.socket, method, path, headers: { "content-type": "application/json" } }, (res) => {
-        let text = "";
-        res.on("data", (c) => (text += c)).on("end", () => resolve({ status: res.statusCode ?? 0, body: text }));
-        // A daemon killed mid-answer: Node emits neither "end" nor "error" on the response, only "close".
-        res.on("close", () => { if (!res.complete) reject(new Error(`vmrouted closed the connection in the middle of its answer to ${method} ${path}`)); });
-      });
-      req.on("error", reject);
-      req.end(body);
-    });
+  async request(method: string, path: string, body = ""): Promise<{ status: number; body: string }> {
+    const r = await exchange(this.socket, method, path, { headers: { "content-type": "application/json" }, payload: body });
+    return { status: r.status, body: r.text };
   }
 
   async status(): Promise<StatusJson> {
