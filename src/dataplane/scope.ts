@@ -3,6 +3,7 @@ import { gatewayDevice } from "../model/naming.js";
 import { networkPrefix } from "../model/resolve.js";
 import type { DesiredState, Endpoint } from "../model/types.js";
 import type { ObservedState } from "./observed.js";
+import type { Plan } from "./plan.js";
 
 // Pure: what a scoped pass looks at. Felix's route table keeps a dirty set and
 // resyncs everything only on a long timer; so does vmrouted. A scope names
@@ -157,4 +158,17 @@ export function restrictObserved(observed: ObservedState, scope: Scope): Observe
     ...(observed.ipForward !== undefined ? { ipForward: observed.ipForward } : {}),
     ...(observed.adoptable ? { adoptable: observed.adoptable } : {}),
   };
+}
+
+/** The objects of a plan's conflicts (something not ours in the way), closed: what must be read to confirm them. */
+export function conflictScope(plan: Pick<Plan, "endpoints" | "gateways" | "learned">, desired: DesiredState): Scope | undefined {
+  const scope = emptyScope();
+  for (const c of plan.endpoints) {
+    if (!c.conflict) continue;
+    scope.devices.add(c.endpoint.device);
+    scope.dsts.add(`${c.endpoint.ip}/32`);
+  }
+  for (const g of plan.gateways) if (g.conflict) scope.devices.add(g.device);
+  for (const l of plan.learned) if (l.conflict) scope.dsts.add(l.route.prefix);
+  return scopeSize(scope) ? closeScope(scope, desired) : undefined;
 }

@@ -110,6 +110,28 @@ describe("kernel events", () => {
     }
   });
 
+  it("a foreign route the kernel dropped without an event (its device's last address removed) holds no endpoint back", async () => {
+    const endpoint = async (ip: string) => (await daemon.status()).endpoints.find((e) => e.ip === ip);
+    await host.ip(["link", "add", "fx0", "type", "veth", "peer", "name", "fx1"]);
+    try {
+      for (const dev of ["fx0", "fx1"]) await host.ip(["link", "set", dev, "up"]);
+      await host.ip(["address", "add", "10.77.0.1/24", "dev", "fx0"]);
+      await host.ip(["route", "add", "172.31.16.160/32", "dev", "fx0", "proto", "static"]);
+      expect((await daemon.request("POST", "/v1/reconcile")).status).toBe(200);
+      // IPv4 goes from fx0 with its last address, and its routes with it: the kernel sends no route event for them.
+      await host.ip(["address", "del", "10.77.0.1/24", "dev", "fx0"]);
+      expect(await host.json<unknown[]>(["-4", "route", "show", "172.31.16.160/32"])).toEqual([]);
+      await quiet();
+      const r = await daemon.ctl(["tap", "add", "--network", "service", "--ip", "172.31.16.160"]);
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect(await endpoint("172.31.16.160")).toMatchObject({ state: "ready" });
+      expect(await routeTo("172.31.16.160")).toBe(true);
+    } finally {
+      await daemon.ctl(["tap", "remove", "172.31.16.160"]);
+      await host.ip(["link", "del", "fx0"], false);
+    }
+  });
+
   it("a /32 deleted by hand is repaired by its event (the resync is an hour away)", async () => {
     const before = await eventPasses();
     const e = (await daemon.status()).endpoints.find((x) => x.ip === "172.31.16.12")!;
