@@ -14,7 +14,7 @@ export interface LineChildOptions {
   restartMs: number;
 }
 
-export function superviseLines(command: string, args: string[], o: LineChildOptions): { stop(): void } {
+export function superviseLines(command: string, args: string[], o: LineChildOptions): { stop(): void; pid(): number | undefined } {
   let stopped = false;
   let child: ResultPromise | undefined;
   const run = () => {
@@ -44,5 +44,7 @@ export function superviseLines(command: string, args: string[], o: LineChildOpti
       stopped = true;
       child?.kill();
     },
+    /** The running child's pid (undefined between a child's end and its restart). */
+    pid: () => (child && child.exitCode === null ? child.pid : undefined),
   };
 }

@@ -50,9 +50,17 @@ export class Announcer {
     this.record = new Map(deps.record.map((p) => [p.prefix, p]));
   }
 
-  /** What should be announced now (the ready endpoints). Returns at once; the loop sends it. */
-  setDesired(announcements: Announcement[]): void {
+  /**
+   * What should be announced now (the ready endpoints). Returns at once; the loop sends it.
+   * `keep`: prefixes kept as found (held objects): a path the record has for them stays
+   * (and is sent again to a restarted gobgpd); none is added.
+   */
+  setDesired(announcements: Announcement[], keep: ReadonlySet<string> = new Set()): void {
     this.desired = new Map(announcements.map((a) => pathFor(a, this.deps.policy)).map((p) => [p.prefix, p]));
+    for (const prefix of keep) {
+      const had = this.record.get(prefix);
+      if (had && !this.desired.has(prefix)) this.desired.set(prefix, had);
+    }
     this.haveDesired = true;
     this.version++;
     this.wake?.();
@@ -127,7 +135,16 @@ export class Announcer {
       const version = this.version;
       const full = this.needFull;
       this.needFull = false;
-      if (await this.push(full)) this.pushed = version;
+      try {
+        if (await this.push(full)) this.pushed = version;
+      } catch (e) {
+        // The record could not be written (a full stateDir): nothing is sent that it does not
+        // cover; the same work is tried again after a pause.
+        this.needFull ||= full;
+        this.deps.onFailure?.();
+        this.deps.log.error({ err: (e as Error).message }, "cannot record announced paths; retrying");
+        await new Promise((r) => setTimeout(r, this.deps.retryMs ?? 1000).unref());
+      }
     }
   }
 

@@ -1,4 +1,4 @@
-import type { Status } from "../daemon/status.js";
+import type { StartingStatus, Status } from "../daemon/status.js";
 import type { EndpointStatus, LearnedStatus, NetworkStatus } from "../daemon/report.js";
 import type { Finding } from "../doctor/diagnose.js";
 
@@ -73,7 +73,8 @@ export function routesTable(routes: LearnedStatus[]): string {
   return table(["PREFIX", "VIA", "METRIC", "PREFERRED", "STATE", "REASON"], rows);
 }
 
-export function statusHuman(s: Status): string {
+export function statusHuman(s: Status | StartingStatus): string {
+  if (s.state === "starting") return `vmrouted ${s.version}  node ${s.node.name} (${s.node.address})  starting: ${s.reason}`;
   const counts = { ready: 0, pending: 0, degraded: 0 };
   for (const e of s.endpoints) counts[e.state]++;
   const peers = s.bgp.peers.map((p) => `  peer ${p.address}  ${p.state}` +
@@ -86,6 +87,9 @@ export function statusHuman(s: Status): string {
       : "bgp: disabled (no bgp section in the config)",
     ...peers,
     `endpoints: ${counts.ready} ready, ${counts.pending} pending, ${counts.degraded} degraded`,
+    ...(s.storage.state === "failing" ? [`stateDir: writes failing since ${s.storage.since} (${s.storage.reason}); retrying`] : []),
+    ...(s.reconcile.failing ? [`reconcile: ${s.reconcile.failing} pass(es) failed in a row (${s.reconcile.lastError?.message}); retrying`] : []),
+    ...s.problems.map((p) => `held as found: ${p}`),
     "",
     s.networks.length ? networksTable(s.networks) : "no networks",
     "",

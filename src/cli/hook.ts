@@ -32,7 +32,12 @@ export async function ensureTapsWithoutDaemon(domain: string, xml: string, confi
   const settings = { ...config.dataplane, gatewayKind: "bridge" as const };
   // Only these taps are read, so only these taps can be planned for: nothing else on the host is touched.
   const look = () => observe({ netns: [], scope: { devices: vm.endpoints.map((e) => e.device), dsts: [] } });
-  const ops = plan(desired, await look(), settings, { gateways: new Set() }).operations.filter((op) => ids.has(op.subject));
+  const before = await look();
+  // A tap held open (carrier) at prepare is another domain's, running: a virt-clone carrying its metadata. The
+  // clone must not start, and that domain's tap and route stay as they are (the plan below would unroute them).
+  const held = vm.endpoints.find((e) => before.links.get(e.device)?.carrier);
+  if (held) throw new InputError(`ip ${held.ip}: tap ${held.device} is held open by a running domain`);
+  const ops = plan(desired, before, settings, { gateways: new Set() }).operations.filter((op) => ids.has(op.subject));
   await applyPlan(ops);
   const after = plan(desired, await look(), settings, { gateways: new Set() });
   const missing = after.endpoints.filter((c) => !c.link || c.conflict);

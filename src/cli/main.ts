@@ -1,12 +1,13 @@
 import { readFile } from "node:fs/promises";
 import { Command, Option } from "commander";
-import type { Status } from "../daemon/status.js";
+import type { StartingStatus, Status } from "../daemon/status.js";
 import { InputError } from "../model/errors.js";
 import type { Spec } from "../model/spec.js";
 import { ApiError, call, RawBody, UnreachableError } from "./client.js";
 import { MAX_HOOK_XML, readStdin } from "./stdin.js";
 import { VERSION } from "../version.js";
 import type { LearnedStatus } from "../daemon/report.js";
+import type { ConfigImpact } from "../config/impact.js";
 import {
   doctorHuman, domainsTable, endpointsTable, networksTable, render, routesTable, statusHuman, type DomainView, type OutputFormat,
 } from "./format.js";
@@ -45,6 +46,15 @@ async function readSpec(path: string): Promise<unknown> {
   return parseYaml(text, `spec ${path}`) ?? {};
 }
 
+/**
+ * Orders this call with the shim's (templates/qemu-hook.sh): the boot id and the monotonic clock
+ * in ns (process.hrtime is CLOCK_MONOTONIC, as /proc/timer_list's "now at"), never the wall clock.
+ */
+async function hookSeq(): Promise<string> {
+  const boot = (await readFile("/proc/sys/kernel/random/boot_id", "utf8")).trim();
+  return `${boot}:${process.hrtime.bigint()}`;
+}
+
 export function buildProgram(out: (s: string) => void): Command {
   const program = new Command("vmroutectl")
     .version(VERSION, "-V, --version", "print vmroutectl's version")
@@ -58,9 +68,15 @@ export function buildProgram(out: (s: string) => void): Command {
   const opts = () => program.opts<{ socket: string; output: OutputFormat }>();
   const api = <T>(method: string, path: string, body?: unknown) => call<T>(opts().socket, method, path, body);
   const show = async (value: unknown, human: (v: never) => string) => out(await render(value, opts().output, human));
+  /** The reported state, for commands that read parts of it (before the first pass there is none yet). */
+  const running = async (): Promise<Status> => {
+    const s = await api<Status | StartingStatus>("GET", "/v1/status");
+    if (s.state === "starting") throw new ApiError(`vmrouted is starting (${s.reason}); try again in a moment`);
+    return s;
+  };
 
   program.command("status").description("reported state: networks, endpoints, BGP").action(async () => {
-    await show(await api<Status>("GET", "/v1/status"), statusHuman);
+    await show(await api<Status | StartingStatus>("GET", "/v1/status"), statusHuman);
   });
 
   program.command("apply").description("make the runtime networks and endpoints exactly those of a spec file")
@@ -89,7 +105,7 @@ export function buildProgram(out: (s: string) => void): Command {
     await show({ removed: name }, () => `network ${name} removed`);
   });
   network.command("list").action(async () => {
-    const s = await api<Status>("GET", "/v1/status");
+    const s = await running();
     await show(s.networks, networksTable);
   });
 
@@ -143,7 +159,7 @@ export function buildProgram(out: (s: string) => void): Command {
     .action(async (domain: string, op: string, subop: string, extra: string, o: { config: string }) => {
       const xml = await readStdin(MAX_HOOK_XML + 1);
       try {
-        const query = new URLSearchParams({ domain, op, subop, extra, seq: `${BigInt(Date.now()) * 1_000_000n}` });
+        const query = new URLSearchParams({ domain, op, subop, extra, seq: await hookSeq() });
         const r = await api("POST", `/v1/hook?${query}`, new RawBody("application/xml", xml));
         await show(r, () => "ok");
       } catch (e) {
@@ -187,12 +203,25 @@ export function buildProgram(out: (s: string) => void): Command {
       if (hasProblems(findings)) process.exitCode = 1;
     });
 
+  program.command("config").description("the daemon's config file").command("check")
+    .description("what a restart with a config would change; exit 1 where it would orphan an endpoint")
+    .option("--config <path>", "the config to check", DEFAULT_CONFIG)
+    .action(async (o: { config: string }) => {
+      const text = await readFile(o.config, "utf8").catch((e: NodeJS.ErrnoException) => {
+        throw new InputError(`config ${o.config}: cannot read: ${e.code ?? e.message}`);
+      });
+      const { impactHuman } = await import("../config/impact.js");
+      const impact = await api<ConfigImpact>("POST", `/v1/config/check?name=${encodeURIComponent(o.config)}`, new RawBody("application/yaml", text));
+      await show(impact, impactHuman);
+      if (impact.orphaned.length) process.exitCode = 1;
+    });
+
   program.command("routes").description("routes learned from other hosts (BGP import), as installed").action(async () => {
     await show(await api<LearnedStatus[]>("GET", "/v1/routes"), routesTable);
   });
 
   program.command("endpoints").description("list endpoints").action(async () => {
-    const s = await api<Status>("GET", "/v1/status");
+    const s = await running();
     await show(s.endpoints, endpointsTable);
   });
   return program;

@@ -18,6 +18,20 @@ const hostPort = z.string().refine((s) => {
   return !!m && Number(m[2]) > 0 && Number(m[2]) < 65536;
 }, "must be HOST:PORT, like 127.0.0.1:50051");
 
+/**
+ * HOST:PORT on this machine: 127.0.0.0/8, [::1] or localhost (the URL parser
+ * gives every spelling of an address one form: [0::1], 127.1, LOCALHOST).
+ */
+function isLoopbackHostPort(s: string): boolean {
+  let host: string;
+  try {
+    host = new URL(`http://${s}/`).hostname;
+  } catch {
+    return false;
+  }
+  return host === "localhost" || host === "[::1]" || isLoopback(host);
+}
+
 const u16 = (s: string) => /^\d{1,5}$/.test(s) && Number(s) <= 65535;
 const community = z.string().refine((s) => {
   const parts = s.split(":");
@@ -40,6 +54,8 @@ export const configSchema = z
     bgp: z
       .object({
         gobgp: hostPort.default("127.0.0.1:50051"),
+        /** gobgpd's gRPC API has no TLS and no authentication: whoever reaches it can announce any route. Loopback only, unless this says otherwise. */
+        allowRemoteGobgp: z.boolean().default(false),
         communities: z.array(community).default([]),
         localPref: z.number().int().min(0).max(4294967295).optional(),
         /** Install the best paths other hosts announce as kernel routes (protocol dataplane.learnedProtocol). */
@@ -48,6 +64,10 @@ export const configSchema = z
         migrationCommunity: community.default("64512:666"),
       })
       .strict()
+      .refine((b) => b.allowRemoteGobgp || isLoopbackHostPort(b.gobgp), {
+        message: "must be a loopback address (127.0.0.0/8, [::1], localhost): gobgpd's gRPC API is plaintext and unauthenticated; set bgp.allowRemoteGobgp: true to use another host anyway",
+        path: ["gobgp"],
+      })
       .optional(),
     networks: z.record(networkInputSchema).default({}),
     dataplane: z
@@ -89,9 +109,7 @@ export const configSchema = z
     metrics: z
       .object({
         /** Also serve GET /metrics on this loopback HOST:PORT (it is always on the API socket). */
-        listen: hostPort
-          .refine((s) => /^(127\.\d+\.\d+\.\d+|\[::1\]|localhost):/.test(s), "must be a loopback address (metrics are not for the network)")
-          .optional(),
+        listen: hostPort.refine(isLoopbackHostPort, "must be a loopback address (metrics are not for the network)").optional(),
       })
       .strict()
       .default({}),

@@ -69,15 +69,44 @@ export async function checkSocketPath(socketPath: string): Promise<void> {
   if (answered) throw new InputError(`another vmrouted is already serving ${socketPath}; not starting a second one`);
 }
 
-export async function startApi(socketPath: string, routes: Route[], log: Logger): Promise<Server> {
+/**
+ * The API from the daemon's first moment: until the first pass has run,
+ * `GET /v1/status` answers what `starting()` says and every other call waits
+ * for `ready` (a hook's `prepare` then gets its tap from the first pass,
+ * instead of finding the socket dead and racing it with the Node fallback).
+ */
+export class ApiRouter {
+  private routes: Route[] | undefined;
+  private readonly waiting: Promise<void>;
+  private open!: () => void;
+
+  constructor(private readonly starting: () => unknown) {
+    this.waiting = new Promise((r) => (this.open = r));
+  }
+
+  ready(routes: Route[]): void {
+    this.routes = routes;
+    this.open();
+  }
+
+  async route(method: string, path: string): Promise<Route | undefined> {
+    if (!this.routes) {
+      if (method === "GET" && path === "/v1/status") return { method, path: /^/, handler: async () => this.starting() };
+      await this.waiting;
+    }
+    return this.routes!.find((r) => r.method === method && r.path.test(path));
+  }
+}
+
+export async function startApi(socketPath: string, router: ApiRouter, log: Logger): Promise<Server> {
   await mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
   await rm(socketPath, { force: true });
   const server = createServer(async (req, res) => {
     const url = new URL(req.url ?? "/", "http://vmrouted");
-    const route = routes.find((r) => r.method === req.method && r.path.test(url.pathname));
     try {
+      const route = await router.route(req.method ?? "", url.pathname);
       if (!route) throw new HttpError(404, `no such API call: ${req.method} ${url.pathname}`);
-      const match = route.path.exec(url.pathname)!.slice(1).map(decodeURIComponent);
+      const match = (route.path.exec(url.pathname) ?? []).slice(1).map(decodeURIComponent);
       const body = await readBody(req, route.raw === true);
       const result = await route.handler(body, url.searchParams, match);
       if (result instanceof TextBody) res.writeHead(200, { "content-type": result.contentType }).end(result.text);

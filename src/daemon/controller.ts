@@ -29,7 +29,8 @@ export class Controller {
   private async commit(reason: string, build: (d: Desired) => RuntimeState): Promise<void> {
     await this.store.change(`api: ${reason}`, (d) => {
       const next = build(d);
-      const resolved = this.resolver.runtimePart(next); // throws an InputError: nothing changes
+      // The writer refuses a change that adds a problem (entries already held stay held): nothing changes.
+      const resolved = this.resolver.runtimePart(next);
       for (const e of resolved.endpoints)
         for (const domain of d.domains.values())
           if (domain.interfaces.some((i) => i.ip === e.ip)) throw new InputError(`endpoint ${e.kind} ${e.ip}: ip ${e.ip} is used by domain '${domain.name}'`);
@@ -49,9 +50,10 @@ export class Controller {
     // Config networks listed in a spec are checked for agreement, then not stored twice.
     const networks = Object.fromEntries(Object.entries(parsed.data.networks).filter(([name]) => !(name in this.config.networks)));
     return this.commit("apply", () => {
-      // A config network listed with other settings is refused (resolve.ts), so check the spec as written first.
-      const written = { networks: parsed.data.networks, endpoints: parsed.data.endpoints };
-      if (Object.keys(networks).length !== Object.keys(parsed.data.networks).length) this.resolver.runtimePart(written);
+      // A spec is the whole desired set, as written: every entry of it must resolve (a config network
+      // listed with other settings too), whatever was held before.
+      const problem = this.resolver.runtimePart({ networks: parsed.data.networks, endpoints: parsed.data.endpoints }).problems[0];
+      if (problem) throw new InputError(problem);
       return { networks, endpoints: parsed.data.endpoints };
     });
   }

@@ -15,6 +15,14 @@ import type { DesiredState } from "../model/types.js";
 // namespace) raise no netlink event: /run/netns is watched for them.
 
 const QUIET_MS = 20;
+/**
+ * Events are judged after QUIET_MS of quiet, but never later than this after
+ * the first of them: a steady stream of foreign events (another routing
+ * daemon, neighbour churn) must not postpone a repair of ours for ever.
+ */
+const MAX_WAIT_MS = 100;
+/** Nor may it grow the buffer without bound: this many events are judged at once. */
+const MAX_BUFFERED = 20_000;
 const NETNS_DIR = "/run/netns";
 
 export interface KernelWatchDeps {
@@ -56,19 +64,33 @@ export class KernelWatch {
   }
 
   private lastArrival = 0;
+  private firstArrival = 0;
+  private buffered = 0;
 
   private collect(events: KernelEvent[]): void {
     this.lastArrival = performance.now();
+    if (this.chunks.length === 0) this.firstArrival = this.lastArrival;
     this.chunks.push({ at: this.lastArrival, events });
+    this.buffered += events.length;
+    // Our own batch's echo is held whole while it applies (busy); anything else is bounded.
+    if (this.buffered >= MAX_BUFFERED && !this.deps.busy()) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      this.judge();
+      return;
+    }
     // One timer for a burst (a batch of 10,000 taps is ~60,000 events), not one per chunk.
     this.timer ??= setTimeout(() => this.quiet(), QUIET_MS);
   }
 
   private quiet(): void {
     this.timer = undefined;
-    const waited = performance.now() - this.lastArrival;
-    if (waited < QUIET_MS || this.deps.busy()) {
-      this.timer = setTimeout(() => this.quiet(), Math.max(1, QUIET_MS - waited));
+    const now = performance.now();
+    const waited = now - this.lastArrival;
+    const due = now - this.firstArrival >= MAX_WAIT_MS;
+    if (this.deps.busy() || (waited < QUIET_MS && !due)) {
+      const untilDue = MAX_WAIT_MS - (now - this.firstArrival);
+      this.timer = setTimeout(() => this.quiet(), Math.max(1, Math.min(QUIET_MS - waited, untilDue)));
       return;
     }
     this.judge();
@@ -77,6 +99,7 @@ export class KernelWatch {
   private judge(): void {
     const chunks = this.chunks;
     this.chunks = [];
+    this.buffered = 0;
     for (const c of chunks) this.deps.note(c.events, c.at);
     const events = chunks.flatMap((c) => c.events);
     const desired = this.deps.desired();
@@ -90,6 +113,11 @@ export class KernelWatch {
     // tens of ms at 1,000 endpoints). A device's state is more than its events say
     // (sysctls, neighbours flushed with it): those are read.
     this.deps.mark(scope.devices.size ? { ...scope, fromKernel: true } : scope, "kernel event");
+  }
+
+  /** The monitor is subscribed (startup waits for it before listing the kernel). */
+  subscribed(): Promise<boolean> {
+    return this.monitor.subscribed();
   }
 
   stop(): void {

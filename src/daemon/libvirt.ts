@@ -1,10 +1,13 @@
+import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
 import { z } from "zod";
 import {
   addRoutedInterface, domainName, domainUuid, interfaceXml, metadataXml, parseDomainXml, removeRoutedInterface,
   routedInterfaces, serializeDomainXml, type RoutedInterface,
 } from "../libvirt/domain-xml.js";
-import { applyHook, lifecycleAfter, mergeResync, resolveInterface, sameDomains, type DomainRecord } from "../libvirt/domains.js";
+import {
+  applyHook, heldByAnother, HOOK_SEQ, hookCallStale, lifecycleAfter, mergeResync, resolveInterface, sameDomains, type DomainRecord,
+} from "../libvirt/domains.js";
 import { readDomains } from "../libvirt/read.js";
 import { Virsh, VirshError } from "../libvirt/virsh.js";
 import { InputError } from "../model/errors.js";
@@ -25,9 +28,28 @@ export const hookQuerySchema = z.object({
   op: z.string().max(32),
   subop: z.string().max(32),
   extra: z.string().max(256).default("-"),
-  /** The shim's sequence for this call (nanoseconds since the epoch): an older call never overrides a newer one. */
-  seq: z.string().regex(/^\d{1,24}$/, "must be digits").optional(),
+  /**
+   * The shim's sequence for this call: BOOT_ID:NS (the boot id and the monotonic clock in ns), so that an older
+   * call never overrides a newer one of the same boot; plain digits from an older shim (its wall clock) are
+   * accepted too (hookCallStale).
+   */
+  seq: z.string().regex(HOOK_SEQ, "must be digits, or BOOT_ID:DIGITS (the boot id and the monotonic clock in ns)").optional(),
 }).strict();
+
+/**
+ * Whether a tap is held open by a process (its carrier, from sysfs: one read,
+ * no process). Anything but a definite "0" (no such device, a name that is
+ * not one, a device down) counts as held: a start is refused rather than a
+ * running domain's address taken.
+ */
+export function tapHeldOpen(tap: string): boolean {
+  if (!/^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14}$/.test(tap)) return true;
+  try {
+    return readFileSync(`/sys/class/net/${tap}/carrier`, "utf8").trim() !== "0";
+  } catch {
+    return true;
+  }
+}
 
 export const ifaceBodySchema = z.object({
   network: z.string(),
@@ -104,19 +126,27 @@ export class LibvirtService {
         const r = resolveInterface(i, this.deps.networks());
         if (!r.ok) throw new InputError(`hook: domain '${domain}': interface ${i.ip}: ${r.reason}`);
       }
-    const applied = await this.deps.store.change(`hook: ${domain} ${op} ${subop}`, (d) => {
+    const outcome = await this.deps.store.change<{ ignored?: string; refused?: string }>(`hook: ${domain} ${op} ${subop}`, (d) => {
       const record = d.domains.get(domain);
-      if (seq !== undefined && record?.hookSeq !== undefined && BigInt(seq) < BigInt(record.hookSeq))
-        return { next: {}, result: `a later hook call (${record.hookSeq}) was already applied` };
+      const stale = hookCallStale(record?.hookSeq, seq, Date.now());
+      if (stale) return { next: {}, result: { ignored: stale } };
+      // A domain whose IP or tap another one holds (a virt-clone of a running domain carries its metadata) does not
+      // start, and the holder is not touched. Decided here, in the writer: two starts at once see each other.
+      const held = next === "prepared" ? heldByAnother(d.domains.values(), domain, interfaces, tapHeldOpen) : undefined;
+      if (held) return { next: {}, result: { refused: held } };
       const domains = applyHook(d.domains, { domain, ...(uuid ? { uuid } : {}), op, subop, interfaces }, ++this.seq);
       const after = domains.get(domain);
       if (seq !== undefined && after) (domains as Map<string, DomainRecord>).set(domain, { ...after, hookSeq: seq });
-      return { next: { domains }, result: undefined };
+      return { next: { domains }, result: {} };
     });
+    if (outcome.refused) {
+      this.deps.log.warn({ domain, op, subop }, `hook call refused: ${outcome.refused}`);
+      throw new InputError(`hook: domain '${domain}': ${outcome.refused}`);
+    }
     const lifecycle = this.deps.store.current.domains.get(domain)?.lifecycle ?? "defined";
-    if (applied !== undefined) {
-      this.deps.log.warn({ domain, op, subop, seq }, `hook call ignored: ${applied}`);
-      return { domain, lifecycle, ignored: applied, endpoints: [] };
+    if (outcome.ignored !== undefined) {
+      this.deps.log.warn({ domain, op, subop, seq }, `hook call ignored: ${outcome.ignored}`);
+      return { domain, lifecycle, ignored: outcome.ignored, endpoints: [] };
     }
     // Only a start (or an incoming migration) waits: qemu opens the taps next.
     if (next !== "prepared") return { domain, lifecycle, endpoints: [] };
@@ -153,7 +183,8 @@ export class LibvirtService {
     const bad = new Set(read.unreadable.map((u) => u.uuid));
     await this.deps.store.change("libvirt: resync", (d) => {
       const domains = mergeResync(d.domains, read.listed, bad, startSeq, Date.now());
-      return { next: sameDomains(domains, d.domains) ? {} : { domains }, result: undefined };
+      // libvirt answered: the domains are its whole set from now on (vm-class objects nobody explains may go).
+      return { next: { ...(sameDomains(domains, d.domains) ? {} : { domains }), ...(d.domainsKnown ? {} : { domainsKnown: true }) }, result: undefined };
     });
   }
 

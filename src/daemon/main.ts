@@ -8,7 +8,8 @@ import { markHandedOver } from "../libvirt/domains.js";
 import { MigrationWatch } from "./migrations.js";
 import { encodeCommunity } from "../bgp/paths.js";
 import { announcedFile } from "../bgp/record.js";
-import { loadConfig } from "../config/load.js";
+import { loadConfig, parseConfig } from "../config/load.js";
+import { configImpact } from "../config/impact.js";
 import { applyPlan } from "../dataplane/apply.js";
 import { detectGatewayKind } from "../dataplane/capabilities.js";
 import { applyNft, listNatTable } from "../dataplane/nft.js";
@@ -16,12 +17,14 @@ import { groupMembers, observe } from "../dataplane/observe.js";
 import { changedScope } from "../dataplane/scope.js";
 import { InputError } from "../model/errors.js";
 import { DesiredStore } from "../state/desired.js";
-import { removeStaleTemporaries } from "../state/files.js";
+import { onStateWriteFailure, removeStaleTemporaries } from "../state/files.js";
 import { DesiredResolver } from "../state/resolve.js";
 import { persistence } from "../state/stored.js";
 import { Virsh } from "../libvirt/virsh.js";
 import { VERSION } from "../version.js";
-import { checkSocketPath, startApi } from "./api.js";
+import { ApiRouter, checkSocketPath, startApi } from "./api.js";
+import { lockStateDir } from "./lock.js";
+import { startingStatus } from "./status.js";
 import { Controller } from "./controller.js";
 import { CreationJournal } from "./creation-journal.js";
 import { KernelWatch } from "./kernel-watch.js";
@@ -48,20 +51,36 @@ async function main(argv: string[]): Promise<void> {
   const stopProfile = startCpuProfile(process.env.VMROUTED_CPU_PROFILE);
   const config = await loadConfig(program.opts<{ config: string }>().config);
   const log = pino({ level: config.log.level, base: { node: config.node.name } });
+  const metrics = new Metrics();
+  // Nothing that fails later may end the daemon: one line, counted; the failed work is retried where it lives.
+  process.on("unhandledRejection", (e) => {
+    metrics.errors.inc({ source: "internal" });
+    log.error({ err: e }, "unexpected failure (kept running)");
+  });
+  onStateWriteFailure((path, err) => {
+    metrics.errors.inc({ source: "state" });
+    log.error({ path, err: err.message }, "cannot write to stateDir; the write is retried and everything else keeps running");
+  });
+  // One daemon per stateDir, before anything else is touched (lock.ts).
+  const lock = await lockStateDir(config.stateDir);
   await checkSocketPath(config.api.socket);
+  // The API answers from the first moment: status says "starting", every other call waits for the first pass.
+  let startingReason = "reading the state";
+  const router = new ApiRouter(() => startingStatus(config, startingReason));
+  const server = await startApi(config.api.socket, router, log);
 
   const gatewayKind = await detectGatewayKind();
   if (gatewayKind.reason) log.warn({ gatewayKind: gatewayKind.kind }, gatewayKind.reason);
   await removeStaleTemporaries(config.stateDir);
   const resolver = new DesiredResolver({ configNetworks: config.networks, nodeAddress: config.node.address });
   const imports = config.bgp?.importRoutes === true;
-  const store = new DesiredStore(await loadDesired(config.stateDir, config.networks, imports, log), persistence(config.stateDir),
-    (next) => void resolver.runtimePart(next.runtime));
-  resolver.resolve(store.current); // a stored state that no longer fits the config stops us here, before any change
+  const store = new DesiredStore(await loadDesired(config.stateDir, config.networks, imports, config.libvirt.enabled, log),
+    persistence(config.stateDir), (next, previous) => resolver.refuseNewProblems(next.runtime, previous.runtime));
+  // What no longer resolves (a network taken out of the config) is held and reported, never fatal.
+  for (const problem of resolver.resolve(store.current).problems) log.error({ problem }, "stored entry does not resolve; its objects are kept as found");
   const desired = () => resolver.resolve(store.current).state;
 
   const settings = { ...config.dataplane, gatewayKind: gatewayKind.kind };
-  const metrics = new Metrics();
   const announcer = config.bgp
     ? await createAnnouncer(config.bgp, config.node.address, config.stateDir, log, () => metrics.errors.inc({ source: "bgp" }))
     : undefined;
@@ -73,14 +92,18 @@ async function main(argv: string[]): Promise<void> {
   const reconciler = new Reconciler({
     desired, observe, apply: applyPlan, groupMembers, settings, log, journal,
     nat: { list: () => listNatTable(), apply: (script) => applyNft(script) },
-    // Only ready endpoints are announced: a VM is announced once its host side works.
+    // Only ready endpoints are announced: a VM is announced once its host side works. Held ones
+    // (kept as found) keep whatever path they had, and get none they did not have.
     // A VM migrated away ("source") keeps its route for stragglers but is no longer announced.
-    onReport: (report) => announcer?.setDesired(report.endpoints.filter((e) => e.state === "ready" && e.migration !== "source")
-      .map((e) => ({ ip: e.ip, elevated: e.elevated }))),
+    onReport: (report) => announcer?.setDesired(
+      report.endpoints.filter((e) => e.state === "ready" && e.migration !== "source").map((e) => ({ ip: e.ip, elevated: e.elevated })),
+      new Set(report.endpoints.filter((e) => e.held && e.conditions.route).map((e) => `${e.ip}/32`)),
+    ),
     onPass: (pass) => {
       metrics.recordPass(pass);
       memory.afterPass(pass.operations);
     },
+    onError: () => metrics.errors.inc({ source: "reconcile" }),
   });
   metrics.attachReconciler(reconciler);
   // Every published change marks what it changed dirty; the pass that follows covers just that.
@@ -102,11 +125,30 @@ async function main(argv: string[]): Promise<void> {
     metrics.errors.inc({ source: "libvirt" });
     log.error({ err: e }, "libvirt resync failed");
   });
+
+  // The kernel's events are followed from before the first listing: a change between the
+  // listing and the monitor's start would otherwise go unseen until a resync.
+  const kernel = new KernelWatch({ desired, settings, busy: () => reconciler.applying, mark: (s, t) => void reconciler.mark(s, t),
+    note: (events, at) => reconciler.noteKernelEvents(events, at), log });
+  metrics.attachKernelWatch(kernel);
+  startingReason = "subscribing to kernel events";
+  if (!(await kernel.subscribed())) log.warn("ip monitor did not subscribe within 2 s; the resync covers what it misses");
   // libvirt first: a domain started while vmrouted was down has taps (the hook
   // made them) that the cached domains.json does not know, and a first pass
-  // without them would delete taps qemu holds. If libvirtd is down, the cache it is.
+  // without them would delete taps qemu holds. If libvirtd is down, the cache it is
+  // (and without a usable cache, every VM's objects are kept as found: recover.ts).
+  startingReason = "reading libvirt";
   await libvirtResync();
-  await reconciler.full("startup");
+  startingReason = "first reconcile pass";
+  // A first pass that fails is retried (with backoff) like any other; the API opens once one has run.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await reconciler.full("startup");
+      break;
+    } catch (e) {
+      startingReason = `first reconcile pass failed (${attempt}×): ${(e as Error).message.split("\n")[0]}; retrying`;
+    }
+  }
   announcer?.start();
   const importer = config.bgp && imports ? new Importer({
     address: config.bgp.gobgp, connect: connectGobgp, log, migrationCommunity: encodeCommunity(config.bgp.migrationCommunity),
@@ -127,16 +169,15 @@ async function main(argv: string[]): Promise<void> {
   const libvirtTimer = libvirt ? setInterval(libvirtResync, config.libvirt.resyncSeconds * 1000) : undefined;
 
   const controller = new Controller(config, store, resolver, settled);
-  const server = await startApi(config.api.socket, apiRoutes({
+  router.ready(apiRoutes({
     config, gatewayKind, controller, reconciler, metrics, desired, ...(announcer ? { announcer } : {}), ...(libvirt ? { libvirt } : {}),
     ...(importer ? { importer } : {}),
     rejected: () => resolver.resolve(store.current).rejected,
-  }), log);
+    problems: () => resolver.resolve(store.current).problems,
+    checkConfig: (text, name) => configImpact(config, parseConfig(text, `config ${name}`), store.current),
+  }));
   const metricsServer = config.metrics.listen ? await startMetricsListener(config.metrics.listen, metrics) : undefined;
 
-  const kernel = new KernelWatch({ desired, settings, busy: () => reconciler.applying, mark: (s, t) => void reconciler.mark(s, t),
-    note: (events, at) => reconciler.noteKernelEvents(events, at), log });
-  metrics.attachKernelWatch(kernel);
   const resync = setInterval(() => {
     // gobgpd's RIB is compared whenever the kernel is listed whole: the same guard against a lost
     // event, at the same cadence (a listing of 10,000 own paths every 30 s was a third of the idle cost).
@@ -161,6 +202,8 @@ async function main(argv: string[]): Promise<void> {
   };
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));
+  // The lock's descriptor lives as long as the process (lock.ts).
+  process.once("exit", () => void lock.handle.close());
 }
 
 async function createAnnouncer(

@@ -39,7 +39,7 @@ export class Metrics {
     // The event-loop lag histogram samples with a timer: prom-client's default of 10 ms wakes the
     // daemon 100 times a second, 0.7% of a core on an idle host. Every 100 ms still sees a stall.
     collectDefaultMetrics({ register: this.registry, prefix: "vmrouted_", eventLoopMonitoringPrecision: 100 });
-    for (const source of ["apply", "reconcile", "bgp", "libvirt"]) this.errors.inc({ source }, 0);
+    for (const source of ["apply", "reconcile", "bgp", "libvirt", "state", "internal"]) this.errors.inc({ source }, 0);
     for (const result of ["completed", "failed"]) this.migrations.inc({ result }, 0);
   }
 

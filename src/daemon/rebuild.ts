@@ -1,9 +1,10 @@
+import { minimalCover, NAT_SET, type NatTable } from "../dataplane/nat.js";
 import type { ObservedState } from "../dataplane/observed.js";
 import { ALIAS_PREFIX } from "../dataplane/ownership.js";
 import { defaultGuestMac } from "../model/mac.js";
 import { gatewayDevice, tapName } from "../model/naming.js";
 import { networkPrefix, resolveDesired, resolveNetworks } from "../model/resolve.js";
-import { prefixContains } from "../model/ipv4.js";
+import { parsePrefix, prefixContains } from "../model/ipv4.js";
 import type { EndpointInput, NetworkInput } from "../model/spec.js";
 import type { RuntimeState } from "../state/stored.js";
 
@@ -11,7 +12,9 @@ import type { RuntimeState } from "../state/stored.js";
 // from what vmrouted marked in the kernel, for when the state file is corrupt.
 // Every owned device must be explained by the result; anything that cannot be
 // is returned as a problem, because the first pass would delete it otherwise.
-// VM endpoints are not runtime state: libvirt holds them.
+// VM endpoints are not runtime state: libvirt holds them. natOutgoing is in
+// no device: vmrouted's nftables table holds it (a network's prefix in the
+// masquerade set); without it the first pass would remove the masquerade.
 
 export interface Rebuilt {
   state: RuntimeState;
@@ -20,9 +23,10 @@ export interface Rebuilt {
 }
 
 export function rebuildRuntimeState(
-  observed: ObservedState, vethNetns: ReadonlyMap<string, string>, configNetworks: Record<string, NetworkInput>,
+  observed: ObservedState, vethNetns: ReadonlyMap<string, string>, natTable: NatTable | undefined, configNetworks: Record<string, NetworkInput>,
 ): Rebuilt {
   const problems: string[] = [];
+  const natted = new Set(natTable?.sets.find((s) => s.name === NAT_SET)?.elements);
   const networks: Record<string, NetworkInput> = {};
   const endpointLinks: Array<{ device: string; kind: string; ip: string }> = [];
   for (const link of observed.links.values()) {
@@ -35,7 +39,12 @@ export function rebuildRuntimeState(
       // The gateway address is the one on its device that is not a /32 (noprefixroute keeps the prefix length).
       const address = observed.addresses.find((a) => a.device === link.name && a.prefixLength < 32);
       if (!address || link.name !== gatewayDevice(rest)) problems.push(`gateway device ${link.name} (${link.alias}) has no gateway address to rebuild network '${rest}' from`);
-      else networks[rest] = { gateway: `${address.ip}/${address.prefixLength}` };
+      else {
+        const gateway = `${address.ip}/${address.prefixLength}`;
+        // The prefix as desiredNat writes it into the set.
+        const natOutgoing = natted.has(minimalCover([parsePrefix(gateway)!])[0]!);
+        networks[rest] = { gateway, ...(natOutgoing ? { natOutgoing } : {}) };
+      }
     } else if (kind === "tap" || kind === "netns") {
       endpointLinks.push({ device: link.name, kind, ip: rest });
     }

@@ -15,7 +15,7 @@ import { desiredNat, natDifferences, planNat, type NatTable } from "../dataplane
 import { NftUnavailableError } from "../dataplane/nft.js";
 import { gatewayDevice } from "../model/naming.js";
 import type { CreationJournal } from "./creation-journal.js";
-import { endpointStatus, learnedStatus, networkStatus, type EndpointStatus, type LearnedStatus, type NetworkStatus } from "./report.js";
+import { endpointStatus, heldStatus, learnedStatus, networkStatus, type EndpointStatus, type LearnedStatus, type NetworkStatus } from "./report.js";
 
 // The one path that changes the host: desired → observe → plan → apply.
 //
@@ -44,6 +44,8 @@ export interface ReconcileDeps {
   onReport?: (report: ReconcileReport) => void;
   /** After every pass: what triggered it, how many operations failed (metrics). */
   onPass?: (pass: PassSummary) => void;
+  /** A pass failed as a whole (metrics: vmrouted_errors_total{source="reconcile"}). */
+  onError?: (error: unknown) => void;
 }
 
 /** vmrouted's nftables table, as the last pass left it. */
@@ -75,6 +77,8 @@ export interface PassSummary {
 /** A scope larger than this is read with the full listings (a few processes) instead of per-object commands. */
 const SCOPED_READ_LIMIT = 256;
 const MAX_ROUNDS = 3;
+/** Kernel events kept for the next pass's picture at most; more are folded in at once. */
+const UNFOLDED_LIMIT = 20_000;
 /**
  * Up to this many endpoints, every resync is a full listing (it costs little).
  * Above, a full listing is a third of a second of CPU at 1,000 endpoints and
@@ -85,12 +89,21 @@ const FULL_RESYNC_EVERY = 10;
 /** Above SWEEP_BELOW endpoints, every endpoint's sysctls are read once in at most this many ticks (4 minutes at 30 s). */
 const SWEEP_TICKS = 8;
 
-interface Deferred { promise: Promise<void>; resolve: () => void }
+interface Deferred { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void }
 const deferred = (): Deferred => {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => (resolve = r));
-  return { promise, resolve };
+  let resolve!: () => void, reject!: (e: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // Most marks are fire-and-forget: a failed pass must reach those who wait, never end the process unhandled.
+  promise.catch(() => undefined);
+  return { promise, resolve, reject };
 };
+
+/** A pass that failed is tried again after this long, doubling up to RETRY_MAX_MS while it keeps failing. */
+const RETRY_FIRST_MS = 250;
+const RETRY_MAX_MS = 30_000;
 
 export class Reconciler {
   private dirty = emptyScope();
@@ -103,6 +116,8 @@ export class Reconciler {
   private endpoints = new Map<string, EndpointStatus>();
   private readyChanged = true;
   private gateways = new Map<string, NetworkStatus>();
+  /** Objects kept as found, as the last pass that saw them found them. */
+  private held = new Map<string, EndpointStatus>();
   private learned = new Map<string, LearnedStatus>();
   private lastPass = { at: "", durationMs: 0, operations: 0 };
   /** The NAT table as last read or applied ("unknown" until a full or sweep pass has read it). */
@@ -119,9 +134,26 @@ export class Reconciler {
   private unfolded: Array<{ at: number; events: KernelEvent[] }> = [];
   private listedAt = 0;
 
+  private unfoldedCount = 0;
+
   /** Kernel events, folded into the picture at the next pass (they mark nothing dirty: KernelWatch judges that). */
   noteKernelEvents(events: KernelEvent[], arrivedAt: number): void {
-    if (this.cache) this.unfolded.push({ at: arrivedAt, events });
+    // Without a picture and no pass running, the next pass lists everything: nothing to keep. During a
+    // pass (the first one's listing included) they are kept: what changed after the listing read the
+    // kernel is only in them.
+    if (!this.cache && !this.running) return;
+    this.unfolded.push({ at: arrivedAt, events });
+    this.unfoldedCount += events.length;
+    // A stream of foreign events with nothing of ours to repair brings no pass: folded now, not
+    // kept for one (bounded memory). During a pass they wait for the next; that pass folds them.
+    if (this.unfoldedCount >= UNFOLDED_LIMIT && !this.running) this.foldNow();
+  }
+
+  private foldNow(): void {
+    const unfolded = this.unfolded;
+    this.unfolded = [];
+    this.unfoldedCount = 0;
+    if (this.cache) this.cache = foldEvents(this.cache, unfolded.filter((c) => c.at > this.listedAt).flatMap((c) => c.events));
   }
 
   /** Marks objects dirty; a pass follows. Resolves when a pass has covered them. */
@@ -179,22 +211,38 @@ export class Reconciler {
     setImmediate(() => void this.loop());
   }
 
+  /** Consecutive failed passes, and the last one's error (status). */
+  failing = 0;
+  lastError: { at: string; message: string } | undefined;
+
   private async loop(): Promise<void> {
     while (this.next) {
       const done = this.next;
       const scope = this.dirty;
-      const trigger = [...this.triggers].sort().join("+");
+      const triggers = this.triggers;
+      const trigger = [...triggers].sort().join("+");
       this.next = undefined;
       this.dirty = emptyScope();
       this.triggers = new Set();
       try {
         await this.pass(scope, trigger);
+        this.failing = 0;
+        done.resolve();
       } catch (e) {
-        this.deps.log.error({ err: e, trigger }, "reconcile pass failed");
-        // What was dirty stays dirty: the resync (or the next change) tries again.
+        // Never trusted, never dropped: what was dirty stays dirty and is tried again, after a
+        // backoff, with the kernel read afresh; whoever waits on it (a hook, an API call) gets the error.
+        this.failing++;
+        this.lastError = { at: new Date().toISOString(), message: (e as Error).message?.split("\n")[0] ?? String(e) };
         this.cache = undefined;
+        this.deps.onError?.(e);
+        const retryMs = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** (this.failing - 1));
+        this.deps.log.error({ err: e, trigger, failing: this.failing, retryMs }, "reconcile pass failed; trying again");
+        mergeScope(this.dirty, scope);
+        for (const t of triggers) this.triggers.add(t);
+        done.reject(e);
+        await new Promise((r) => setTimeout(r, retryMs));
+        this.next ??= deferred();
       }
-      done.resolve();
     }
     this.running = false;
   }
@@ -213,9 +261,7 @@ export class Reconciler {
       }
     };
     // Between listings the picture follows the kernel's events; those that arrived before the last listing began are in it.
-    const unfolded = this.unfolded;
-    this.unfolded = [];
-    if (this.cache) this.cache = foldEvents(this.cache, unfolded.filter((c) => c.at > this.listedAt).flatMap((c) => c.events));
+    this.foldNow();
     const allNetns = [...new Set(desired.endpoints.flatMap((e) => (e.netns !== undefined ? [e.netns] : [])))];
     const scope = closeScope(requested, desired);
     // One observation per pass, at most:
@@ -294,7 +340,7 @@ export class Reconciler {
     for (let round = 1; round <= MAX_ROUNDS && current.operations.length > 0; round++) {
       const ops = current.operations;
       log.debug({ trigger, round, operations: ops }, "applying planned operations");
-      await this.deps.journal?.before(ops, view);
+      await this.journal("before", () => this.deps.journal?.before(ops, view));
       this.applying = true;
       const result = await timed("applyMs", () => this.deps.apply(ops)).finally(() => (this.applying = false));
       operations += result.applied;
@@ -309,7 +355,7 @@ export class Reconciler {
       if (reread) view = annotate(mergeObserved(view, await timed("observeMs", () => this.observeScope(reread)), reread));
       current = await timed("planMs", planOnce);
     }
-    await this.deps.journal?.settle(view);
+    await this.journal("settle", () => this.deps.journal?.settle(view));
     operations += await timed("applyMs", () => this.reconcileNat(desired, mode === "all" || mode === "sweep"));
 
     this.cache = whole ? view : mergeObserved(this.cache!, view, scope);
@@ -399,10 +445,12 @@ export class Reconciler {
     const ready = (e: EndpointStatus | undefined) => (e?.state !== "ready" ? "no" : e.migration === "source" ? "handed" : e.elevated ? "elevated" : "normal");
     // The endpoints this pass looked at; the announcer hears of it only when one of them changed readiness.
     const looked = new Set<string>(whole ? before.keys() : []);
+    const heldBefore = this.heldSignature();
     if (whole) {
       this.endpoints = new Map();
       this.gateways.clear();
       this.learned.clear();
+      this.held.clear();
     } else {
       this.endpoints = new Map(before);
       for (const [id, e] of before)
@@ -425,12 +473,44 @@ export class Reconciler {
     for (const c of plan.endpoints) looked.add(c.endpoint.id);
     for (const id of looked) if (ready(before.get(id)) !== ready(this.endpoints.get(id))) this.readyChanged = true;
     for (const g of plan.gateways) this.gateways.set(g.network.name, networkStatus(g, this.deps.settings.gatewayKind, failures.get(`gateway:${g.network.name}`)));
+    for (const h of plan.held) {
+      const now = heldStatus(h);
+      const prev = this.held.get(now.id);
+      if (prev?.reason !== now.reason) this.deps.log.warn({ endpoint: now.id, device: now.device || undefined, reason: now.reason }, "endpoint held as found");
+      this.held.set(now.id, now);
+    }
+    if (this.heldSignature() !== heldBefore) this.readyChanged = true;
     for (const l of plan.learned) this.learned.set(l.route.prefix, learnedStatus(l, failures.get(`learned:${l.route.prefix}`)));
+  }
+
+  /**
+   * The creation journal is a crash-safety aid (adoption of devices a crash left
+   * unmarked), not a precondition: a stateDir that cannot be written (full, read-only)
+   * must not stop repairs. The failure is logged and counted where the write failed (files.ts).
+   */
+  private async journal(step: string, write: () => Promise<void> | undefined): Promise<void> {
+    try {
+      await write();
+    } catch (e) {
+      this.deps.log.warn({ step, err: (e as Error).message }, "creation journal not written; applying anyway (a crash now could leave a device unmarked)");
+    }
   }
 
   /** One endpoint's reported state, as of the pass that last looked at it. */
   endpoint(id: string): EndpointStatus | undefined {
     return this.endpoints.get(id);
+  }
+
+  /** What the announcer keeps as found: the held objects whose route the kernel still has. */
+  private heldSignature(): string {
+    return [...this.held.values()].map((h) => `${h.id}=${h.conditions.route}`).sort().join(",");
+  }
+
+  /** Held objects still held in the desired state (an entry that became valid, or was removed, is not). */
+  private currentHeld(desired: DesiredState): EndpointStatus[] {
+    const ids = new Set((desired.held ?? []).map((h) => h.id));
+    const served = new Set(desired.endpoints.map((e) => e.id));
+    return [...this.held.values()].filter((h) => !served.has(h.id) && (ids.has(h.id) || (desired.domainsKnown === false && h.kind === "vm")));
   }
 
   /** The reported state: per endpoint, gateway and learned route, as of the pass that last looked at it. */
@@ -441,7 +521,8 @@ export class Reconciler {
       ...this.lastPass,
       nat: this.nat,
       networks: desired.networks.flatMap((n) => this.gateways.get(n.name) ?? []).sort(byName),
-      endpoints: desired.endpoints.flatMap((e) => this.endpoints.get(e.id) ?? []).sort((a, b) => (a.id < b.id ? -1 : 1)),
+      endpoints: [...desired.endpoints.flatMap((e) => this.endpoints.get(e.id) ?? []), ...this.currentHeld(desired)]
+        .sort((a, b) => (a.id < b.id ? -1 : 1)),
       learned: desired.learned.flatMap((r) => this.learned.get(r.prefix) ?? []),
     };
   }

@@ -1,4 +1,5 @@
 import type { Logger } from "pino";
+import { listNatTable, NftUnavailableError } from "../dataplane/nft.js";
 import { observe, observeVethNetns } from "../dataplane/observe.js";
 import { InputError } from "../model/errors.js";
 import type { NetworkInput } from "../model/spec.js";
@@ -9,20 +10,21 @@ import { rebuildRuntimeState } from "./rebuild.js";
 // Loading the desired state at start, with the state files' one policy
 // (state/files.ts): a file that cannot be used is never taken as "nothing
 // desired" (the first pass would then delete every endpoint). state.json is
-// rebuilt from what vmrouted marked in the kernel; if the kernel cannot
-// explain everything we own, we stop, changing nothing. domains.json is
+// rebuilt from what vmrouted marked in the kernel (its devices, and its
+// nftables table for natOutgoing); if the kernel cannot explain everything
+// we own, we stop, changing nothing. domains.json is
 // rebuilt from libvirt, which is read before the first pass anyway.
 
 export async function loadDesired(
-  stateDir: string, configNetworks: Record<string, NetworkInput>, importsRoutes: boolean, log: Logger,
+  stateDir: string, configNetworks: Record<string, NetworkInput>, importsRoutes: boolean, libvirtEnabled: boolean, log: Logger,
 ): Promise<Desired> {
   const stateFile = runtimeFile(stateDir);
   const domainsCache = domainsFile(stateDir);
   const [state, domains] = await Promise.all([stateFile.load(), domainsCache.load()]);
   let runtime = state.value;
   if (state.state === "corrupt") {
-    const [observed, veths] = await Promise.all([observe({ netns: [] }), observeVethNetns()]);
-    const rebuilt = rebuildRuntimeState(observed, veths, configNetworks);
+    const [observed, veths, nat] = await Promise.all([observe({ netns: [] }), observeVethNetns(), readNatTable(state.problem)]);
+    const rebuilt = rebuildRuntimeState(observed, veths, nat, configNetworks);
     if (rebuilt.problems.length)
       throw new InputError(`${state.problem}; cannot rebuild it from the kernel (${rebuilt.problems.length} problem(s), first: ${rebuilt.problems[0]}); nothing was changed`);
     const kept = await stateFile.keepAside();
@@ -34,8 +36,27 @@ export async function loadDesired(
   }
   if (domains.state === "corrupt") {
     const kept = await domainsCache.keepAside();
-    log.error({ kept }, `${domains.problem}; kept it as ${kept}; the domains are read from libvirt before anything changes`);
+    log.error({ kept }, `${domains.problem}; kept it as ${kept}; VM taps, routes and paths are kept as found until libvirt answers`);
   }
   // Without an importer there is nothing to wait for: learned routes left from an earlier config are removed.
-  return { runtime, domains: domains.value, learned: new Map(), learnedKnown: !importsRoutes };
+  // Without a usable cache the domains are unknown until libvirt answers (a missing file on a host that never
+  // ran a VM costs nothing: there is nothing vm-class to keep).
+  return {
+    runtime, domains: domains.value.domains, learned: new Map(), learnedKnown: !importsRoutes,
+    domainsKnown: !libvirtEnabled || (domains.state === "ok" && domains.value.complete),
+  };
+}
+
+/**
+ * The NAT table, for which networks had natOutgoing. Without nft there can be
+ * no table of ours; a table that cannot be read stops us (rebuilt without
+ * natOutgoing, the first pass would remove the masquerade).
+ */
+async function readNatTable(problem: string) {
+  try {
+    return await listNatTable();
+  } catch (e) {
+    if (e instanceof NftUnavailableError) return undefined;
+    throw new InputError(`${problem}; cannot rebuild it from the kernel (${(e as Error).message}); nothing was changed`);
+  }
 }

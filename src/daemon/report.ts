@@ -1,4 +1,5 @@
 import { endpointComplete, type EndpointCheck, type GatewayCheck, type LearnedCheck } from "../dataplane/check.js";
+import type { HeldCheck } from "../dataplane/plan.js";
 import type { LinkStats } from "../dataplane/observed.js";
 import type { EndpointKind } from "../model/types.js";
 
@@ -37,6 +38,8 @@ export interface EndpointStatus {
   reason: string;
   conditions: EndpointConditions;
   counters: LinkStats;
+  /** Kept as found (an entry that no longer validates, or a VM while the domains are unknown): nothing is changed. */
+  held?: boolean;
 }
 
 export interface NetworkStatus {
@@ -93,6 +96,18 @@ export function endpointStatus(c: EndpointCheck, failures: string[] | undefined)
     : !c.innerOk ? `${e.netns ? `inside namespace '${e.netns}': ` : ""}eth0 not configured`
     : `device ${e.device} not in group or wrong MAC`;
   return { ...base, state: "degraded", reason: withFailures(problem, failures) };
+}
+
+/** An object kept as found: degraded with its reason; its conditions say what the kernel still has. */
+export function heldStatus(h: HeldCheck): EndpointStatus {
+  const e = h.held;
+  const link = h.link;
+  return {
+    id: e.id, kind: e.kind, network: e.network, ip: e.ip, mac: "", device: e.device ?? "", ...(e.domain !== undefined ? { domain: e.domain } : {}),
+    state: "degraded", reason: e.reason, held: true,
+    conditions: { device: !!link, up: !!link?.up, carrier: !!link?.carrier, route: h.routed, neighbour: false, sysctls: false },
+    counters: link?.stats ?? ZERO,
+  };
 }
 
 /** A route learned from another host, as installed (or why not). */

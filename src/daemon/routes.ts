@@ -13,6 +13,8 @@ import type { LibvirtService } from "./libvirt.js";
 import type { Metrics } from "./metrics.js";
 import type { Reconciler } from "./reconciler.js";
 import { buildStatus, type BgpStatus, type Status } from "./status.js";
+import { storageStatus } from "../state/files.js";
+import type { ConfigImpact } from "../config/impact.js";
 
 // The HTTP API's routes (DESIGN.md "Interfaces"): each is one call into the
 // controller, the libvirt service or the reported state.
@@ -25,6 +27,10 @@ export interface RouteDeps {
   metrics: Metrics;
   desired: () => DesiredState;
   rejected: () => VmEndpoints["rejected"];
+  /** Stored entries that do not resolve (held). */
+  problems: () => string[];
+  /** What a restart with this config text would change (`vmroutectl config check`). */
+  checkConfig: (text: string, name: string) => ConfigImpact;
   announcer?: Announcer;
   importer?: Importer;
   libvirt?: LibvirtService;
@@ -46,6 +52,8 @@ export function apiRoutes(d: RouteDeps): Route[] {
         : { enabled: false, state: "disabled", rejected: [], unreadable: [] },
       passes: d.reconciler.passes, operationsApplied: d.reconciler.operationsApplied,
       passesByTrigger: Object.fromEntries(d.reconciler.passesByTrigger),
+      problems: d.problems(), storage: storageStatus(),
+      failing: d.reconciler.failing, ...(d.reconciler.lastError ? { lastError: d.reconciler.lastError } : {}),
     });
     const counters = (await traffic.get()).stats;
     // New objects: the reported state the reconciler keeps is never changed by a caller.
@@ -74,6 +82,7 @@ export function apiRoutes(d: RouteDeps): Route[] {
   return [
     { method: "GET", path: /^\/v1\/status$/, handler: () => status() },
     { method: "GET", path: /^\/v1\/spec$/, handler: async () => c.spec() },
+    { method: "POST", path: /^\/v1\/config\/check$/, raw: true, handler: async (body, q) => d.checkConfig(body as string, q.get("name") ?? "config") },
     { method: "PUT", path: /^\/v1\/spec$/, handler: (body) => after(c.applySpec(body)) },
     { method: "GET", path: /^\/v1\/networks$/, handler: async () => (await status()).networks },
     { method: "POST", path: /^\/v1\/networks$/, handler: (body) => after(c.addNetwork(body)) },

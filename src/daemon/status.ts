@@ -18,9 +18,21 @@ export interface BgpStatus {
   importer?: { state: string; reason?: string; corrections: number };
 }
 
+/** stateDir writes: failing since the first failed write, until one succeeds (files.ts). */
+export interface StorageStatus {
+  state: "ok" | "failing";
+  reason?: string;
+  since?: string;
+}
+
 export interface Status {
   version: string;
+  /** running: the first pass has run (before it, status answers a StartingStatus and other calls wait). */
+  state: "running";
   node: { name: string; address: string };
+  /** Stored entries that do not resolve (held as found, reported degraded), one line each. */
+  problems: string[];
+  storage: StorageStatus;
   networks: NetworkStatus[];
   endpoints: EndpointStatus[];
   bgp: BgpStatus;
@@ -35,7 +47,23 @@ export interface Status {
     /** vmrouted's nftables table `ip vmrouted` (egress NAT). */
     nat: NatStatus;
   };
-  reconcile: { at?: string; durationMs?: number; passes: number; operationsApplied: number; passesByTrigger: Record<string, number> };
+  reconcile: {
+    at?: string; durationMs?: number; passes: number; operationsApplied: number; passesByTrigger: Record<string, number>;
+    /** Consecutive failed passes (each retried with a backoff), and the last one's error. */
+    failing: number; lastError?: { at: string; message: string };
+  };
+}
+
+/** What `GET /v1/status` answers before the first pass. */
+export interface StartingStatus {
+  version: string;
+  state: "starting";
+  node: { name: string; address: string };
+  reason: string;
+}
+
+export function startingStatus(config: Config, reason: string): StartingStatus {
+  return { version: VERSION, state: "starting", node: { name: config.node.name, address: config.node.address }, reason };
 }
 
 export function buildStatus(
@@ -44,12 +72,16 @@ export function buildStatus(
   extra: {
     bgp: BgpStatus; libvirt: Status["libvirt"]; gatewayKind: { kind: string; reason?: string };
     passes: number; operationsApplied: number; passesByTrigger: Record<string, number>;
+    problems: string[]; storage: StorageStatus; failing: number; lastError?: { at: string; message: string };
   },
 ): Status {
   const learned: LearnedStatus[] = report.learned;
   return {
     version: VERSION,
+    state: "running",
     node: { name: config.node.name, address: config.node.address },
+    problems: extra.problems,
+    storage: extra.storage,
     networks: report.networks,
     endpoints: report.endpoints,
     bgp: extra.bgp.enabled ? { ...extra.bgp, learned: learned.filter((l) => l.state === "installed").length } : extra.bgp,
@@ -67,6 +99,8 @@ export function buildStatus(
       passes: extra.passes,
       operationsApplied: extra.operationsApplied,
       passesByTrigger: extra.passesByTrigger,
+      failing: extra.failing,
+      ...(extra.lastError ? { lastError: extra.lastError } : {}),
     },
   };
 }

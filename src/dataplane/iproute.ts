@@ -1,9 +1,5 @@
-import { open, unlink } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { execa } from "execa";
-
-let batchCount = 0;
+import { withUnlinkedFile } from "../state/files.js";
 
 // The one place that runs iproute2. `ip -batch` with -force runs every line
 // even after a failure and reports each failure as "Command failed <file>:N"; we map
@@ -22,16 +18,22 @@ export async function ipJson<T>(args: string[], netns?: string): Promise<T> {
 }
 
 /**
- * The batch goes to ip as a whole file (an unlinked temporary),
- * not through a pipe: if vmrouted is killed while writing a pipe, ip reads a
- * truncated last line and runs it (a device named "tap-3c1", an alias
- * "vmrou"). From a file ip runs every line whole, even after we are gone.
+ * The batch goes to ip as a whole file (withUnlinkedFile: nameless, never at
+ * a name another user could have planted), not through a pipe: if vmrouted
+ * is killed while writing a pipe, ip reads a truncated last line and runs it
+ * (a device named "tap-3c1", an alias "vmrou"). From a file ip runs every
+ * line whole, even after we are gone.
  */
 export async function ipBatch(lines: string[], netns?: string): Promise<BatchFailure[]> {
   if (lines.length === 0) return [];
   const result = await runBatch(lines, netns, []);
   if (result.exitCode === 0) return [];
-  return parseBatchErrors(result.stderr, lines.length);
+  const failures = parseBatchErrors(result.stderr, lines.length);
+  // ip killed (a signal, the OOM killer) or failing before any line (EAGAIN): nobody knows how far
+  // it got. Line 0 is "the batch as a whole": everything it touched is read back, never trusted.
+  if (failures.length === 0)
+    return [{ line: 0, message: `ip ended (${result.signal ?? `exit ${result.exitCode}`}) without naming a failed line: the batch's effect is unknown` }];
+  return failures;
 }
 
 /**
@@ -49,18 +51,9 @@ export async function ipBatchJson<T = Record<string, unknown>>(commands: string[
   return commands.map((_c, i) => (failed.has(i + 1) ? undefined : JSON.parse(outputs[next++] ?? "[]") as T[]));
 }
 
-async function runBatch(lines: string[], netns: string | undefined, flags: string[]) {
-  const path = join(tmpdir(), `vmrouted-batch-${process.pid}-${++batchCount}`);
-  const file = await open(path, "w+", 0o600);
-  try {
-    await unlink(path);
-    await file.writeFile(lines.join("\n") + "\n");
-    // ip opens our descriptor's file through /proc (it stays readable, unlinked, until ip is done with it).
-    return await execa("ip", [...(netns ? ["-n", netns] : []), ...flags, "-force", "-batch", `/proc/${process.pid}/fd/${file.fd}`],
-      { reject: false, maxBuffer: 512 * 1024 * 1024 });
-  } finally {
-    await file.close();
-  }
+function runBatch(lines: string[], netns: string | undefined, flags: string[]) {
+  return withUnlinkedFile(lines.join("\n") + "\n", (path) =>
+    execa("ip", [...(netns ? ["-n", netns] : []), ...flags, "-force", "-batch", path], { reject: false, maxBuffer: 512 * 1024 * 1024 }));
 }
 
 /**

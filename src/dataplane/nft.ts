@@ -1,13 +1,9 @@
-import { open, unlink } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { execa } from "execa";
+import { withUnlinkedFile } from "../state/files.js";
 import { NAT_FAMILY, NAT_TABLE, parseNftTable, type NatTable } from "./nat.js";
 
 // The one place that runs nft. vmrouted only ever lists and writes its own
 // table (`ip vmrouted`): never `list ruleset` to rewrite it, never `flush ruleset`.
-
-let scriptCount = 0;
 
 /** nft, in a named network namespace when given (tests; vmrouted itself runs in the host's). */
 function nftCommand(args: string[], netns?: string): [string, string[]] {
@@ -46,24 +42,17 @@ export async function listNatTable(netns?: string): Promise<NatTable | undefined
 
 /**
  * Runs an `nft -f` script: one transaction, all of it or nothing. The
- * script goes to nft as a whole file (an unlinked temporary read through
- * /proc), never a pipe, so a vmrouted killed while writing never hands nft a
- * truncated script. Throws one line: nft's first error and the script line it
- * points at.
+ * script goes to nft as a whole file (withUnlinkedFile), never a pipe, so a
+ * vmrouted killed while writing never hands nft a truncated script. Throws
+ * one line: nft's first error and the script line it points at.
  */
 export async function applyNft(script: string, netns?: string): Promise<void> {
-  const path = join(tmpdir(), `vmrouted-nft-${process.pid}-${++scriptCount}`);
-  const file = await open(path, "w+", 0o600);
-  try {
-    await unlink(path);
-    await file.writeFile(script.endsWith("\n") ? script : script + "\n");
-    const [cmd, args] = nftCommand(["-f", `/proc/${process.pid}/fd/${file.fd}`], netns);
+  await withUnlinkedFile(script.endsWith("\n") ? script : script + "\n", async (path) => {
+    const [cmd, args] = nftCommand(["-f", path], netns);
     const r = await execa(cmd, args, { reject: false, env: ENV, maxBuffer: 64 * 1024 * 1024 });
     checkRan(r);
     if (r.exitCode !== 0) throw new Error(`nft -f: ${nftErrorLine(r.stderr, script) ?? failureLine(r)}`);
-  } finally {
-    await file.close();
-  }
+  });
 }
 
 /**

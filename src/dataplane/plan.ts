@@ -1,10 +1,12 @@
-import type { DesiredState, Endpoint } from "../model/types.js";
+import type { DesiredState, Endpoint, HeldEndpoint } from "../model/types.js";
+import { prefixContains } from "../model/ipv4.js";
+import { networkPrefix } from "../model/resolve.js";
 import { NETNS_INNER_IFNAME } from "../model/types.js";
 import {
   checkEndpoint, checkGateway, checkLearned, routeMetricFor,
   type DataplaneSettings, type EndpointCheck, type GatewayCheck, type LearnedCheck,
 } from "./check.js";
-import { indexObserved, type ObservedState } from "./observed.js";
+import { indexObserved, type ObservedIndex, type ObservedLink, type ObservedState } from "./observed.js";
 import type { Operation } from "./operations.js";
 import { gatewayDevice } from "../model/naming.js";
 import { ALIAS_PREFIX, endpointAlias, endpointSysctls, IP_FORWARD_KEY, isGatewayAlias, isOwnedAlias } from "./ownership.js";
@@ -37,7 +39,20 @@ export interface Plan {
   gateways: GatewayCheck[];
   endpoints: EndpointCheck[];
   learned: LearnedCheck[];
+  /** Objects kept as found (held entries, and vm-class devices while the domains are unknown), as seen. */
+  held: HeldCheck[];
 }
+
+/** A held object as the kernel has it (status reports it degraded, the announcer keeps its path as it is). */
+export interface HeldCheck {
+  held: HeldEndpoint;
+  /** Its device, when present and marked as this entry's. */
+  link?: ObservedLink;
+  /** Its /32 (our protocol) via that device is in the kernel. */
+  routed: boolean;
+}
+
+const VM_ALIAS_PREFIX = `${ALIAS_PREFIX}vm:`;
 
 const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 const byId = (a: Endpoint, b: Endpoint) => compare(a.id, b.id);
@@ -79,9 +94,10 @@ export function plan(desired: DesiredState, observed: ObservedState, settings: P
     if (!c.ok && !c.conflict)
       out.routes.push({ subject: `learned:${c.route.prefix}`, op: "route.replace", dst: c.route.prefix, via: c.route.nextHop, protocol: settings.learnedProtocol, metric: c.metric });
 
-  planRemovals(desired, observed, settings, options, out);
+  const held = heldObjects(desired, observed, index, settings);
+  planRemovals(desired, observed, settings, options, out, keptDevices(held));
   const operations = [...out.leave, ...out.creates, ...out.sets, ...out.addresses, ...out.routes, ...out.stale, ...out.after];
-  return { operations, gateways, endpoints, learned };
+  return { operations, gateways, endpoints, learned, held };
 }
 
 function planGateway(g: GatewayCheck, settings: PlanSettings, out: Buckets): void {
@@ -135,14 +151,59 @@ function planEndpoint(c: EndpointCheck, gateway: string, prefixLength: number, s
     });
 }
 
+/**
+ * What is kept as found (DesiredState.held, domainsKnown): each held entry as
+ * the kernel has it, and, while the set of libvirt domains is unknown, every
+ * vm-class device no domain explains. Nothing of theirs is removed or changed.
+ */
+function heldObjects(desired: DesiredState, observed: ObservedState, index: ObservedIndex, settings: PlanSettings): HeldCheck[] {
+  const wanted = new Set(desired.endpoints.map((e) => e.device));
+  const routed = (ip: string, device: string | undefined) =>
+    !!device && (index.routesByDst.get(`${ip}/32`) ?? []).some((r) => r.device === device && r.protocol === settings.routeProtocol);
+  const result: HeldCheck[] = [];
+  const seen = new Set<string>();
+  for (const h of [...(desired.held ?? [])].sort((a, b) => compare(a.id, b.id))) {
+    const link = h.device !== undefined && !wanted.has(h.device) ? observed.links.get(h.device) : undefined;
+    // A device of that name that is not ours (alias) is not this entry's to keep.
+    const ours = link && link.alias === endpointAlias(h.id) ? link : undefined;
+    seen.add(h.id);
+    result.push({ held: h, ...(ours ? { link: ours } : {}), routed: routed(h.ip, ours?.name) });
+  }
+  if (desired.domainsKnown === false)
+    for (const link of [...observed.links.values()].sort((a, b) => compare(a.name, b.name))) {
+      if (!link.alias?.startsWith(VM_ALIAS_PREFIX) || wanted.has(link.name)) continue;
+      const id = link.alias.slice(ALIAS_PREFIX.length);
+      if (seen.has(id)) continue;
+      const ip = id.slice("vm:".length);
+      const network = desired.networks.find((n) => prefixContains(networkPrefix(n), ip))?.name ?? "";
+      result.push({ held: { id, kind: "vm", network, ip, device: link.name, reason: DOMAINS_UNKNOWN }, link, routed: routed(ip, link.name) });
+    }
+  return result;
+}
+
+export const DOMAINS_UNKNOWN = "kept as found: the set of libvirt domains is unknown (no usable domains cache and libvirt has not answered yet)";
+
+/** The devices held objects keep: their own, and their networks' gateway devices (the guests' gateway stays). */
+function keptDevices(held: HeldCheck[]): Set<string> {
+  const kept = new Set<string>();
+  for (const h of held) {
+    if (h.link) kept.add(h.link.name);
+    if (h.held.network) kept.add(gatewayDevice(h.held.network));
+  }
+  return kept;
+}
+
 /** Owned objects that are no longer desired. Devices leave in one bulk group delete when that is safe. */
-function planRemovals(desired: DesiredState, observed: ObservedState, settings: PlanSettings, options: PlanOptions, out: Buckets): void {
+function planRemovals(
+  desired: DesiredState, observed: ObservedState, settings: PlanSettings, options: PlanOptions, out: Buckets, kept: ReadonlySet<string>,
+): void {
   const wantedEndpointDevices = new Map(desired.endpoints.map((e) => [e.device, e]));
   const wantedGatewayDevices = new Set(desired.networks.map((n) => gatewayDevice(n.name)));
   const leaving: string[] = [];
   // Sorted throughout: the kernel lists things in no promised order, and the
   // same desired and observed state must always give the same operations.
   for (const link of [...observed.links.values()].sort((a, b) => compare(a.name, b.name))) {
+    if (kept.has(link.name) && !wantedEndpointDevices.has(link.name)) continue;
     if (!isOwnedAlias(link.alias)) {
       // Created by us but never marked (a crash between the two): ours to remove when not wanted.
       if (observed.adoptable?.has(link.name) && !wantedEndpointDevices.has(link.name) && !wantedGatewayDevices.has(link.name)) leaving.push(link.name);
@@ -175,7 +236,7 @@ function planRemovals(desired: DesiredState, observed: ObservedState, settings: 
   const stale: Array<{ key: string; r: ObservedState["routes"][number] }> = [];
   for (const r of observed.routes) {
     if (r.protocol !== settings.routeProtocol && r.protocol !== settings.learnedProtocol) continue;
-    if (r.device && leavingSet.has(r.device)) continue;
+    if (r.device && (leavingSet.has(r.device) || (kept.has(r.device) && !wantedEndpointDevices.has(r.device)))) continue;
     // Until the importer has a complete set, learned routes stay as they are (a restart flushes nothing).
     if (r.protocol === settings.learnedProtocol && desired.learnedKnown === false) continue;
     const key = routeKey(r);

@@ -76,8 +76,15 @@ export function changedScope(before: DesiredState, after: DesiredState): Scope {
     scope.dsts.add(subnetOf(n));
   });
   diff(before.learned, after.learned, (r) => r.prefix, (r) => scope.dsts.add(r.prefix));
-  // Learned routes become known: every learned route in the kernel is looked at (the unwanted ones go).
-  if (before.learnedKnown === false && after.learnedKnown !== false) scope.full = true;
+  // A held entry that comes or goes (fixed, removed): its device, route and network's gateway are looked at again.
+  diff(before.held ?? [], after.held ?? [], (h) => h.id, (h) => {
+    if (h.device !== undefined) scope.devices.add(h.device);
+    scope.dsts.add(`${h.ip}/32`);
+    if (h.network) scope.devices.add(gatewayDevice(h.network));
+  });
+  // Learned routes or the domains become known: everything in the kernel is looked at (the unwanted go).
+  if ((before.learnedKnown === false && after.learnedKnown !== false) || (before.domainsKnown === false && after.domainsKnown !== false))
+    scope.full = true;
   return scope;
 }
 
@@ -110,6 +117,8 @@ export function restrictDesired(desired: DesiredState, scope: Scope): { desired:
       endpoints: desired.endpoints.filter((e) => scope.devices.has(e.device)),
       learned: desired.learned.filter((r) => scope.dsts.has(r.prefix)),
       ...(desired.learnedKnown !== undefined ? { learnedKnown: desired.learnedKnown } : {}),
+      ...(desired.domainsKnown !== undefined ? { domainsKnown: desired.domainsKnown } : {}),
+      ...(desired.held ? { held: desired.held } : {}),
     },
     gateways: new Set(desired.networks.filter((n) => scope.devices.has(gatewayDevice(n.name))).map((n) => n.name)),
   };

@@ -22,7 +22,15 @@ export interface Finding {
 }
 
 export interface DoctorFacts {
-  daemon: { socket: string; answering: boolean; error?: string; degraded: Array<{ id: string; reason: string }> };
+  daemon: {
+    socket: string; answering: boolean; error?: string; degraded: Array<{ id: string; reason: string; held?: boolean }>;
+    /** Set while the daemon has not finished its first pass. */
+    starting?: string;
+    /** stateDir writes failing (status.storage.reason). */
+    storage?: string;
+    /** Consecutive failed passes and the last error. */
+    failing?: { passes: number; error: string };
+  };
   kernel: ObservedState;
   routeProtocol: number;
   /** Networks vmrouted should serve here (config + runtime), with their gateway device. */
@@ -63,9 +71,18 @@ function daemon(f: DoctorFacts): Finding[] {
   if (!f.daemon.answering)
     return [problem("vmrouted", `vmrouted is not answering on ${f.daemon.socket}: ${f.daemon.error ?? "no answer"}`,
       "start it (systemctl start vmrouted) and read why it stopped (journalctl -u vmrouted); nothing is repaired or announced meanwhile")];
+  if (f.daemon.starting)
+    return [problem("vmrouted", `vmrouted is starting: ${f.daemon.starting}`, "wait a moment and run doctor again; if it stays, read its log")];
   const out = [ok("vmrouted", `vmrouted answers on ${f.daemon.socket}`)];
+  if (f.daemon.storage)
+    out.push(problem("vmrouted", `stateDir writes are failing: ${f.daemon.storage}`, "free space or make stateDir writable; vmrouted retries and keeps the kernel as it is meanwhile"));
+  if (f.daemon.failing)
+    out.push(problem("vmrouted", `${f.daemon.failing.passes} reconcile pass(es) failed in a row: ${f.daemon.failing.error}`, "vmrouted retries with a backoff; read its log for the cause"));
   for (const e of f.daemon.degraded)
-    out.push(problem("endpoints", `endpoint ${e.id} is degraded: ${e.reason}`, "see `vmroutectl status`; vmrouted never overwrites what it does not own, so remove the conflicting object"));
+    out.push(e.held
+      ? problem("endpoints", `endpoint ${e.id} is held as found: ${e.reason}`,
+        "its entry no longer validates, so vmrouted changes none of its objects: put its network back in the config, or remove the endpoint (vmroutectl config check shows what a config would orphan)")
+      : problem("endpoints", `endpoint ${e.id} is degraded: ${e.reason}`, "see `vmroutectl status`; vmrouted never overwrites what it does not own, so remove the conflicting object"));
   return out;
 }
 

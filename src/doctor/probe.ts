@@ -4,7 +4,7 @@ import { execa } from "execa";
 import { connectGobgp } from "../bgp/gobgp.js";
 import { call } from "../cli/client.js";
 import type { Config } from "../config/schema.js";
-import type { Status } from "../daemon/status.js";
+import type { StartingStatus, Status } from "../daemon/status.js";
 import { runtimeFile, type RuntimeState } from "../state/stored.js";
 import { desiredNat, natDifferences } from "../dataplane/nat.js";
 import { listNatTable } from "../dataplane/nft.js";
@@ -50,8 +50,14 @@ export async function probe(config: Config, o: ProbeOptions): Promise<DoctorFact
 
 async function probeDaemon(socket: string): Promise<DoctorFacts["daemon"]> {
   try {
-    const s = await call<Status>(socket, "GET", "/v1/status", undefined, 3000);
-    return { socket, answering: true, degraded: s.endpoints.filter((e) => e.state === "degraded").map((e) => ({ id: e.id, reason: e.reason })) };
+    const s = await call<Status | StartingStatus>(socket, "GET", "/v1/status", undefined, 3000);
+    if (s.state === "starting") return { socket, answering: true, starting: s.reason, degraded: [] };
+    return {
+      socket, answering: true,
+      degraded: s.endpoints.filter((e) => e.state === "degraded").map((e) => ({ id: e.id, reason: e.reason, ...(e.held ? { held: true } : {}) })),
+      ...(s.storage.state === "failing" ? { storage: s.storage.reason ?? "failing" } : {}),
+      ...(s.reconcile.failing ? { failing: { passes: s.reconcile.failing, error: s.reconcile.lastError?.message ?? "" } } : {}),
+    };
   } catch (e) {
     return { socket, answering: false, error: (e as Error).message, degraded: [] };
   }

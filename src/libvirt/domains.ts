@@ -29,7 +29,7 @@ export interface DomainRecord {
   seq: number;
   /** When the lifecycle last changed (ms since the epoch). */
   since?: number;
-  /** The hook shim's sequence of the last hook call applied (digits; later calls have larger ones). */
+  /** The hook shim's sequence of the last hook call applied (`BOOT_ID:NS`, or an older shim's digits; see hookCallStale). */
   hookSeq?: string;
   /** Live migration in progress on this host (migration.ts); absent when normal. */
   migration?: Migration;
@@ -64,6 +64,42 @@ export function lifecycleAfter(op: string, subop: string): Lifecycle | "released
     default:
       return undefined; // start/begin, restore/begin (XML echoed by the shim), attach, other sub-ops
   }
+}
+
+/**
+ * A hook call's sequence, as the shim sends it: `BOOT_ID:NS`, the host's boot
+ * id and its monotonic clock in ns (never goes back within a boot, restarts
+ * at the next), or plain digits from a shim before it (the wall clock in ns).
+ */
+export const HOOK_SEQ = /^(?:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}):)?(\d{1,24})$/;
+
+type HookSeq = { boot: string; ns: bigint } | { wallNs: bigint };
+
+function parseHookSeq(seq: string): HookSeq | undefined {
+  const m = HOOK_SEQ.exec(seq);
+  if (!m) return undefined;
+  return m[1] !== undefined ? { boot: m[1], ns: BigInt(m[2]!) } : { wallNs: BigInt(m[2]!) };
+}
+
+/**
+ * Why a hook call must be ignored (undefined: apply it), given `last`, the
+ * sequence of the call last applied to its domain (pure). Calls are ordered
+ * only within one boot: a call from another boot id is newer (calls of a boot
+ * end with it) and its sequence replaces the record's. An older shim's
+ * wall-clock digits are ordered among themselves only while the last one is
+ * not ahead of the clock now: after the clock steps back, they would hold off
+ * the domain's calls until it caught up. A call without a sequence, or one of
+ * each kind, cannot be compared: applied as it comes.
+ */
+export function hookCallStale(last: string | undefined, seq: string | undefined, nowMs: number): string | undefined {
+  if (last === undefined || seq === undefined) return undefined;
+  const a = parseHookSeq(last);
+  const b = parseHookSeq(seq);
+  if (!a || !b) return undefined;
+  const later = `a later hook call (${last}) was already applied`;
+  if ("boot" in a && "boot" in b) return a.boot === b.boot && b.ns < a.ns ? later : undefined;
+  if ("wallNs" in a && "wallNs" in b) return a.wallNs <= BigInt(nowMs) * 1_000_000n && b.wallNs < a.wallNs ? later : undefined;
+  return undefined;
 }
 
 /** The domains after a hook call (a new map; the input is not changed). */
@@ -145,18 +181,47 @@ export function resolveInterface(i: RoutedInterface, networks: Network[]): { ok:
   return r.ok ? r : { ok: false, reason: r.error.replace(/^endpoint tap \S+: /, "") };
 }
 
+/** Which domain keeps an IP or tap that two claim: the one whose qemu holds it, then the one about to open it. */
+const CLAIM_RANK: Record<Lifecycle, number> = { running: 0, prepared: 1, stopped: 2, defined: 3 };
+
+/**
+ * Why a domain may not start with these interfaces (undefined: it may): an
+ * IP or tap of theirs is held by another domain that is starting, or running
+ * with its tap held open (`tapOpen`: the tap's carrier, i.e. its qemu has it).
+ * The original of a virt-clone'd domain (whose metadata the clone carries) is
+ * such a holder: the clone must not start. A running holder whose tap is no
+ * longer open has stopped and its `stopped` call is still on its way (a
+ * `virsh destroy a; virsh start b` swap): it holds nothing (pure).
+ */
+export function heldByAnother(domains: Iterable<DomainRecord>, name: string, interfaces: RoutedInterface[],
+  tapOpen: (tap: string) => boolean): string | undefined {
+  const holders = [...domains].filter((d) => d.name !== name && (d.lifecycle === "running" || d.lifecycle === "prepared"))
+    .sort((a, b) => CLAIM_RANK[a.lifecycle] - CLAIM_RANK[b.lifecycle] || a.name.localeCompare(b.name));
+  for (const i of interfaces)
+    for (const d of holders) {
+      const theirs = d.interfaces.find((o) => o.ip === i.ip) ?? d.interfaces.find((o) => o.tap === i.tap);
+      if (!theirs || (d.lifecycle === "running" && !tapOpen(theirs.tap))) continue;
+      const how = `${d.lifecycle === "running" ? "running" : "starting"} domain '${d.name}'`;
+      return theirs.ip === i.ip ? `ip ${i.ip} is held by ${how}` : `tap ${i.tap} (for ip ${i.ip}) is held by ${how}`;
+    }
+  return undefined;
+}
+
 /**
  * Endpoints for domains that need a host side. An interface that does not
  * resolve (unknown network, IP taken by another endpoint) is rejected, not
- * fatal: one bad domain must not take the others' network away.
+ * fatal: one bad domain must not take the others' network away. Of two
+ * domains claiming one IP or tap, a running one keeps it over a starting or
+ * stopped one (a clone that got this far never demotes its original), then
+ * the first by name. The result is in domain name order.
  */
 export function vmEndpoints(domains: Iterable<DomainRecord>, networks: Network[], taken: Set<string>): VmEndpoints {
   const endpoints: Endpoint[] = [];
   const rejected: VmEndpoints["rejected"] = [];
   const used = new Set(taken);
-  const sorted = [...domains].sort((a, b) => a.name.localeCompare(b.name));
-  for (const d of sorted) {
-    if (d.lifecycle === "defined") continue;
+  const claimOrder = [...domains].filter((d) => d.lifecycle !== "defined")
+    .sort((a, b) => CLAIM_RANK[a.lifecycle] - CLAIM_RANK[b.lifecycle] || a.name.localeCompare(b.name));
+  for (const d of claimOrder) {
     for (const i of d.interfaces) {
       const r = resolveInterface(i, networks);
       if (!r.ok) {
@@ -177,7 +242,9 @@ export function vmEndpoints(domains: Iterable<DomainRecord>, networks: Network[]
       });
     }
   }
-  return { endpoints, rejected };
+  // Stable sorts: each domain's interfaces stay in their order.
+  const byDomain = (a: { domain?: string }, b: { domain?: string }) => (a.domain ?? "").localeCompare(b.domain ?? "");
+  return { endpoints: endpoints.sort(byDomain), rejected: rejected.sort(byDomain) };
 }
 
 /**

@@ -18,7 +18,10 @@ export function watchGuestAnnouncement(tap: string, mac: string, onSeen: (by: An
   let child: ResultPromise | undefined;
   try {
     // --immediate-mode: each frame as it comes, not a buffer's worth later; -l: line-buffered output.
-    child = execa("tcpdump", ["-i", tap, "-l", "-n", "-e", "-c", "1", "--immediate-mode",
+    // -Z root: tcpdump otherwise switches to the user tcpdump once capturing, which needs CAP_SETUID,
+    // not in the systemd unit's bounding set: it would exit instead of capturing. Staying root, it
+    // still calls initgroups() (CAP_SETGID, which the unit grants for it).
+    child = execa("tcpdump", ["-Z", "root", "-i", tap, "-l", "-n", "-e", "-c", "1", "--immediate-mode",
       `ether src ${mac} and (arp or rarp)`], { buffer: false, reject: false, stderr: "pipe" });
   } catch (e) {
     onError(`tcpdump: ${(e as Error).message}`);

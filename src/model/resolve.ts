@@ -2,7 +2,7 @@ import { isUnusableHostAddress, parseIpv4, parsePrefix, prefixContains, prefixes
 import { defaultGuestMac, isUsableGuestMac, normalizeMac } from "./mac.js";
 import { gatewayDevice, netnsNameProblem, networkNameProblem, tapName, tapNameProblem, vethName } from "./naming.js";
 import type { EndpointInput, NetworkInput } from "./spec.js";
-import { endpointId, type DesiredState, type Endpoint, type Network } from "./types.js";
+import { endpointId, type DesiredState, type Endpoint, type HeldEndpoint, type Network } from "./types.js";
 
 // Turns what operators wrote (config networks, runtime networks, endpoint
 // requests) into a fully resolved desired state, or one error line that names
@@ -29,36 +29,56 @@ export function networkPrefix(network: Network): Prefix {
   return parsePrefix(`${network.gateway}/${network.prefixLength}`)!;
 }
 
-/** Resolves config and runtime networks together; they must not overlap or share a name. */
-export function resolveNetworks(
+/**
+ * Resolves config and runtime networks together; they must not overlap or share
+ * a name. A config network that does not resolve is an error (the config file is
+ * refused); a runtime network that no longer fits (a config network now overlaps
+ * it) is left out and named in `problems`: its endpoints are then held.
+ */
+export function resolveNetworkSet(
   config: Record<string, NetworkInput>,
   runtime: Record<string, NetworkInput>,
-): Result<Network[]> {
+): Result<{ networks: Network[]; problems: string[] }> {
   const networks: Network[] = [];
+  const problems: string[] = [];
   for (const [name, input] of Object.entries(config)) {
     const r = resolveNetwork(name, input, "config");
     if (!r.ok) return r;
+    const overlapped = networks.find((n) => prefixesOverlap(networkPrefix(n), networkPrefix(r.value)));
+    if (overlapped) return fail(overlapProblem(r.value, overlapped));
     networks.push(r.value);
   }
   for (const [name, input] of Object.entries(runtime)) {
     const r = resolveNetwork(name, input, "runtime");
-    if (!r.ok) return r;
+    if (!r.ok) {
+      problems.push(r.error);
+      continue;
+    }
     const fromConfig = networks.find((n) => n.name === name && n.source === "config");
     if (fromConfig) {
       // Listing a config network in a spec is fine as long as it says the same thing.
       if (fromConfig.gateway !== r.value.gateway || fromConfig.prefixLength !== r.value.prefixLength || fromConfig.natOutgoing !== r.value.natOutgoing)
-        return fail(`network '${name}' comes from the config file and cannot be changed at runtime`);
+        problems.push(`network '${name}' comes from the config file and cannot be changed at runtime`);
+      continue;
+    }
+    const overlapped = networks.find((n) => prefixesOverlap(networkPrefix(n), networkPrefix(r.value)));
+    if (overlapped) {
+      problems.push(overlapProblem(r.value, overlapped));
       continue;
     }
     networks.push(r.value);
   }
-  for (let i = 0; i < networks.length; i++)
-    for (let j = i + 1; j < networks.length; j++) {
-      const a = networks[i]!, b = networks[j]!;
-      if (prefixesOverlap(networkPrefix(a), networkPrefix(b)))
-        return fail(`network '${b.name}' (${b.gateway}/${b.prefixLength}) overlaps network '${a.name}' (${a.gateway}/${a.prefixLength})`);
-    }
-  return { ok: true, value: networks };
+  return { ok: true, value: { networks, problems } };
+}
+
+const overlapProblem = (b: Network, a: Network) =>
+  `network '${b.name}' (${b.gateway}/${b.prefixLength}) overlaps network '${a.name}' (${a.gateway}/${a.prefixLength})`;
+
+/** resolveNetworkSet, strict: any problem is the error (config files, the hook fallback, doctor). */
+export function resolveNetworks(config: Record<string, NetworkInput>, runtime: Record<string, NetworkInput>): Result<Network[]> {
+  const r = resolveNetworkSet(config, runtime);
+  if (!r.ok) return r;
+  return r.value.problems.length ? fail(r.value.problems[0]!) : { ok: true, value: r.value.networks };
 }
 
 function describe(input: EndpointInput): string {
@@ -106,46 +126,72 @@ export function resolveEndpoint(input: EndpointInput, networks: Network[]): Resu
   };
 }
 
-/** Checks that hold across endpoints: one IP, one device, one namespace each. */
-export function checkEndpointSet(endpoints: Endpoint[], networks: Network[]): Result<Endpoint[]> {
-  const byIp = new Map<string, Endpoint>();
-  const byDevice = new Map<string, Endpoint>();
-  const byNetns = new Map<string, Endpoint>();
-  const gatewayDevices = new Set(networks.map((n) => gatewayDevice(n.name)));
-  for (const e of endpoints) {
-    const ipOwner = byIp.get(e.ip);
-    if (ipOwner) return fail(`endpoint ${e.kind} ${e.ip}: ip ${e.ip} is already used by ${ipOwner.kind} endpoint ${ipOwner.device}`);
-    byIp.set(e.ip, e);
-    const devOwner = byDevice.get(e.device);
-    if (devOwner || gatewayDevices.has(e.device)) return fail(`endpoint ${e.kind} ${e.ip}: device name ${e.device} is already used`);
-    byDevice.set(e.device, e);
-    if (e.netns !== undefined) {
-      const nsOwner = byNetns.get(e.netns);
-      if (nsOwner) return fail(`endpoint ${e.kind} ${e.ip}: netns '${e.netns}' already has endpoint ${nsOwner.ip} (one routed interface per namespace)`);
-      byNetns.set(e.netns, e);
-    }
+/** The checks that hold across endpoints: one IP, one device, one namespace each. */
+export class EndpointClaims {
+  private readonly byIp = new Map<string, Endpoint>();
+  private readonly byDevice = new Map<string, Endpoint>();
+  private readonly byNetns = new Map<string, Endpoint>();
+  private readonly gatewayDevices: Set<string>;
+
+  constructor(networks: Network[]) {
+    this.gatewayDevices = new Set(networks.map((n) => gatewayDevice(n.name)));
   }
-  return { ok: true, value: endpoints };
+
+  /** Claims the endpoint's IP, device and namespace, or says why it cannot (and claims nothing). */
+  claim(e: Endpoint): string | undefined {
+    const ipOwner = this.byIp.get(e.ip);
+    if (ipOwner) return `endpoint ${e.kind} ${e.ip}: ip ${e.ip} is already used by ${ipOwner.kind} endpoint ${ipOwner.device}`;
+    if (this.byDevice.has(e.device) || this.gatewayDevices.has(e.device)) return `endpoint ${e.kind} ${e.ip}: device name ${e.device} is already used`;
+    const nsOwner = e.netns !== undefined ? this.byNetns.get(e.netns) : undefined;
+    if (nsOwner) return `endpoint ${e.kind} ${e.ip}: netns '${e.netns}' already has endpoint ${nsOwner.ip} (one routed interface per namespace)`;
+    this.byIp.set(e.ip, e);
+    this.byDevice.set(e.device, e);
+    if (e.netns !== undefined) this.byNetns.set(e.netns, e);
+    return undefined;
+  }
+}
+
+/** What an entry that does not resolve is kept as (its device name can be told from the entry alone). */
+export function heldEndpoint(input: EndpointInput, reason: string): HeldEndpoint {
+  const device = input.kind === "tap" ? input.name ?? tapName(input.network, input.ip) : vethName(input.network, input.ip);
+  return { id: endpointId(input.kind, input.ip), kind: input.kind, network: input.network, ip: input.ip, device, reason };
 }
 
 export interface DesiredInputs {
   configNetworks: Record<string, NetworkInput>;
   runtimeNetworks: Record<string, NetworkInput>;
   endpoints: EndpointInput[];
-  /** Endpoints resolved elsewhere (libvirt domains); they take part in the set checks. */
-  extraEndpoints?: Endpoint[];
 }
 
-export function resolveDesired(inputs: DesiredInputs): Result<DesiredState> {
-  const networks = resolveNetworks(inputs.configNetworks, inputs.runtimeNetworks);
-  if (!networks.ok) return networks;
-  const endpoints: Endpoint[] = [...(inputs.extraEndpoints ?? [])];
+export interface ResolvedDesired extends DesiredState {
+  held: HeldEndpoint[];
+  /** Every entry that does not resolve, one line each (held entries and left-out runtime networks). */
+  problems: string[];
+}
+
+/**
+ * The whole desired state. Only config networks can fail it (the config file
+ * is refused); a runtime network or endpoint that does not resolve is left
+ * out, held (kept as found) and named in `problems`: one bad entry never
+ * takes the others down. Callers that accept new input refuse what adds a problem.
+ */
+export function resolveDesired(inputs: DesiredInputs): Result<ResolvedDesired> {
+  const set = resolveNetworkSet(inputs.configNetworks, inputs.runtimeNetworks);
+  if (!set.ok) return set;
+  const { networks } = set.value;
+  const problems = [...set.value.problems];
+  const held: HeldEndpoint[] = [];
+  const claims = new EndpointClaims(networks);
+  const endpoints: Endpoint[] = [];
   for (const input of inputs.endpoints) {
-    const r = resolveEndpoint(input, networks.value);
-    if (!r.ok) return r;
-    endpoints.push(r.value);
+    const r = resolveEndpoint(input, networks);
+    const problem = r.ok ? claims.claim(r.value) : r.error;
+    if (problem) {
+      problems.push(problem);
+      held.push(heldEndpoint(input, problem));
+      continue;
+    }
+    if (r.ok) endpoints.push(r.value);
   }
-  const checked = checkEndpointSet(endpoints, networks.value);
-  if (!checked.ok) return checked;
-  return { ok: true, value: { networks: networks.value, endpoints, learned: [] } };
+  return { ok: true, value: { networks, endpoints, learned: [], held, problems } };
 }

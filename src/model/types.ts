@@ -52,9 +52,37 @@ export interface LearnedRoute {
   elevated: boolean;
 }
 
+/**
+ * An object whose kernel state is kept as found: an entry that no longer
+ * validates (its network left the config, its domain's metadata is wrong).
+ * Its devices, routes, neighbours and announcement are neither changed nor
+ * removed; it is reported degraded with the reason until it is valid again
+ * or removed. One bad object never stops the daemon (DESIGN.md, core loop).
+ */
+export interface HeldEndpoint {
+  /** The endpoint id its devices carry in their ifalias (`vmrouted:<id>`). */
+  id: string;
+  kind: EndpointKind;
+  network: string;
+  ip: string;
+  /** The device it would have (when that can be told from the entry). */
+  device?: string;
+  domain?: string;
+  reason: string;
+}
+
 export interface DesiredState {
   networks: Network[];
   endpoints: Endpoint[];
+  /** Entries kept as found, with why (above); their networks' gateway devices stay too. */
+  held?: HeldEndpoint[];
+  /**
+   * false while the set of libvirt domains is unknown (no usable domains cache
+   * and libvirtd not answering): every vm-class object in the kernel (and its
+   * announcement) is then kept as found, as learned routes are before the
+   * importer knows the fabric.
+   */
+  domainsKnown?: boolean;
   /** Kernel routes for other hosts' workloads (`<prefix> via <next hop>`), already filtered (state/resolve.ts). */
   learned: LearnedRoute[];
   /** false until the importer has given a complete set: learned routes in the kernel are then left as they are. */

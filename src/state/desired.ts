@@ -23,6 +23,13 @@ export interface Desired {
    * vmrouted must not flush them before it knows what the fabric has.
    */
   readonly learnedKnown: boolean;
+  /**
+   * The domains are the whole set libvirt has (a usable domains cache, or a
+   * libvirt resync since). Until then every vm-class object in the kernel is
+   * kept as found: a missing cache and a libvirtd that is down at the same
+   * time must not read as "no VMs" and delete the taps qemu holds.
+   */
+  readonly domainsKnown: boolean;
 }
 
 export interface Change<T> {
@@ -33,7 +40,7 @@ export interface Change<T> {
 
 export interface DesiredPersistence {
   saveRuntime(runtime: RuntimeState): Promise<void>;
-  saveDomains(domains: ReadonlyMap<string, DomainRecord>): Promise<void>;
+  saveDomains(domains: ReadonlyMap<string, DomainRecord>, complete: boolean): Promise<void>;
 }
 
 export type DesiredListener = (next: Desired, previous: Desired, reason: string) => void;
@@ -69,11 +76,12 @@ export class DesiredStore {
       const { next: parts, result } = fn(previous);
       const next: Desired = { ...previous, ...parts };
       if (next.runtime === previous.runtime && next.domains === previous.domains && next.learned === previous.learned &&
-        next.learnedKnown === previous.learnedKnown) return result;
+        next.learnedKnown === previous.learnedKnown && next.domainsKnown === previous.domainsKnown) return result;
       this.validate(next, previous);
       // Persisted before anyone sees it: a crash from here on leaves the old or the new state on disk.
       if (next.runtime !== previous.runtime) await this.persistence.saveRuntime(next.runtime);
-      if (next.domains !== previous.domains) await this.persistence.saveDomains(next.domains);
+      if (next.domains !== previous.domains || next.domainsKnown !== previous.domainsKnown)
+        await this.persistence.saveDomains(next.domains, next.domainsKnown);
       this.value = next;
       this.version++;
       for (const listener of this.listeners) listener(next, previous, reason);

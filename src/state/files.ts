@@ -1,4 +1,5 @@
-import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, type FileHandle } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import type { z } from "zod";
 import { Serial } from "./serial.js";
@@ -86,10 +87,39 @@ export class StateFile<T> {
 }
 
 /**
+ * Whether stateDir can be written: the first failure of a run of failed writes
+ * (a full disk, a read-only mount), cleared by the next write that succeeds.
+ * Status shows it; the writers retry (each its own way), nothing ends the daemon.
+ */
+let failingWrites: { since: string; reason: string } | undefined;
+
+export function storageStatus(): { state: "ok" | "failing"; reason?: string; since?: string } {
+  return failingWrites ? { state: "failing", ...failingWrites } : { state: "ok" };
+}
+
+/** Called for every write failure (metrics count them: vmrouted_errors_total{source="state"}). */
+let onWriteFailure: ((path: string, error: Error) => void) | undefined;
+export function onStateWriteFailure(listener: (path: string, error: Error) => void): void {
+  onWriteFailure = listener;
+}
+
+export async function writeFileAtomic(path: string, text: string, durable = true): Promise<void> {
+  try {
+    await writeFileAtomicOnce(path, text, durable);
+    failingWrites = undefined;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    failingWrites ??= { since: new Date().toISOString(), reason: `cannot write ${path}: ${err.code ?? err.message}` };
+    onWriteFailure?.(path, err);
+    throw new Error(`cannot write ${path}: ${err.code ? `${err.code} (${err.message.replace(/^\w+: /, "")})` : err.message}`);
+  }
+}
+
+/**
  * write-to-temp + rename (+ fsync of both when durable). The temporary's name
  * is unique to this write (pid and a counter): two writes of one file never share it.
  */
-export async function writeFileAtomic(path: string, text: string, durable = true): Promise<void> {
+async function writeFileAtomicOnce(path: string, text: string, durable: boolean): Promise<void> {
   const dir = dirname(path);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const tmp = `${path}${TEMP_INFIX}${process.pid}-${++writes}`;
@@ -97,16 +127,46 @@ export async function writeFileAtomic(path: string, text: string, durable = true
   try {
     await file.writeFile(text);
     if (durable) await file.sync();
-  } finally {
     await file.close();
+    await rename(tmp, path);
+  } catch (e) {
+    // A full disk leaves a partial temporary: not left to fill what little room there is.
+    await file.close().catch(() => undefined);
+    await rm(tmp, { force: true });
+    throw e;
   }
-  await rename(tmp, path);
   if (!durable) return;
   const d = await open(dir, "r");
   try {
     await d.sync();
   } finally {
     await d.close();
+  }
+}
+
+/**
+ * Runs fn with `text` in a file that has no name, which a child reads as
+ * /proc/<our pid>/fd/<fd> (ip -batch, nft -f). A whole file, not a pipe: a
+ * vmrouted killed while writing never hands the child a truncated last line.
+ * The file is made where no other user can have put anything (the CLI's hook
+ * fallback runs in the host's shared /tmp, as root): in a new directory of
+ * mkdtemp (random name, mode 0700), created exclusively ("wx+": an existing
+ * file or symlink there fails the open instead of being followed), and
+ * removed with its directory before a byte is written.
+ */
+export async function withUnlinkedFile<T>(text: string, fn: (path: string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), "vmrouted-"));
+  let file: FileHandle;
+  try {
+    file = await open(join(dir, "input"), "wx+", 0o600);
+  } finally {
+    await rm(dir, { recursive: true, force: true }); // the open file stays, without a name
+  }
+  try {
+    await file.writeFile(text);
+    return await fn(`/proc/${process.pid}/fd/${file.fd}`);
+  } finally {
+    await file.close();
   }
 }
 

@@ -1,8 +1,9 @@
 import { vmEndpoints, type VmEndpoints } from "../libvirt/domains.js";
 import { InputError } from "../model/errors.js";
-import { resolveDesired } from "../model/resolve.js";
+import { resolveDesired, type ResolvedDesired } from "../model/resolve.js";
 import type { NetworkInput } from "../model/spec.js";
-import type { DesiredState, Endpoint, LearnedRoute } from "../model/types.js";
+import { endpointId, type DesiredState, type Endpoint, type HeldEndpoint, type LearnedRoute } from "../model/types.js";
+import type { DomainRecord } from "../libvirt/domains.js";
 import type { Desired } from "./desired.js";
 import type { RuntimeState } from "./stored.js";
 
@@ -17,7 +18,11 @@ export interface Resolved {
   state: DesiredState;
   /** VM interfaces that cannot be served, with why (status, logs). */
   rejected: VmEndpoints["rejected"];
+  /** Every stored entry that does not resolve, one line each (held: kept as found and reported degraded). */
+  problems: string[];
 }
+
+type RuntimePart = Pick<ResolvedDesired, "networks" | "endpoints" | "held" | "problems">;
 
 export interface ResolveContext {
   configNetworks: Record<string, NetworkInput>;
@@ -26,18 +31,37 @@ export interface ResolveContext {
 }
 
 export class DesiredResolver {
-  private runtime: { input: RuntimeState; value: Pick<DesiredState, "networks" | "endpoints"> } | undefined;
+  /** By stored object: the writer's validation compares the previous state with the next, each resolved once. */
+  private readonly runtimes = new WeakMap<RuntimeState, RuntimePart>();
   private last: { input: Desired; value: Resolved } | undefined;
 
   constructor(private readonly context: ResolveContext) {}
 
-  /** Throws an InputError when the runtime part does not resolve (the writer's validation uses this). */
-  runtimePart(runtime: RuntimeState): Pick<DesiredState, "networks" | "endpoints"> {
-    if (this.runtime?.input === runtime) return this.runtime.value;
+  /**
+   * The runtime part resolved: entries that do not resolve are held, not fatal
+   * (a network taken out of the config must not stop the daemon). Throws only
+   * when the config networks themselves do not resolve.
+   */
+  runtimePart(runtime: RuntimeState): RuntimePart {
+    const known = this.runtimes.get(runtime);
+    if (known) return known;
     const r = resolveDesired({ configNetworks: this.context.configNetworks, runtimeNetworks: runtime.networks, endpoints: runtime.endpoints });
     if (!r.ok) throw new InputError(r.error);
-    this.runtime = { input: runtime, value: { networks: r.value.networks, endpoints: r.value.endpoints } };
-    return this.runtime.value;
+    const { networks, endpoints, held, problems } = r.value;
+    const value = { networks, endpoints, held, problems };
+    this.runtimes.set(runtime, value);
+    return value;
+  }
+
+  /**
+   * The writer's validation: a change may not add a problem. Entries that were
+   * already held stay held (their owner fixes or removes them); anything new
+   * that does not resolve is refused, with its line, and nothing changes.
+   */
+  refuseNewProblems(next: RuntimeState, previous: RuntimeState): void {
+    const before = new Set(this.runtimePart(previous).problems);
+    const added = this.runtimePart(next).problems.find((p) => !before.has(p));
+    if (added) throw new InputError(added);
   }
 
   resolve(desired: Desired): Resolved {
@@ -47,16 +71,27 @@ export class DesiredResolver {
     for (const e of runtime.endpoints) claims.add(e.ip).add(`dev:${e.device}`);
     const vm = vmEndpoints(desired.domains.values(), runtime.networks, claims);
     const endpoints = [...runtime.endpoints, ...vm.endpoints];
+    // A domain interface that cannot be served keeps its tap as found (qemu may hold it).
+    const held = [...runtime.held, ...vm.rejected.map((r) => heldInterface(r, desired.domains.get(r.domain)))];
     const value: Resolved = {
       state: {
         networks: runtime.networks, endpoints, learned: installableRoutes(desired.learned.values(), endpoints, this.context.nodeAddress),
-        learnedKnown: desired.learnedKnown,
+        learnedKnown: desired.learnedKnown, held, domainsKnown: desired.domainsKnown,
       },
       rejected: vm.rejected,
+      problems: [...runtime.problems, ...vm.rejected.map((r) => `domain '${r.domain}' ${r.ip}: ${r.reason}`)],
     };
     this.last = { input: desired, value };
     return value;
   }
+}
+
+function heldInterface(r: VmEndpoints["rejected"][number], domain: DomainRecord | undefined): HeldEndpoint {
+  const i = domain?.interfaces.find((x) => x.ip === r.ip);
+  return {
+    id: endpointId("vm", r.ip), kind: "vm", network: i?.network ?? "", ip: r.ip, domain: r.domain, reason: r.reason,
+    ...(i ? { device: i.tap } : {}),
+  };
 }
 
 /**

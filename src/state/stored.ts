@@ -36,8 +36,14 @@ const domainSchema = z.object({
     phase: z.enum(["target", "settling", "source"]), since: z.number(), liveBy: z.enum(["garp", "rarp", "resume"]).optional(),
   }).strict().optional(),
 }).strict();
-const domainsFileSchema = z.object({ version: z.literal(1), domains: z.array(domainSchema) })
-  .transform((f) => new Map(f.domains.map((d) => [d.name, d as DomainRecord])) as ReadonlyMap<string, DomainRecord>);
+/** The libvirt cache: the domains, and whether they are libvirt's whole set (false: written while libvirt was never read). */
+export interface DomainsCache {
+  domains: ReadonlyMap<string, DomainRecord>;
+  complete: boolean;
+}
+
+const domainsFileSchema = z.object({ version: z.literal(1), domains: z.array(domainSchema), complete: z.boolean().optional() })
+  .transform((f): DomainsCache => ({ domains: new Map(f.domains.map((d) => [d.name, d as DomainRecord])), complete: f.complete !== false }));
 
 export function runtimeFile(stateDir: string): StateFile<RuntimeState> {
   // Durable: the operator's intent must survive the host losing power (files.ts).
@@ -45,13 +51,14 @@ export function runtimeFile(stateDir: string): StateFile<RuntimeState> {
     (s) => JSON.stringify({ version: 1, ...s }, null, 2) + "\n", true);
 }
 
-export function domainsFile(stateDir: string): StateFile<ReadonlyMap<string, DomainRecord>> {
-  return new StateFile(stateDir, "domains.json", domainsFileSchema, () => new Map(),
-    (m) => JSON.stringify({ version: 1, domains: [...m.values()] }) + "\n");
+export function domainsFile(stateDir: string): StateFile<DomainsCache> {
+  // Empty when missing or corrupt: not the whole set (recover.ts keeps vm-class objects until libvirt answers).
+  return new StateFile(stateDir, "domains.json", domainsFileSchema, () => ({ domains: new Map(), complete: false }),
+    (c) => JSON.stringify({ version: 1, domains: [...c.domains.values()], ...(c.complete ? {} : { complete: false }) }) + "\n");
 }
 
 export function persistence(stateDir: string): DesiredPersistence {
   const runtime = runtimeFile(stateDir);
   const domains = domainsFile(stateDir);
-  return { saveRuntime: (s) => runtime.save(s), saveDomains: (d) => domains.save(d) };
+  return { saveRuntime: (s) => runtime.save(s), saveDomains: (d, complete) => domains.save({ domains: d, complete }) };
 }

@@ -126,7 +126,10 @@ export class Daemon {
     child.stderr.on("data", (c: Buffer) => (this.log += c.toString()));
     await waitFor(async () => {
       if (child.exitCode !== null) throw new Error(`vmrouted exited: ${this.log}`);
-      return existsSync(this.socket) && (await this.ctl(["status", "-o", "json"])).exitCode === 0;
+      if (!existsSync(this.socket)) return false;
+      // The socket answers from the first moment; the daemon is up once its first pass has run.
+      const r = await this.ctl(["status", "-o", "json"]);
+      return r.exitCode === 0 && (JSON.parse(r.stdout) as { state: string }).state === "running";
     }, 15000, "vmrouted to start");
   }
 

@@ -173,8 +173,9 @@ describe("routed interfaces for libvirt domains", () => {
     expect(started.exitCode).toBe(0);
     expect((await routes()).some((r) => r.dst === "172.31.16.5"), "the route must not be there yet: the call did not wait").toBe(false);
     console.log(`shim answered started in ${answeredMs} ms while a 2,000-endpoint pass ran`);
-    // An older call arriving after a newer one (its sequence is lower) changes nothing.
-    const stale = await daemon.request("POST", `/v1/hook?domain=vm1&op=stopped&subop=end&extra=-&seq=1`, xml);
+    // An older call arriving after a newer one (its sequence is lower: the same boot, an earlier monotonic clock) changes nothing.
+    const boot = (await readFile("/proc/sys/kernel/random/boot_id", "utf8")).trim();
+    const stale = await daemon.request("POST", `/v1/hook?domain=vm1&op=stopped&subop=end&extra=-&seq=${boot}:1`, xml);
     expect(JSON.parse(stale.body)).toMatchObject({ ignored: expect.stringMatching(/later hook call/) });
     expect((await busy).status).toBe(200);
     await waitFor(async () => (await routes()).some((r) => r.dst === "172.31.16.5"), 20000, "vm1 routed after the busy pass");

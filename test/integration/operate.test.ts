@@ -194,14 +194,19 @@ const linkStats = z.object({
 const state = z.enum(["ready", "pending", "degraded"]);
 const statusSchema = z.object({
   version: z.string().regex(/^\d+\.\d+\.\d+/),
+  state: z.literal("running"),
   node: z.object({ name: z.string(), address: z.string().ip({ version: "v4" }) }).strict(),
+  problems: z.array(z.string()),
+  storage: z.object({ state: z.enum(["ok", "failing"]), reason: z.string().optional(), since: z.string().datetime().optional() }).strict(),
   networks: z.array(z.object({
     name: z.string(), device: z.string().regex(/^virgw-/), gateway: z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d+$/),
     kind: z.enum(["dummy", "bridge"]), source: z.enum(["config", "runtime"]), natOutgoing: z.boolean(), state, reason: z.string(),
   }).strict()),
   endpoints: z.array(z.object({
     id: z.string(), kind: z.enum(["tap", "netns", "vm"]), network: z.string(), ip: z.string().ip({ version: "v4" }),
-    mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/), device: z.string().max(15), netns: z.string().optional(), domain: z.string().optional(),
+    // A held entry (kept as found) may not know its guest's MAC.
+    mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/).or(z.literal("")), device: z.string().max(15), netns: z.string().optional(), domain: z.string().optional(),
+    held: z.boolean().optional(),
     elevated: z.boolean().optional(), migration: z.enum(["normal", "target", "settling", "source"]).optional(), state, reason: z.string(),
     conditions: z.object({
       device: z.boolean(), up: z.boolean(), carrier: z.boolean(), route: z.boolean(), neighbour: z.boolean(), sysctls: z.boolean(),
@@ -230,6 +235,7 @@ const statusSchema = z.object({
   reconcile: z.object({
     at: z.string().datetime().optional(), durationMs: z.number().optional(), passes: z.number(), operationsApplied: z.number(),
     passesByTrigger: z.record(z.number().int().positive()),
+    failing: z.number().int().nonnegative(), lastError: z.object({ at: z.string().datetime(), message: z.string() }).strict().optional(),
   }).strict(),
 }).strict();
 
@@ -241,7 +247,7 @@ describe("status", () => {
     expect(s.bgp.peers).toEqual([expect.objectContaining({ address: "10.99.0.2", state: "established", prefixesSent: 2 })]);
     expect(s.bgp.peers[0]!.uptimeSeconds).toBeGreaterThanOrEqual(0);
     const yaml = await daemon.ctl(["status", "-o", "yaml"]);
-    expect(yaml.stdout).toMatch(/^version: \S+\nnode:\n/);
+    expect(yaml.stdout).toMatch(/^version: \S+\nstate: running\nnode:\n/);
   });
 
   it("counters move when a netns endpoint sends traffic", async () => {

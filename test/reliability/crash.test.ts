@@ -3,6 +3,8 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { NAT_SET } from "../../src/dataplane/nat.js";
+import { listNatTable } from "../../src/dataplane/nft.js";
 import { runtimeFile } from "../../src/state/stored.js";
 import { defaultGuestMac } from "../../src/model/mac.js";
 import { tapName } from "../../src/model/naming.js";
@@ -174,10 +176,10 @@ describe("crash while writing state", () => {
 
 describe("a corrupt state file", () => {
   it("is reported, kept aside and rebuilt from the kernel: nothing is recreated, nothing lost", async () => {
-    // A mix the rebuild must get right: a runtime network, a named tap, a tap with its own MAC.
+    // A mix the rebuild must get right: a runtime network with egress NAT (read back from the nftables table), a named tap, a tap with its own MAC.
     expect((await daemon.ctl(["network", "add", "extra", "172.29.0.1/24"])).exitCode).toBe(0);
     const spec = {
-      networks: { extra: { gateway: "172.29.0.1/24" } },
+      networks: { extra: { gateway: "172.29.0.1/24", natOutgoing: true } },
       endpoints: [
         { kind: "tap", network: NETWORK, ip: "172.30.1.5" },
         { kind: "tap", network: NETWORK, ip: "172.30.1.6", name: "tap-named" },
@@ -190,8 +192,11 @@ describe("a corrupt state file", () => {
       return { ...spec, endpoints: spec.endpoints.sort((a, b) => a.ip.localeCompare(b.ip)) };
     };
     const before = await storedSpec();
+    expect(before).toMatchObject({ networks: { extra: { natOutgoing: true } } });
     await daemon.stop();
     const kernelBefore = await netState(lab.host.name);
+    const masqueraded = async () => (await listNatTable(lab.host.name))?.sets.find((s) => s.name === NAT_SET)?.elements;
+    expect(await masqueraded()).toEqual(["172.29.0.0/24"]);
     const statePath = join(daemon.dir, "state", "state.json");
 
     for (const garbage of ['{"version":1,"networks":{"extra":{"gateway":"172.29', '{"version":7,"whatever":true}\n', "\u0000\u0000\u0000"]) {
@@ -204,6 +209,7 @@ describe("a corrupt state file", () => {
       expect(s.endpoints.map((e) => `${e.ip} ${e.state}`).sort()).toEqual(["172.29.0.7 ready", "172.30.1.5 ready", "172.30.1.6 ready"]);
       await daemon.stop();
       expect(await netState(lab.host.name)).toBe(kernelBefore); // same devices (ifindexes), routes, neighbours
+      expect(await masqueraded()).toEqual(["172.29.0.0/24"]); // and the same egress NAT
       const kept = (await readdir(join(daemon.dir, "state"))).filter((f) => f.startsWith("state.json.corrupt-"));
       expect(await Promise.all(kept.map((f) => readFile(join(daemon.dir, "state", f), "utf8")))).toContain(garbage);
     }

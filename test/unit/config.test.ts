@@ -40,7 +40,7 @@ dataplane:
 metrics: { listen: 127.0.0.1:9794 }
 log: { level: info }
 `);
-    expect(c.bgp).toEqual({ gobgp: "127.0.0.1:50051", communities: ["64512:100"], localPref: 100, importRoutes: true, migrationCommunity: "64512:666" });
+    expect(c.bgp).toEqual({ gobgp: "127.0.0.1:50051", allowRemoteGobgp: false, communities: ["64512:100"], localPref: 100, importRoutes: true, migrationCommunity: "64512:666" });
     expect(c.dataplane).toEqual({ routeProtocol: 94, learnedProtocol: 96, routeMetric: 1024, netdevGroup: 94, teardownGroup: 95, resyncSeconds: 30 });
     expect(c.migration).toEqual({ settleSeconds: 30 });
   });
@@ -59,6 +59,11 @@ log: { level: info }
     ["a next hop that is not IPv4", "node: { address: fe80::1 }\n", /node\.address: must be an IPv4 address/],
     ["an unparseable gobgp address", base + "bgp: { gobgp: 'localhost' }\n", /bgp\.gobgp: must be HOST:PORT/],
     ["a gobgp port out of range", base + "bgp: { gobgp: '127.0.0.1:70000' }\n", /bgp\.gobgp/],
+    ["a gobgp API on another host", base + "bgp: { gobgp: '10.1.1.9:50051' }\n", /^config: bgp\.gobgp: must be a loopback address .*plaintext.*bgp\.allowRemoteGobgp: true/],
+    ["a gobgp API at an IPv6 address not ::1", base + "bgp: { gobgp: '[2001:db8::1]:50051' }\n", /bgp\.gobgp: must be a loopback address/],
+    ["a gobgp API at a host name", base + "bgp: { gobgp: 'gobgp.example:50051' }\n", /bgp\.gobgp: must be a loopback address/],
+    ["a remote gobgp allowed other than by true", base + "bgp: { gobgp: '10.1.1.9:50051', allowRemoteGobgp: 'yes' }\n", /bgp\.allowRemoteGobgp/],
+    ["a metrics listener on the network", base + "metrics: { listen: '0.0.0.0:9794' }\n", /metrics\.listen: must be a loopback address/],
     ["a community out of range", base + "bgp: { communities: ['64512:70000'] }\n", /bgp\.communities\.0: must be ASN:VALUE/],
     ["a malformed community", base + "bgp: { communities: ['no'] }\n", /bgp\.communities\.0/],
     ["a negative local-pref", base + "bgp: { localPref: -1 }\n", /bgp\.localPref/],
@@ -76,5 +81,15 @@ log: { level: info }
     }
     expect(error).toMatch(message);
     expect(error).not.toContain("\n");
+  });
+
+  // gobgpd's gRPC API is plaintext and unauthenticated: only this machine may be the other end, unless the config says so.
+  it.each(["127.0.0.1:50051", "127.0.0.53:50051", "[::1]:50051", "[0:0:0:0:0:0:0:1]:50051", "localhost:50051"])("accepts the loopback gobgp address %s", (gobgp) => {
+    expect(parseConfig(base + `bgp: { gobgp: '${gobgp}' }\n`).bgp).toMatchObject({ gobgp, allowRemoteGobgp: false });
+  });
+
+  it("accepts a gobgp API on another host only with bgp.allowRemoteGobgp: true", () => {
+    expect(parseConfig(base + "bgp: { gobgp: '10.1.1.9:50051', allowRemoteGobgp: true }\n").bgp).toMatchObject({ gobgp: "10.1.1.9:50051", allowRemoteGobgp: true });
+    expect(() => parseConfig(base + "bgp: { gobgp: '10.1.1.9:50051', allowRemoteGobgp: false }\n")).toThrow(/bgp\.gobgp: must be a loopback address/);
   });
 });

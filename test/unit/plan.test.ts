@@ -7,6 +7,34 @@ import { desired, netns, observedWithNetns, settings, tap } from "../helpers/fix
 const converge = (d: ReturnType<typeof desired>, o = observedWithNetns("task-1")) => applyToModel(o, plan(d, o, settings).operations);
 
 describe("planner", () => {
+  it("keeps a held entry's device, route and its network's gateway as found, and reports them", () => {
+    const dark = { gateway: "172.31.17.1/24" };
+    const before = converge(desired([tap("172.31.16.10"), { kind: "tap", network: "dark", ip: "172.31.17.10" } as never], { dark }));
+    const darkTap = [...before.links.values()].find((l) => l.alias === "vmrouted:tap:172.31.17.10")!.name;
+    // The network left the config: its entry no longer resolves and is held.
+    const now = desired([tap("172.31.16.10"), { kind: "tap", network: "dark", ip: "172.31.17.10" } as never]);
+    expect(now.held?.map((h) => h.id)).toEqual(["tap:172.31.17.10"]);
+    const p = plan(now, before, settings);
+    expect(p.operations).toEqual([]);
+    expect(p.held).toMatchObject([{ held: { id: "tap:172.31.17.10" }, link: { name: darkTap }, routed: true }]);
+    // Without the hold, the same plan deletes them (what the hold prevents).
+    const unheld = plan({ ...now, held: [] }, before, settings).operations.map(renderBatchLine);
+    expect(unheld).toEqual(expect.arrayContaining([`link del dev ${darkTap}`, "link del dev virgw-dark"]));
+  });
+
+  it("keeps every vm-class device, route and neighbour as found while the domains are unknown", () => {
+    const vm = { ...tap("172.31.16.20"), name: "tap-vm20" };
+    const before = converge(desired([vm]));
+    const link = before.links.get("tap-vm20")!;
+    const asVm = { ...before, links: new Map([...before.links, ["tap-vm20", { ...link, alias: "vmrouted:vm:172.31.16.20" }]]) };
+    const unknown = { ...desired([]), domainsKnown: false };
+    const p = plan(unknown, asVm, settings);
+    expect(p.operations.map(renderBatchLine).filter((l) => l?.includes("tap-vm20") || l?.includes("172.31.16.20"))).toEqual([]);
+    expect(p.held).toMatchObject([{ held: { id: "vm:172.31.16.20", kind: "vm", ip: "172.31.16.20", network: "service" }, routed: true }]);
+    // Known (libvirt answered, no such domain): removed.
+    expect(plan({ ...unknown, domainsKnown: true }, asVm, settings).operations.map(renderBatchLine)).toContain("link del dev tap-vm20");
+  });
+
   it("creates gateway, taps, veths, routes, neighbours and sysctls from nothing", () => {
     const d = desired([tap("172.31.16.10"), netns("172.31.16.31", "task-1")]);
     const ops = plan(d, observedWithNetns("task-1"), settings).operations;

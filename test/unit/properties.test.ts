@@ -3,13 +3,14 @@ import { describe, expect, it } from "vitest";
 import type { ObservedState } from "../../src/dataplane/observed.js";
 import type { Operation } from "../../src/dataplane/operations.js";
 import { adoptableDevices, createdDevices, highestIfindex, type CreationRecord } from "../../src/dataplane/creations.js";
+import { desiredNat } from "../../src/dataplane/nat.js";
 import { plan } from "../../src/dataplane/plan.js";
 import { rebuildRuntimeState } from "../../src/daemon/rebuild.js";
 import {
   addRoutedInterface, parseDomainXml, removeRoutedInterface, routedInterfaces, serializeDomainXml, type RoutedInterface,
 } from "../../src/libvirt/domain-xml.js";
 import { resolveDesired } from "../../src/model/resolve.js";
-import type { EndpointInput } from "../../src/model/spec.js";
+import type { EndpointInput, NetworkInput } from "../../src/model/spec.js";
 import type { DesiredState } from "../../src/model/types.js";
 import { applyToModel } from "../helpers/fake-kernel.js";
 import { observedWithNetns, settings } from "../helpers/fixtures.js";
@@ -32,13 +33,14 @@ const macArb = fc.integer({ min: 1, max: 250 }).map((n) => `52:54:00:12:34:${n.t
 /** Desired runtime state: maybe a runtime network, taps (some named, some with a MAC), netns endpoints (one per namespace). */
 const runtimeArb = fc.record({
   extra: fc.boolean(),
+  nat: fc.boolean(),
   taps: fc.uniqueArray(fc.record({
     host: fc.integer({ min: 10, max: 40 }), onExtra: fc.boolean(), named: fc.boolean(), mac: fc.option(macArb, { nil: undefined }),
   }), { selector: (t) => `${t.onExtra}-${t.host}`, maxLength: 8 }),
   netns: fc.uniqueArray(fc.record({ ns: fc.constantFrom(...NAMESPACES), host: fc.integer({ min: 41, max: 60 }), mac: fc.option(macArb, { nil: undefined }) }),
     { selector: (n) => n.ns, maxLength: 3 }),
-}).map(({ extra, taps, netns }) => {
-  const networks: Record<string, { gateway: string }> = extra ? { extra: { gateway: "172.31.17.1/24" } } : {};
+}).map(({ extra, nat, taps, netns }) => {
+  const networks: Record<string, NetworkInput> = extra ? { extra: { gateway: "172.31.17.1/24", ...(nat ? { natOutgoing: true } : {}) } } : {};
   const endpoints: EndpointInput[] = [
     ...taps.map((t) => {
       const network = t.onExtra && extra ? "extra" : "service";
@@ -52,7 +54,7 @@ const runtimeArb = fc.record({
   return { networks, endpoints: endpoints.filter((e) => !seen.has(e.ip) && seen.add(e.ip)) };
 });
 
-function resolve(state: { networks: Record<string, { gateway: string }>; endpoints: EndpointInput[] }): DesiredState {
+function resolve(state: { networks: Record<string, NetworkInput>; endpoints: EndpointInput[] }): DesiredState {
   const r = resolveDesired({ configNetworks: CONFIG, runtimeNetworks: state.networks, endpoints: state.endpoints });
   if (!r.ok) throw new Error(r.error);
   return r.value;
@@ -228,7 +230,8 @@ describe("rebuilding runtime state from the kernel (properties)", () => {
       const d = resolve(want);
       const kernel = converge(d, observedWithNetns(...NAMESPACES));
       const veths = new Map(d.endpoints.filter((e) => e.netns).map((e) => [e.device, e.netns!]));
-      const rebuilt = rebuildRuntimeState(kernel, veths, CONFIG);
+      // The NAT table as the reconciler writes it: natOutgoing is read back from it.
+      const rebuilt = rebuildRuntimeState(kernel, veths, desiredNat(d), CONFIG);
       expect(rebuilt.problems).toEqual([]);
       // Same resolved endpoints (names, MACs, namespaces), whatever the input spelled out.
       const key = (x: DesiredState) => JSON.stringify([x.networks, [...x.endpoints].sort((a, b) => a.id.localeCompare(b.id))]);
@@ -240,7 +243,7 @@ describe("rebuilding runtime state from the kernel (properties)", () => {
     const d = resolve({ networks: {}, endpoints: [{ kind: "netns", network: "service", ip: "172.31.16.41", netns: "task-1" }] });
     const kernel = converge(d, observedWithNetns(...NAMESPACES));
     kernel.links.set("tap-stray", { name: "tap-stray", kind: "tun", group: 94, up: true, carrier: false, alias: "vmrouted:tap:10.250.0.9" });
-    const r = rebuildRuntimeState(kernel, new Map(), CONFIG);
+    const r = rebuildRuntimeState(kernel, new Map(), undefined, CONFIG);
     expect(r.problems).toEqual(expect.arrayContaining([
       expect.stringMatching(/tap-stray .* fits no known network/), expect.stringMatching(/peer in no named namespace/),
     ]));

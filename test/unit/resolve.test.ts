@@ -6,9 +6,27 @@ const config = { service: { gateway: "172.31.16.1/24" } };
 const resolve = (endpoints: EndpointInput[], runtime: Record<string, { gateway: string }> = {}) =>
   resolveDesired({ configNetworks: config, runtimeNetworks: runtime, endpoints });
 const tap = (ip: string, extra: object = {}) => ({ kind: "tap", network: "service", ip, ...extra }) as EndpointInput;
-const error = (r: ReturnType<typeof resolve>) => (r.ok ? "" : r.error);
+// Runtime entries that do not resolve are problems (held), never a failure of the whole state.
+const error = (r: ReturnType<typeof resolve>) => (r.ok ? r.value.problems[0] ?? "" : r.error);
 
 describe("resolving desired state", () => {
+  it("holds what does not resolve and resolves everything else (one bad entry never fails the state)", () => {
+    const r = resolve([tap("172.31.16.10"), { ...tap("172.31.17.10"), network: "dark" }, tap("172.31.16.11"), tap("172.31.16.10", { name: "tap-dup" })]);
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.value.endpoints.map((e) => e.ip)).toEqual(["172.31.16.10", "172.31.16.11"]);
+    expect(r.value.held).toEqual([
+      { id: "tap:172.31.17.10", kind: "tap", network: "dark", ip: "172.31.17.10", device: expect.stringMatching(/^tap-[0-9a-f]{10}$/), reason: "endpoint tap 172.31.17.10: unknown network 'dark'" },
+      { id: "tap:172.31.16.10", kind: "tap", network: "service", ip: "172.31.16.10", device: "tap-dup", reason: expect.stringMatching(/already used/) },
+    ]);
+    expect(r.value.problems).toHaveLength(2);
+  });
+
+  it("fails only when a config network does not resolve", () => {
+    const r = resolveDesired({ configNetworks: { a: { gateway: "172.31.16.1/24" }, b: { gateway: "172.31.16.2/25" } }, runtimeNetworks: {}, endpoints: [] });
+    expect(r.ok ? "" : r.error).toMatch(/overlaps network 'a'/);
+  });
+
   it("accepts a valid set and fills in names and MACs", () => {
     const r = resolve([tap("172.31.16.10"), { kind: "netns", network: "service", ip: "172.31.16.31", netns: "task-42", mac: "52:54:00:AA:BB:CC" }]);
     expect(r.ok).toBe(true);

@@ -18,7 +18,7 @@ afterEach(async () => {
 const tempDir = async () => (dir = await mkdtemp(join(tmpdir(), "vmr-store-")));
 
 const CONFIG_NETWORKS = { service: { gateway: "172.31.16.1/24" } };
-const empty = (): Desired => ({ runtime: emptyRuntimeState(), domains: new Map(), learned: new Map(), learnedKnown: true });
+const empty = (): Desired => ({ runtime: emptyRuntimeState(), domains: new Map(), learned: new Map(), learnedKnown: true, domainsKnown: true });
 const tap = (n: number) => ({ kind: "tap" as const, network: "service", ip: `172.31.16.${n}` });
 const resolver = () => new DesiredResolver({ configNetworks: CONFIG_NETWORKS, nodeAddress: "10.0.0.1" });
 
@@ -52,11 +52,11 @@ describe("state files", () => {
     await tempDir();
     const file = domainsFile(dir);
     const writes = Array.from({ length: 200 }, (_, i) =>
-      file.save(new Map([[`vm${i}`, { name: `vm${i}`, lifecycle: "running" as const, interfaces: [], seq: i }]])));
+      file.save({ domains: new Map([[`vm${i}`, { name: `vm${i}`, lifecycle: "running" as const, interfaces: [], seq: i }]]), complete: true }));
     await Promise.all(writes);
     const loaded = await file.load();
     expect(loaded.state).toBe("ok");
-    expect([...loaded.value.keys()]).toEqual(["vm199"]);
+    expect([...loaded.value.domains.keys()]).toEqual(["vm199"]);
     expect(await readdir(dir)).toEqual(["domains.json"]);
   });
 
@@ -87,7 +87,7 @@ describe("the one writer of desired state", () => {
   it("serializes concurrent changes: each sees the one before, none is lost, memory equals the last save", async () => {
     const { saved, p } = recording();
     const r = resolver();
-    const store = new DesiredStore(empty(), p, (next) => void r.runtimePart(next.runtime));
+    const store = new DesiredStore(empty(), p, (next, previous) => r.refuseNewProblems(next.runtime, previous.runtime));
     const published: number[] = [];
     store.subscribe((next) => published.push(next.runtime.endpoints.length));
     await Promise.all(Array.from({ length: 50 }, (_, i) => store.change(`api: add ${i}`, (d) => ({
@@ -104,7 +104,7 @@ describe("the one writer of desired state", () => {
     const r = resolver();
     let failSave = false;
     const store = new DesiredStore(empty(), { ...p, saveRuntime: async (s) => { if (failSave) throw new Error("ENOSPC"); await p.saveRuntime(s); } },
-      (next) => void r.runtimePart(next.runtime));
+      (next, previous) => r.refuseNewProblems(next.runtime, previous.runtime));
     let published = 0;
     store.subscribe(() => published++);
     await store.change("api", (d) => ({ next: { runtime: { ...d.runtime, endpoints: [tap(5)] } }, result: undefined }));
@@ -132,7 +132,7 @@ describe("the one writer of desired state", () => {
       async (ops) => {
         await tempDir();
         const r = resolver();
-        const store = new DesiredStore(empty(), persistence(dir), (next) => void r.runtimePart(next.runtime));
+        const store = new DesiredStore(empty(), persistence(dir), (next, previous) => r.refuseNewProblems(next.runtime, previous.runtime));
         // Serial model: the same changes one by one; a duplicate IP is refused, a missing one too.
         let model: string[] = [];
         const accepted: boolean[] = [];
