@@ -82,7 +82,8 @@ attach() { # attach NS PORT ADDRESS: a veth made straight into NS and the fabric
 attach "$HOST" p-host 10.99.0.1; attach "$HOST2" p-host2 10.99.0.3; attach "$RR" p-rr 10.99.0.2
 
 say "2. BIRD 2 as route reflector; on each host gobgpd, libvirtd and vmrouted with its libvirt hook"
-fill() { sed -e "s/\${ASN}/64512/g; s/\${NODE_ADDRESS}/$2/g; s/\${RR_ADDRESS}/10.99.0.2/g" "templates/$1"; }
+# The sessions are authenticated with TCP MD5 (the same BGP_PASSWORD on both ends).
+fill() { sed -e "s/\${ASN}/64512/g; s/\${NODE_ADDRESS}/$2/g; s/\${RR_ADDRESS}/10.99.0.2/g; s/\${BGP_PASSWORD}/vmrouted-demo-md5/g" "templates/$1"; }
 { fill bird-rr.conf 10.99.0.1; printf 'protocol bgp host2 from vmrouted_hosts {\n  neighbor 10.99.0.3 as 64512;\n}\n'; cat scripts/lab/bird-kernel.conf; } > "$WORK/bird.conf"
 ip netns exec "$RR" bird -f -c "$WORK/bird.conf" -s "$WORK/bird.ctl" -P "$WORK/bird.pid" > "$WORK/bird.log" 2>&1 &
 host_up() { # host_up NS ADDRESS NAME SOCKET LIBVIRT_DIR: gobgpd, libvirtd (listening for migrations), vmrouted

@@ -24,10 +24,11 @@ fi
 # gnuplot for the benchmark's chart; xmllint and virt-install for the libvirt corpus tests;
 # dpkg-dev and lintian to build and check the Debian package (scripts/package.sh);
 # tcpdump, which vmrouted runs on an incoming migration's tap to see the guest's RARP.
+# exabgp: the hostile BGP speaker of the fleet-trust tests (nobody here wrote it).
 PACKAGES=(iproute2 iputils-ping procps util-linux gobgpd bird2
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
   linux-image-cloud-amd64 busybox-static cpio nftables iptables systemd gnuplot-nox curl frr libxml2-utils virtinst
-  dpkg-dev lintian tcpdump)
+  dpkg-dev lintian tcpdump exabgp)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -18,11 +18,10 @@ import type { GobgpClient, PeerInfo, RibPath } from "./gobgp.js";
 // included. A gobgpd restart therefore removes no kernel route of a host
 // whose paths the fabric kept.
 //
-// Imported: IPv4 /32 best paths that came from a peer. Not imported: paths
-// this gobgpd originated (ours), anything but host routes (a default route a
-// border router sends the reflector is not a workload). Paths back to this
-// host and prefixes a local workload answers for are filtered where the local
-// endpoints are known (state/resolve.ts). While gobgpd is away the set stays
+// Taken: every IPv4 best path that came from another speaker. What of it is
+// installed is the import filter's decision (bgp/import-filter.ts: host routes
+// inside the workload ranges only, never an underlay address), made where the
+// local endpoints and the host's addresses are known (state/resolve.ts). While gobgpd is away the set stays
 // as it was: the sessions, not vmrouted, decide what the fabric withdrew, and
 // a reconnect's snapshot says it.
 
@@ -60,11 +59,17 @@ export interface ImporterDeps {
   log: Logger;
   retryMs?: number;
   onFailure?: () => void;
+  /** gobgpd's neighbours, learned at every (re)connect before any path is published (the import filter refuses their addresses). */
+  onPeers?: (peers: string[]) => Promise<void> | void;
 }
 
-/** Pure: a best path as a learned route, or undefined when it is not one to import. */
+/**
+ * Pure: another speaker's best path as a learned route, or undefined (ours, or withdrawn). Every
+ * prefix is kept, /24s and default routes too: the import filter refuses them, and counts and lists
+ * them (bgp/import-filter.ts), so an operator sees what the fabric tried to hand this host.
+ */
 export function learnedFrom(path: RibPath, migrationCommunity: number): LearnedRoute | undefined {
-  if (path.isFromLocal || path.isWithdraw || !path.nextHop || !path.prefix.endsWith("/32")) return undefined;
+  if (path.isFromLocal || path.isWithdraw || !path.nextHop || path.prefix.includes(":")) return undefined;
   return { prefix: path.prefix, nextHop: path.nextHop, elevated: path.communities.includes(migrationCommunity) };
 }
 
@@ -212,6 +217,13 @@ export class Importer {
       this.client = client;
       this.synced = false;
       this.complete = false;
+      // The peers first: a path to the reflector's own address must meet a filter that knows it.
+      try {
+        await this.deps.onPeers?.((await client.listPeers()).map((p) => p.address));
+      } catch (e) {
+        this.deps.log.warn({ err: (e as Error).message }, "cannot list gobgpd's peers; they are refused by address once known");
+      }
+      if (this.stopped) return;
       const watch = client.watchBestPaths((paths, initial) => {
         if (this.touched) for (const p of paths) this.touched.add(p.prefix);
         if (initial) {

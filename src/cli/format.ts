@@ -73,6 +73,11 @@ export function routesTable(routes: LearnedStatus[]): string {
   return table(["PREFIX", "VIA", "METRIC", "PREFERRED", "STATE", "REASON"], rows);
 }
 
+export function rejectedTable(paths: Array<{ prefix: string; nextHop: string; reason: string }>): string {
+  if (paths.length === 0) return "no learned path refused";
+  return table(["PREFIX", "NEXT HOP", "REASON"], paths.map((p) => [p.prefix, p.nextHop, p.reason]));
+}
+
 export function statusHuman(s: Status | StartingStatus): string {
   if (s.state === "starting") return `vmrouted ${s.version}  node ${s.node.name} (${s.node.address})  starting: ${s.reason}`;
   const counts = { ready: 0, pending: 0, degraded: 0 };

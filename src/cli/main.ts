@@ -8,8 +8,9 @@ import { MAX_HOOK_XML, readStdin } from "./stdin.js";
 import { VERSION } from "../version.js";
 import type { LearnedStatus } from "../daemon/report.js";
 import type { ConfigImpact } from "../config/impact.js";
+import type { RejectedPath } from "../bgp/import-filter.js";
 import {
-  doctorHuman, domainsTable, endpointsTable, networksTable, render, routesTable, statusHuman, type DomainView, type OutputFormat,
+  doctorHuman, domainsTable, endpointsTable, networksTable, rejectedTable, render, routesTable, statusHuman, type DomainView, type OutputFormat,
 } from "./format.js";
 
 // vmroutectl: the admin CLI. Every command is one API call; the daemon
@@ -216,9 +217,12 @@ export function buildProgram(out: (s: string) => void): Command {
       if (impact.orphaned.length) process.exitCode = 1;
     });
 
-  program.command("routes").description("routes learned from other hosts (BGP import), as installed").action(async () => {
-    await show(await api<LearnedStatus[]>("GET", "/v1/routes"), routesTable);
-  });
+  program.command("routes").description("routes learned from other hosts (BGP import), as installed")
+    .option("--rejected", "the learned paths the import filter refuses, with the announcing next hop and why")
+    .action(async (o: { rejected?: boolean }) => {
+      if (o.rejected) await show(await api<RejectedPath[]>("GET", "/v1/routes?rejected"), rejectedTable);
+      else await show(await api<LearnedStatus[]>("GET", "/v1/routes"), routesTable);
+    });
 
   program.command("endpoints").description("list endpoints").action(async () => {
     const s = await running();

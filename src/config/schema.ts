@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { z } from "zod";
-import { isLoopback, isUnusableHostAddress, parseIpv4 } from "../model/ipv4.js";
+import { isLoopback, isUnusableHostAddress, parseIpv4, parsePrefix } from "../model/ipv4.js";
 import { networkInputSchema } from "../model/spec.js";
 
 // The config file contract of DESIGN.md. Every key is strict: an unknown key is
@@ -62,6 +62,11 @@ export const configSchema = z
         importRoutes: z.boolean().default(true),
         /** Added to a live-migrated VM's path while it settles; with a higher local-pref every host prefers it. */
         migrationCommunity: community.default("64512:666"),
+        /** Where learned workload /32s may lie (default: the networks' prefixes); nothing outside is installed. */
+        importPrefixes: z.array(z.string().refine((t) => { const p = parsePrefix(t); return !!p && p.base === parseIpv4(p.address); },
+          "must be an IPv4 prefix with its base address, like 172.31.0.0/16")).default([]),
+        /** At most this many learned routes are installed; past it new prefixes are refused (existing ones stay). */
+        maxLearned: z.number().int().min(0).default(200_000),
       })
       .strict()
       .refine((b) => b.allowRemoteGobgp || isLoopbackHostPort(b.gobgp), {

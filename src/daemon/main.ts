@@ -5,6 +5,9 @@ import { Announcer } from "../bgp/announcer.js";
 import { connectGobgp } from "../bgp/gobgp.js";
 import { Importer } from "../bgp/importer.js";
 import { markHandedOver } from "../libvirt/domains.js";
+import { connectedPrefixes, sameHostFacts, type HostFacts } from "../bgp/import-filter.js";
+import { ImportRefusals } from "./refusals.js";
+import { ClaimWatch } from "../bgp/claims.js";
 import { MigrationWatch } from "./migrations.js";
 import { encodeCommunity } from "../bgp/paths.js";
 import { announcedFile } from "../bgp/record.js";
@@ -72,7 +75,10 @@ async function main(argv: string[]): Promise<void> {
   const gatewayKind = await detectGatewayKind();
   if (gatewayKind.reason) log.warn({ gatewayKind: gatewayKind.kind }, gatewayKind.reason);
   await removeStaleTemporaries(config.stateDir);
-  const resolver = new DesiredResolver({ configNetworks: config.networks, nodeAddress: config.node.address });
+  const resolver = new DesiredResolver({
+    configNetworks: config.networks, nodeAddress: config.node.address,
+    ...(config.bgp ? { importPrefixes: config.bgp.importPrefixes, maxLearned: config.bgp.maxLearned } : {}),
+  });
   const imports = config.bgp?.importRoutes === true;
   const store = new DesiredStore(await loadDesired(config.stateDir, config.networks, imports, config.libvirt.enabled, log),
     persistence(config.stateDir), (next, previous) => resolver.refuseNewProblems(next.runtime, previous.runtime));
@@ -104,12 +110,24 @@ async function main(argv: string[]): Promise<void> {
       memory.afterPass(pass.operations);
     },
     onError: () => metrics.errors.inc({ source: "reconcile" }),
+    onAddresses: (addresses) => void setHostFacts({
+      addresses: new Set([config.node.address, ...addresses.map((a) => a.ip)]), connected: connectedPrefixes(addresses),
+    }),
   });
+  /** The import filter's facts about this host (its addresses, connected prefixes, BGP peers), through the writer. */
+  const setHostFacts = (change: Partial<HostFacts>) => store.change("import: host facts", (d) => {
+    const next = { ...d.hostFacts, ...change };
+    return { next: sameHostFacts(next, d.hostFacts) ? {} : { hostFacts: next }, result: undefined };
+  }).catch((e: Error) => log.error({ err: e.message }, "cannot update the import filter's host facts"));
   metrics.attachReconciler(reconciler);
+  // Each refused path counted and logged once, by reason (until it is withdrawn or accepted).
+  const refusals = new ImportRefusals(log, metrics);
   // Every published change marks what it changed dirty; the pass that follows covers just that.
   store.subscribe((next, previous, reason) => {
     const trigger = reason.split(":")[0]!;
-    void reconciler.mark(changedScope(resolver.resolve(previous).state, resolver.resolve(next).state), trigger);
+    const [before, after] = [resolver.resolve(previous), resolver.resolve(next)];
+    void reconciler.mark(changedScope(before.state, after.state), trigger);
+    if (before.imports !== after.imports) refusals.note(after.imports);
   });
   const settled = () => reconciler.flush();
 
@@ -153,6 +171,7 @@ async function main(argv: string[]): Promise<void> {
   const importer = config.bgp && imports ? new Importer({
     address: config.bgp.gobgp, connect: connectGobgp, log, migrationCommunity: encodeCommunity(config.bgp.migrationCommunity),
     onFailure: () => metrics.errors.inc({ source: "bgp" }),
+    onPeers: (peers) => setHostFacts({ peers: new Set(peers) }),
     // Complete once gobgpd's RIB is known whole; until then kernel routes that the set lacks are kept.
     // A running VM whose IP another host now announces elevated was migrated away: it stops announcing (migration.ts).
     publish: (learned, complete) => store.change("bgp: import", (d) => {
@@ -162,6 +181,13 @@ async function main(argv: string[]): Promise<void> {
   }) : undefined;
   importer?.start();
   const othersClient = config.bgp ? connectGobgp(config.bgp.gobgp) : undefined;
+  // Duplicates: other hosts' paths to our ready /32s, which the best-path stream does not show.
+  const claims = othersClient && imports ? new ClaimWatch({
+    client: othersClient, log, migrationCommunity: encodeCommunity(config.bgp!.migrationCommunity), nodeAddress: config.node.address,
+    prefixes: () => reconciler.report().endpoints.filter((e) => e.state === "ready" && !e.held).map((e) => `${e.ip}/32`),
+    publish: (remoteClaims) => store.change("import: claims", () => ({ next: { remoteClaims }, result: undefined })),
+  }) : undefined;
+  claims?.start();
   const migrations = libvirt ? new MigrationWatch({
     store, log, metrics, libvirtUri: config.libvirt.uri, settleSeconds: config.migration.settleSeconds, settledPass: settled,
     othersAnnounce: async (prefixes) => !!othersClient && (await othersClient.listPathsOf(prefixes)).some((p) => !p.isFromLocal && !p.isWithdraw),
@@ -174,6 +200,7 @@ async function main(argv: string[]): Promise<void> {
     ...(importer ? { importer } : {}),
     rejected: () => resolver.resolve(store.current).rejected,
     problems: () => resolver.resolve(store.current).problems,
+    imports: () => resolver.resolve(store.current).imports,
     checkConfig: (text, name) => configImpact(config, parseConfig(text, `config ${name}`), store.current),
   }));
   const metricsServer = config.metrics.listen ? await startMetricsListener(config.metrics.listen, metrics) : undefined;
@@ -195,6 +222,7 @@ async function main(argv: string[]): Promise<void> {
     importer?.stop();
     migrations?.stop();
     memory.stop();
+    claims?.stop();
     othersClient?.close();
     stopProfile();
     server.close(() => process.exit(0));

@@ -1,6 +1,7 @@
 import { createServer, type Server } from "node:http";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { PassSummary, ReconcileReport } from "./reconciler.js";
+import { REJECT_REASONS } from "../bgp/import-filter.js";
 
 /** What the metrics read from the announcer when scraped. */
 export interface BgpSource {
@@ -34,6 +35,19 @@ export class Metrics {
     buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry],
   });
   readonly errors = new Counter({ name: "vmrouted_errors_total", help: "Errors, by where they happened", labelNames: ["source"], registers: [this.registry] });
+  readonly pathsRejected = new Counter({
+    name: "vmrouted_bgp_paths_rejected_total", help: "Learned best paths the import filter refused, each counted once per refusal, by reason",
+    labelNames: ["reason"], registers: [this.registry],
+  });
+  readonly pathsRefusedNow = new Gauge({
+    name: "vmrouted_bgp_paths_rejected", help: "Learned best paths refused now, by reason", labelNames: ["reason"], registers: [this.registry],
+  });
+  readonly learnedLimited = new Gauge({
+    name: "vmrouted_bgp_learned_limited", help: "1 while bgp.maxLearned keeps new learned prefixes out", registers: [this.registry],
+  });
+  readonly duplicates = new Gauge({
+    name: "vmrouted_duplicate_endpoints", help: "Local endpoints whose IP another host announces too (not a live migration)", registers: [this.registry],
+  });
 
   constructor() {
     // The event-loop lag histogram samples with a timer: prom-client's default of 10 ms wakes the
@@ -41,6 +55,12 @@ export class Metrics {
     collectDefaultMetrics({ register: this.registry, prefix: "vmrouted_", eventLoopMonitoringPrecision: 100 });
     for (const source of ["apply", "reconcile", "bgp", "libvirt", "state", "internal"]) this.errors.inc({ source }, 0);
     for (const result of ["completed", "failed"]) this.migrations.inc({ result }, 0);
+    for (const reason of REJECT_REASONS) {
+      this.pathsRejected.inc({ reason }, 0);
+      this.pathsRefusedNow.set({ reason }, 0);
+    }
+    this.learnedLimited.set(0);
+    this.duplicates.set(0);
   }
 
   /** BGP metrics, read from the announcer at each scrape. */

@@ -46,6 +46,8 @@ export interface ReconcileDeps {
   onPass?: (pass: PassSummary) => void;
   /** A pass failed as a whole (metrics: vmrouted_errors_total{source="reconcile"}). */
   onError?: (error: unknown) => void;
+  /** The host's IPv4 addresses as the picture has them, whenever they changed (the BGP import filter). */
+  onAddresses?: (addresses: ObservedState["addresses"]) => void;
 }
 
 /** vmrouted's nftables table, as the last pass left it. */
@@ -359,6 +361,7 @@ export class Reconciler {
     operations += await timed("applyMs", () => this.reconcileNat(desired, mode === "all" || mode === "sweep"));
 
     this.cache = whole ? view : mergeObserved(this.cache!, view, scope);
+    this.noteAddresses(this.cache.addresses);
     this.record(current, scope, whole, failures);
     this.passes++;
     this.operationsApplied += operations;
@@ -494,6 +497,16 @@ export class Reconciler {
     } catch (e) {
       this.deps.log.warn({ step, err: (e as Error).message }, "creation journal not written; applying anyway (a crash now could leave a device unmarked)");
     }
+  }
+
+  private addressesKey = "";
+
+  private noteAddresses(addresses: ObservedState["addresses"]): void {
+    if (!this.deps.onAddresses) return;
+    const key = addresses.map((a) => `${a.ip}/${a.prefixLength}${a.noprefixroute ? "n" : ""}`).sort().join(",");
+    if (key === this.addressesKey) return;
+    this.addressesKey = key;
+    this.deps.onAddresses(addresses);
   }
 
   /** One endpoint's reported state, as of the pass that last looked at it. */

@@ -1,5 +1,6 @@
 import type { Logger } from "pino";
 import { listNatTable, NftUnavailableError } from "../dataplane/nft.js";
+import { emptyHostFacts } from "../bgp/import-filter.js";
 import { observe, observeVethNetns } from "../dataplane/observe.js";
 import { InputError } from "../model/errors.js";
 import type { NetworkInput } from "../model/spec.js";
@@ -44,6 +45,9 @@ export async function loadDesired(
   return {
     runtime, domains: domains.value.domains, learned: new Map(), learnedKnown: !importsRoutes,
     domainsKnown: !libvirtEnabled || (domains.state === "ok" && domains.value.complete),
+    // Filled in from the kernel and gobgpd before anything is imported (main.ts).
+    hostFacts: emptyHostFacts(),
+    remoteClaims: new Map(),
   };
 }
 

@@ -40,6 +40,8 @@ export interface EndpointStatus {
   counters: LinkStats;
   /** Kept as found (an entry that no longer validates, or a VM while the domains are unknown): nothing is changed. */
   held?: boolean;
+  /** Another host announces this IP too, for another workload: its next hop (not a live migration). */
+  duplicate?: string;
 }
 
 export interface NetworkStatus {

@@ -15,6 +15,7 @@ import type { Reconciler } from "./reconciler.js";
 import { buildStatus, type BgpStatus, type Status } from "./status.js";
 import { storageStatus } from "../state/files.js";
 import type { ConfigImpact } from "../config/impact.js";
+import type { ImportVerdict } from "../bgp/import-filter.js";
 
 // The HTTP API's routes (DESIGN.md "Interfaces"): each is one call into the
 // controller, the libvirt service or the reported state.
@@ -29,6 +30,8 @@ export interface RouteDeps {
   rejected: () => VmEndpoints["rejected"];
   /** Stored entries that do not resolve (held). */
   problems: () => string[];
+  /** The import filter's refusals, duplicates and limit, as of the newest learned set. */
+  imports: () => Omit<ImportVerdict, "install">;
   /** What a restart with this config text would change (`vmroutectl config check`). */
   checkConfig: (text: string, name: string) => ConfigImpact;
   announcer?: Announcer;
@@ -42,7 +45,10 @@ export function apiRoutes(d: RouteDeps): Route[] {
   const traffic = new Counters(() => groupStats(d.config.dataplane.netdevGroup));
   const status = async (): Promise<Status> => {
     const s = buildStatus(d.config, d.reconciler.report(), {
-      bgp: d.announcer ? { ...await d.announcer.status(), ...(d.importer ? { importer: importerStatus(d.importer) } : {}) } : noBgp,
+      bgp: d.announcer ? {
+        ...await d.announcer.status(),
+        ...(d.importer ? { importer: importerStatus(d.importer, d.imports(), d.config.bgp?.maxLearned ?? 0) } : {}),
+      } : noBgp,
       gatewayKind: d.gatewayKind,
       libvirt: d.libvirt
         ? {
@@ -57,10 +63,16 @@ export function apiRoutes(d: RouteDeps): Route[] {
     });
     const counters = (await traffic.get()).stats;
     // New objects: the reported state the reconciler keeps is never changed by a caller.
-    s.endpoints = s.endpoints.map((e) => ({
-      ...e, counters: counters.get(e.device) ?? e.counters,
-      ...(d.announcer ? { conditions: { ...e.conditions, announced: d.announcer.isAnnounced(e.ip) } } : {}),
-    }));
+    const duplicates = d.imports().duplicates;
+    s.endpoints = s.endpoints.map((e) => {
+      const other = duplicates.get(e.id);
+      return {
+        ...e, counters: counters.get(e.device) ?? e.counters,
+        ...(d.announcer ? { conditions: { ...e.conditions, announced: d.announcer.isAnnounced(e.ip) } } : {}),
+        // Another host announces this IP for another workload: works here, but the fabric routes it to one of the two.
+        ...(other ? { duplicate: other, state: "degraded" as const, reason: `duplicate: ${e.ip} is also announced by ${other} (not a live migration)` } : {}),
+      };
+    });
     return s;
   };
   const after = (p: Promise<unknown>) => p.then(status);
@@ -107,11 +119,19 @@ export function apiRoutes(d: RouteDeps): Route[] {
       handler: async (_b, _q, [name, ip]) => ({ removed: await needLibvirt().removeInterface(name!, ip!), domains: await domainsView() }),
     },
     { method: "POST", path: /^\/v1\/reconcile$/, handler: () => after(d.reconciler.full("api")) },
-    { method: "GET", path: /^\/v1\/routes$/, handler: async () => d.reconciler.report().learned },
+    {
+      method: "GET", path: /^\/v1\/routes$/,
+      handler: async (_b, q) => (q.has("rejected") ? d.imports().rejected : d.reconciler.report().learned),
+    },
     { method: "GET", path: /^\/metrics$/, handler: async () => new TextBody(d.metrics.registry.contentType, await d.metrics.text()) },
   ];
 }
 
-function importerStatus(i: Importer): NonNullable<BgpStatus["importer"]> {
-  return { state: i.state, ...(i.reason ? { reason: i.reason } : {}), corrections: i.corrections };
+function importerStatus(i: Importer, imports: Omit<ImportVerdict, "install">, maxLearned: number): NonNullable<BgpStatus["importer"]> {
+  const rejected: Record<string, number> = {};
+  for (const r of imports.rejected) rejected[r.reason] = (rejected[r.reason] ?? 0) + 1;
+  return {
+    state: i.state, ...(i.reason ? { reason: i.reason } : {}), corrections: i.corrections, rejected, maxLearned,
+    limited: imports.limited, duplicates: imports.duplicates.size,
+  };
 }

@@ -15,7 +15,15 @@ export interface BgpStatus {
   /** Routes learned from other hosts, installed in the kernel (the whole list: GET /v1/routes). */
   learned?: number;
   /** The import of other hosts' best paths (bgp.importRoutes): its stream's state, and full comparisons that corrected it. */
-  importer?: { state: string; reason?: string; corrections: number };
+  importer?: {
+    state: string; reason?: string; corrections: number;
+    /** Learned paths the import filter refuses now, by reason (the list: GET /v1/routes?rejected). */
+    rejected: Record<string, number>;
+    /** bgp.maxLearned, and whether it keeps new prefixes out now. */
+    maxLearned: number; limited: boolean;
+    /** Local endpoints another host announces too. */
+    duplicates: number;
+  };
 }
 
 /** stateDir writes: failing since the first failed write, until one succeeds (files.ts). */

@@ -11,7 +11,7 @@ import type { ForwardDrop } from "./firewall.js";
 
 export type CheckName =
   | "vmrouted" | "ip-forward" | "gateway-device" | "connected-route" | "endpoint-sysctls" | "tap-carrier"
-  | "firewall" | "nat" | "gobgpd" | "bgp-peer" | "peer-paths" | "hook" | "ip-claims" | "endpoints";
+  | "firewall" | "nat" | "gobgpd" | "bgp-peer" | "peer-paths" | "hook" | "ip-claims" | "endpoints" | "bgp-import";
 
 export interface Finding {
   check: CheckName;
@@ -30,6 +30,8 @@ export interface DoctorFacts {
     storage?: string;
     /** Consecutive failed passes and the last error. */
     failing?: { passes: number; error: string };
+    /** Learned paths the import filter refuses now, by reason; and whether bgp.maxLearned keeps new ones out. */
+    imports?: { rejected: Record<string, number>; limited: boolean; maxLearned: number };
   };
   kernel: ObservedState;
   routeProtocol: number;
@@ -55,7 +57,7 @@ export interface DoctorFacts {
 export function diagnose(f: DoctorFacts): Finding[] {
   return [
     ...daemon(f), ...ipForward(f), ...gateways(f), ...endpointSysctlFindings(f), ...carrier(f), ...firewall(f), ...nat(f),
-    ...bgp(f), ...hook(f), ...claims(f),
+    ...bgp(f), ...imports(f), ...hook(f), ...claims(f),
   ];
 }
 
@@ -179,6 +181,22 @@ function bgp(f: DoctorFacts): Finding[] {
         "is vmrouted running and connected to gobgpd? (vmroutectl status: bgp); check gobgpd's export policy"));
     else if (p.prefixesSent !== undefined) out.push(ok("peer-paths", `peer ${p.address} has all ${ours} workload /32s`));
   }
+  return out;
+}
+
+function imports(f: DoctorFacts): Finding[] {
+  const i = f.daemon.imports;
+  if (!i) return [];
+  const out: Finding[] = [];
+  const total = Object.values(i.rejected).reduce((a, b) => a + b, 0);
+  const refused = Object.entries(i.rejected).filter(([reason]) => reason !== "duplicate" && reason !== "max-learned");
+  if (refused.length)
+    out.push(problem("bgp-import", `${refused.reduce((a, [, n]) => a + n, 0)} learned path(s) refused by the import filter (${refused.map(([r, n]) => `${r}: ${n}`).join(", ")})`,
+      "vmroutectl routes --rejected names each prefix and the next hop that announces it: find that speaker and stop it; nothing of it was installed"));
+  if (i.limited)
+    out.push(problem("bgp-import", `bgp.maxLearned (${i.maxLearned}) reached: new learned prefixes are refused`,
+      "raise bgp.maxLearned if the fleet really has that many workloads, or find the speaker flooding the reflector (vmroutectl routes --rejected)"));
+  if (out.length === 0) out.push(ok("bgp-import", total ? `${total} learned path(s) refused (duplicates are listed with their endpoints)` : "no learned path refused"));
   return out;
 }
 

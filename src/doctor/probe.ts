@@ -57,6 +57,7 @@ async function probeDaemon(socket: string): Promise<DoctorFacts["daemon"]> {
       degraded: s.endpoints.filter((e) => e.state === "degraded").map((e) => ({ id: e.id, reason: e.reason, ...(e.held ? { held: true } : {}) })),
       ...(s.storage.state === "failing" ? { storage: s.storage.reason ?? "failing" } : {}),
       ...(s.reconcile.failing ? { failing: { passes: s.reconcile.failing, error: s.reconcile.lastError?.message ?? "" } } : {}),
+      ...(s.bgp.importer ? { imports: { rejected: s.bgp.importer.rejected, limited: s.bgp.importer.limited, maxLearned: s.bgp.importer.maxLearned } } : {}),
     };
   } catch (e) {
     return { socket, answering: false, error: (e as Error).message, degraded: [] };

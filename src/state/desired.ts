@@ -1,5 +1,6 @@
 import type { DomainRecord } from "../libvirt/domains.js";
 import type { LearnedRoute } from "../model/types.js";
+import type { HostFacts } from "../bgp/import-filter.js";
 import type { RuntimeState } from "./stored.js";
 import { Serial } from "./serial.js";
 
@@ -30,6 +31,10 @@ export interface Desired {
    * time must not read as "no VMs" and delete the taps qemu holds.
    */
   readonly domainsKnown: boolean;
+  /** This host's addresses, connected prefixes and BGP peers, for the import filter (not persisted: read again). */
+  readonly hostFacts: HostFacts;
+  /** Other hosts' paths to this host's workload IPs (duplicates), as gobgpd last listed them. Not persisted. */
+  readonly remoteClaims: ReadonlyMap<string, string>;
 }
 
 export interface Change<T> {
@@ -76,7 +81,8 @@ export class DesiredStore {
       const { next: parts, result } = fn(previous);
       const next: Desired = { ...previous, ...parts };
       if (next.runtime === previous.runtime && next.domains === previous.domains && next.learned === previous.learned &&
-        next.learnedKnown === previous.learnedKnown && next.domainsKnown === previous.domainsKnown) return result;
+        next.learnedKnown === previous.learnedKnown && next.domainsKnown === previous.domainsKnown && next.hostFacts === previous.hostFacts &&
+        next.remoteClaims === previous.remoteClaims) return result;
       this.validate(next, previous);
       // Persisted before anyone sees it: a crash from here on leaves the old or the new state on disk.
       if (next.runtime !== previous.runtime) await this.persistence.saveRuntime(next.runtime);

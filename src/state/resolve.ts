@@ -1,8 +1,10 @@
 import { vmEndpoints, type VmEndpoints } from "../libvirt/domains.js";
 import { InputError } from "../model/errors.js";
-import { resolveDesired, type ResolvedDesired } from "../model/resolve.js";
+import { networkPrefix, resolveDesired, type ResolvedDesired } from "../model/resolve.js";
+import { formatIpv4 } from "../model/ipv4.js";
+import { filterImports, importRanges, type ImportVerdict } from "../bgp/import-filter.js";
 import type { NetworkInput } from "../model/spec.js";
-import { endpointId, type DesiredState, type Endpoint, type HeldEndpoint, type LearnedRoute } from "../model/types.js";
+import { endpointId, type DesiredState, type HeldEndpoint } from "../model/types.js";
 import type { DomainRecord } from "../libvirt/domains.js";
 import type { Desired } from "./desired.js";
 import type { RuntimeState } from "./stored.js";
@@ -20,6 +22,8 @@ export interface Resolved {
   rejected: VmEndpoints["rejected"];
   /** Every stored entry that does not resolve, one line each (held: kept as found and reported degraded). */
   problems: string[];
+  /** The import filter's verdict on the learned paths it did not install (bgp/import-filter.ts). */
+  imports: Omit<ImportVerdict, "install">;
 }
 
 type RuntimePart = Pick<ResolvedDesired, "networks" | "endpoints" | "held" | "problems">;
@@ -28,12 +32,18 @@ export interface ResolveContext {
   configNetworks: Record<string, NetworkInput>;
   /** This host's next hop: a path via it is our own. */
   nodeAddress: string;
+  /** bgp.importPrefixes (empty: the networks' prefixes). */
+  importPrefixes?: readonly string[];
+  /** bgp.maxLearned. */
+  maxLearned?: number;
 }
 
 export class DesiredResolver {
   /** By stored object: the writer's validation compares the previous state with the next, each resolved once. */
   private readonly runtimes = new WeakMap<RuntimeState, RuntimePart>();
   private last: { input: Desired; value: Resolved } | undefined;
+  /** What the last resolution installed: past bgp.maxLearned it stays, and only new prefixes wait. */
+  private installed: ReadonlySet<string> = new Set();
 
   constructor(private readonly context: ResolveContext) {}
 
@@ -73,11 +83,19 @@ export class DesiredResolver {
     const endpoints = [...runtime.endpoints, ...vm.endpoints];
     // A domain interface that cannot be served keeps its tap as found (qemu may hold it).
     const held = [...runtime.held, ...vm.rejected.map((r) => heldInterface(r, desired.domains.get(r.domain)))];
+    const verdict = filterImports(desired.learned.values(), endpoints, {
+      nodeAddress: this.context.nodeAddress, maxLearned: this.context.maxLearned ?? Infinity, facts: desired.hostFacts,
+      claims: desired.remoteClaims,
+      ranges: importRanges(this.context.importPrefixes ?? [], runtime.networks.map((n) => { const p = networkPrefix(n); return `${formatIpv4(p.base)}/${p.length}`; })),
+    }, this.installed);
+    this.installed = new Set(verdict.install.map((r) => r.prefix));
+    const { install, ...imports } = verdict;
     const value: Resolved = {
       state: {
-        networks: runtime.networks, endpoints, learned: installableRoutes(desired.learned.values(), endpoints, this.context.nodeAddress),
+        networks: runtime.networks, endpoints, learned: install,
         learnedKnown: desired.learnedKnown, held, domainsKnown: desired.domainsKnown,
       },
+      imports,
       rejected: vm.rejected,
       problems: [...runtime.problems, ...vm.rejected.map((r) => `domain '${r.domain}' ${r.ip}: ${r.reason}`)],
     };
@@ -92,21 +110,4 @@ function heldInterface(r: VmEndpoints["rejected"][number], domain: DomainRecord 
     id: endpointId("vm", r.ip), kind: "vm", network: i?.network ?? "", ip: r.ip, domain: r.domain, reason: r.reason,
     ...(i ? { device: i.tap } : {}),
   };
-}
-
-/**
- * The learned routes to install: never a path back to this host, and never a
- * prefix a local workload answers for, unless the remote path is the elevated
- * one of a VM that just moved there (it must win over our /32 until we let go).
- */
-export function installableRoutes(learned: Iterable<LearnedRoute>, endpoints: Endpoint[], nodeAddress: string): LearnedRoute[] {
-  const local = new Map(endpoints.filter((e) => e.deviceOnly === undefined).map((e) => [`${e.ip}/32`, e]));
-  const result: LearnedRoute[] = [];
-  for (const r of learned) {
-    if (r.nextHop === nodeAddress) continue;
-    const mine = local.get(r.prefix);
-    if (mine && !(r.elevated && !mine.elevated)) continue;
-    result.push(r);
-  }
-  return result.sort((a, b) => (a.prefix < b.prefix ? -1 : a.prefix > b.prefix ? 1 : 0));
 }

@@ -12,13 +12,35 @@ import { Netns, REPO, sh, stopChild, waitFor } from "./lab.js";
 export const HOST_ADDRESS = "10.99.0.1";
 export const RR_ADDRESS = "10.99.0.2";
 export const ASN = "64512";
+/**
+ * The TCP MD5 password of every lab session (BGP_PASSWORD in all four
+ * templates): hosts and reflectors are rendered with it, so every lab proves
+ * the templates with authentication on.
+ */
+export const LAB_BGP_PASSWORD = "vmrouted-lab-md5";
 
-export async function renderTemplate(name: string, values: Record<string, string>, extra = ""): Promise<string> {
-  const text = await readFile(join(REPO, "templates", name), "utf8");
+function fill(name: string, text: string, values: Record<string, string>): string {
   return text.replace(/\$\{([A-Z_]+)\}/g, (_m, key: string) => {
     if (!(key in values)) throw new Error(`template ${name}: no value for ${key}`);
     return values[key]!;
-  }) + extra;
+  });
+}
+
+export async function renderTemplate(name: string, values: Record<string, string>, extra = ""): Promise<string> {
+  return fill(name, await readFile(join(REPO, "templates", name), "utf8"), values) + extra;
+}
+
+/**
+ * The per-host part of a reflector template (from its line "# One block per
+ * vmrouted host..." to the end), rendered for one more host: what an operator
+ * copies for each host beyond the first, so the template's own block is what
+ * the labs run.
+ */
+export async function renderHostBlock(name: string, values: Record<string, string>): Promise<string> {
+  const text = await readFile(join(REPO, "templates", name), "utf8");
+  const at = /^# One block per vmrouted host.*\n/m.exec(text);
+  if (!at) throw new Error(`template ${name}: no "# One block per vmrouted host" line`);
+  return "\n" + fill(name, text.slice(at.index + at[0].length), values);
 }
 
 class Daemonised {
@@ -63,7 +85,7 @@ export class BgpLab {
     await host.ip(["link", "set", "uplink", "up"]);
     await rr.ip(["addr", "add", `${RR_ADDRESS}/24`, "dev", "downlink"]);
     await rr.ip(["link", "set", "downlink", "up"]);
-    const values = { ASN, NODE_ADDRESS: HOST_ADDRESS, RR_ADDRESS };
+    const values = { ASN, NODE_ADDRESS: HOST_ADDRESS, RR_ADDRESS, BGP_PASSWORD: LAB_BGP_PASSWORD };
     await writeFile(join(dir, "gobgpd.toml"), await renderTemplate("gobgpd.toml", values));
     await writeFile(join(dir, "bird.conf"), await renderTemplate("bird-rr.conf", values, birdExtra));
     return lab;

@@ -26,7 +26,11 @@ export interface LabHost extends FabricHost {
 }
 
 export class MultiHostLab {
-  private constructor(readonly fabric: Fabric, readonly rr: Reflector, readonly hosts: LabHost[]) {}
+  private constructor(
+    readonly fabric: Fabric, readonly rr: Reflector, readonly hosts: LabHost[],
+    /** Fabric hosts the reflector accepts that run neither gobgpd nor vmrouted (another BGP speaker's place). */
+    readonly speakers: FabricHost[] = [],
+  ) {}
 
   /** taskIp(n, k): the k-th task of host n. */
   static taskIp(n: number, k: number): string {
@@ -37,19 +41,22 @@ export class MultiHostLab {
     hosts?: number; tasksPerHost?: number; net?: number; daemonExtra?: Record<string, unknown>;
     /** The network with natOutgoing on every host. */
     nat?: boolean;
+    /** More fabric hosts, after the others, that the reflector accepts as clients but run nothing (MultiHostLab.speakers). */
+    speakers?: number;
   } = {}): Promise<MultiHostLab> {
-    const fabric = await Fabric.create(id, o.hosts ?? 3, o.net ?? 97);
+    const fabric = await Fabric.create(id, (o.hosts ?? 3) + (o.speakers ?? 0), o.net ?? 97);
+    const speakers = fabric.hosts.slice(o.hosts ?? 3);
     let rr: Reflector | undefined;
     const hosts: LabHost[] = [];
     try {
-      for (const h of fabric.hosts) {
+      for (const h of fabric.hosts.slice(0, o.hosts ?? 3)) {
         const text = await readFile(h.gobgpd.configPath, "utf8");
         await writeFile(h.gobgpd.configPath, text.replace(/hold-time = 30/, "hold-time = 9")
           .replace(/keepalive-interval = 10/, "keepalive-interval = 3").replace(/restart-time = 30/, "restart-time = 20"));
       }
       rr = await createReflector(kind, fabric.reflectorOptions());
       await rr.start();
-      for (const [i, h] of fabric.hosts.entries()) {
+      for (const [i, h] of fabric.hosts.slice(0, o.hosts ?? 3).entries()) {
         const n = i + 1;
         await h.gobgpd.start(["-r"]);
         const daemon = await Daemon.create(h.ns, {
@@ -66,7 +73,7 @@ export class MultiHostLab {
           if (r.exitCode !== 0) throw new Error(`netns add on host ${n}: ${r.stderr}`);
         }
       }
-      const lab = new MultiHostLab(fabric, rr, hosts);
+      const lab = new MultiHostLab(fabric, rr, hosts, speakers);
       await waitFor(async () => (await Promise.all(hosts.map((h) => rr!.sessionEstablished(h.address)))).every(Boolean), 60000, `${kind}: every host's session`);
       return lab;
     } catch (e) {

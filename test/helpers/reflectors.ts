@@ -3,7 +3,7 @@ import { chmod, chown, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connectGobgp, type GobgpClient } from "../../src/bgp/gobgp.js";
-import { renderTemplate } from "./bgp-lab.js";
+import { LAB_BGP_PASSWORD, renderHostBlock, renderTemplate } from "./bgp-lab.js";
 import { Netns, sh, stopChild, waitFor } from "./lab.js";
 
 // Route reflectors of three makes (BIRD 2, FRR 8.4, gobgpd), each started in
@@ -11,7 +11,11 @@ import { Netns, sh, stopChild, waitFor } from "./lab.js";
 // what the tests prove), and read through its own CLI. Also: a fabric of host
 // namespaces on one bridge, and gobgpd run as a host from templates/gobgpd.toml.
 // Every process is started by this code and stopped by its pid; every file is
-// in a temp dir; the root namespace is never touched.
+// in a temp dir; the root namespace is never touched. Every session is
+// authenticated with TCP MD5: reflectors and hosts are rendered with
+// LAB_BGP_PASSWORD unless told otherwise.
+
+export { LAB_BGP_PASSWORD };
 
 export type ReflectorKind = "bird" | "frr" | "gobgp";
 export const REFLECTOR_KINDS: ReflectorKind[] = ["bird", "frr", "gobgp"];
@@ -23,11 +27,25 @@ export interface ReflectorOptions {
   ns: Netns;
   /** The reflector's address on the fabric (already configured in ns). */
   address: string;
-  /** The hosts' addresses (BIRD needs one block per host). */
+  /** The hosts' addresses (BIRD and gobgpd need one block per host). */
   hosts: string[];
-  /** A prefix covering the hosts (FRR and gobgpd accept any host in it). */
+  /** A prefix covering the hosts (FRR accepts any host in it). */
   hostsPrefix: string;
   asn: string;
+  /** The TCP MD5 password (BGP_PASSWORD); LAB_BGP_PASSWORD by default. */
+  password?: string;
+}
+
+/**
+ * The first host fills the template's own per-host block (NODE_ADDRESS); each
+ * further host gets that block again (renderHostBlock), as the templates say.
+ */
+async function renderPerHost(name: string, o: ReflectorOptions, perHost: (block: string, n: number) => string = (b) => b): Promise<string> {
+  if (!o.hosts.length) throw new Error(`${name}: no hosts`);
+  const all = { ASN: o.asn, RR_ADDRESS: o.address, BGP_PASSWORD: o.password ?? LAB_BGP_PASSWORD };
+  const more: string[] = [];
+  for (const [i, h] of o.hosts.slice(1).entries()) more.push(perHost(await renderHostBlock(name, { ...all, NODE_ADDRESS: h }), i + 2));
+  return renderTemplate(name, { ...all, NODE_ADDRESS: o.hosts[0]! }, more.join(""));
 }
 
 export interface Reflector {
@@ -97,11 +115,11 @@ class BirdReflector implements Reflector {
     this.bird = new Proc("bird", () => ["ip", "netns", "exec", o.ns.name, "bird", "-f", "-c", join(dir, "bird.conf"), "-s", this.socket, "-P", join(dir, "bird.pid")]);
   }
 
-  /** templates/bird-rr.conf has one host block (host1 = NODE_ADDRESS); more hosts get the same block, as its comment says. */
+  /** templates/bird-rr.conf has one host block (host1 = NODE_ADDRESS); more hosts get the same block (host2, ...), as its comment says. */
   static async create(o: ReflectorOptions): Promise<BirdReflector> {
     const dir = await mkdtemp(join(tmpdir(), "vmrouted-rr-bird-"));
-    const more = o.hosts.slice(1).map((h, i) => `\nprotocol bgp host${i + 2} from vmrouted_hosts {\n  neighbor ${h} as ${o.asn};\n}\n`).join("");
-    await writeFile(join(dir, "bird.conf"), await renderTemplate("bird-rr.conf", { ASN: o.asn, RR_ADDRESS: o.address, NODE_ADDRESS: o.hosts[0]! }, more));
+    const conf = await renderPerHost("bird-rr.conf", o, (block, n) => block.replace(/protocol bgp host1 /, `protocol bgp host${n} `));
+    await writeFile(join(dir, "bird.conf"), conf);
     await sh("bird", ["-p", "-c", join(dir, "bird.conf")]);
     return new BirdReflector(o, dir);
   }
@@ -200,8 +218,8 @@ class FrrReflector implements Reflector {
   static async create(o: ReflectorOptions): Promise<FrrReflector> {
     const dir = await mkdtemp(join(tmpdir(), "vmrouted-rr-frr-"));
     await writeFile(join(dir, "zebra.conf"), "hostname vmrouted-rr-zebra\n");
-    await writeFile(join(dir, "bgpd.conf"), await renderTemplate("frr-rr.conf", { ASN: o.asn, RR_ADDRESS: o.address, HOSTS_PREFIX: o.hostsPrefix },
-      "debug bgp updates in\n"));
+    await writeFile(join(dir, "bgpd.conf"), await renderTemplate("frr-rr.conf",
+      { ASN: o.asn, RR_ADDRESS: o.address, HOSTS_PREFIX: o.hostsPrefix, BGP_PASSWORD: o.password ?? LAB_BGP_PASSWORD }, "debug bgp updates in\n"));
     // The daemons run as frr (-u frr -g frr): their directory (configs, pid files, sockets, logs) is frr's.
     const frr = await frrIds();
     for (const f of ["", "zebra.conf", "bgpd.conf"]) await chown(join(dir, f), frr.uid, frr.gid);
@@ -297,7 +315,8 @@ export class GobgpReflector implements Reflector {
   static async create(o: ReflectorOptions): Promise<GobgpReflector> {
     const dir = await mkdtemp(join(tmpdir(), "vmrouted-rr-gobgp-"));
     const config = join(dir, "gobgp-rr.toml");
-    await writeFile(config, await renderTemplate("gobgp-rr.toml", { ASN: o.asn, RR_ADDRESS: o.address, HOSTS_PREFIX: o.hostsPrefix }));
+    // One static neighbor per host (gobgpd 3.10 has no MD5 for dynamic neighbors: see the template).
+    await writeFile(config, await renderPerHost("gobgp-rr.toml", o));
     await sh("gobgpd", ["-f", config, "-d"]);
     return new GobgpReflector(o, dir);
   }
@@ -324,12 +343,12 @@ export class GobgpReflector implements Reflector {
   /**
    * state.messages.received.withdraw_prefix of `gobgp neighbor X -j`: withdrawn
    * prefixes received in UPDATEs (gobgpd counts them for BMP). The counters
-   * live in the peer object: a dynamic neighbor whose session ends without
-   * graceful restart is deleted, and its successor starts from zero.
+   * live in the peer object, which for the template's static neighbors
+   * outlives a session: kept across a graceful restart (what the tests rely on).
    */
   async withdrawCount(peer: string): Promise<number> {
     const r = await this.gobgpd.cli(["neighbor", peer, "-j"], false);
-    if (r.exitCode !== 0) return 0; // no such (dynamic) neighbor (any more)
+    if (r.exitCode !== 0) return 0; // not a configured neighbor
     const j = JSON.parse(r.stdout) as GobgpNeighborJson;
     return j.state?.messages?.received?.withdraw_prefix ?? 0;
   }
@@ -415,13 +434,19 @@ export class GobgpdProcess {
 
 // --- a fabric of hosts ------------------------------------------------------
 
+/** templates/gobgpd.toml for a host, rendered. */
+async function writeHostConfig(path: string, o: { asn: string; address: string; rrAddress: string; password: string }): Promise<void> {
+  await writeFile(path, await renderTemplate("gobgpd.toml", { ASN: o.asn, NODE_ADDRESS: o.address, RR_ADDRESS: o.rrAddress, BGP_PASSWORD: o.password }));
+}
+
 export interface FabricHost { ns: Netns; address: string; gobgpd: GobgpdProcess }
 
 /**
  * Namespaces `vmrt-<id>-fab` (a bridge), `vmrt-<id>-rr` and `vmrt-<id>-h<N>`,
  * each joined to the bridge by a veth made straight into both namespaces;
  * 10.<net>.0.<N> for host N, 10.<net>.0.254 for the reflector. Each host's
- * gobgpd config is templates/gobgpd.toml, rendered.
+ * gobgpd config is templates/gobgpd.toml, rendered (with LAB_BGP_PASSWORD;
+ * setPassword renders it again with another).
  */
 export class Fabric {
   private constructor(readonly fabric: Netns, readonly rr: Netns, readonly hosts: FabricHost[], readonly rrAddress: string, readonly prefix: string, readonly asn: string) {}
@@ -452,7 +477,7 @@ export class Fabric {
         await attach(ns, `p-h${n}`, address);
         const dir = await mkdtemp(join(tmpdir(), `vmrouted-host${n}-`));
         const config = join(dir, "gobgpd.toml");
-        await writeFile(config, await renderTemplate("gobgpd.toml", { ASN: asn, NODE_ADDRESS: address, RR_ADDRESS: rrAddress }));
+        await writeHostConfig(config, { asn, address, rrAddress, password: LAB_BGP_PASSWORD });
         hosts.push({ ns, address, gobgpd: new GobgpdProcess(ns, dir, `h${n}`, config) });
       }
       return new Fabric(fab, rr, hosts, rrAddress, `10.${net}.0.0/24`, asn);
@@ -460,6 +485,11 @@ export class Fabric {
       for (const ns of made) await ns.destroy();
       throw e;
     }
+  }
+
+  /** Renders the host's gobgpd config again with this TCP MD5 password ("" = none); it takes effect when its gobgpd next starts. */
+  setPassword(host: FabricHost, password: string): Promise<void> {
+    return writeHostConfig(host.gobgpd.configPath, { asn: this.asn, address: host.address, rrAddress: this.rrAddress, password });
   }
 
   reflectorOptions(): ReflectorOptions {

@@ -206,7 +206,7 @@ const statusSchema = z.object({
     id: z.string(), kind: z.enum(["tap", "netns", "vm"]), network: z.string(), ip: z.string().ip({ version: "v4" }),
     // A held entry (kept as found) may not know its guest's MAC.
     mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/).or(z.literal("")), device: z.string().max(15), netns: z.string().optional(), domain: z.string().optional(),
-    held: z.boolean().optional(),
+    held: z.boolean().optional(), duplicate: z.string().ip({ version: "v4" }).optional(),
     elevated: z.boolean().optional(), migration: z.enum(["normal", "target", "settling", "source"]).optional(), state, reason: z.string(),
     conditions: z.object({
       device: z.boolean(), up: z.boolean(), carrier: z.boolean(), route: z.boolean(), neighbour: z.boolean(), sysctls: z.boolean(),
@@ -221,7 +221,11 @@ const statusSchema = z.object({
       endOfRib: z.object({ negotiated: z.boolean(), received: z.boolean() }).strict().optional(),
     }).strict()),
     announced: z.number().int().nonnegative(), learned: z.number().int().nonnegative(),
-    importer: z.object({ state: z.enum(["connecting", "up", "down"]), reason: z.string().optional(), corrections: z.number().int().nonnegative() }).strict(),
+    importer: z.object({
+      state: z.enum(["connecting", "up", "down"]), reason: z.string().optional(), corrections: z.number().int().nonnegative(),
+      rejected: z.record(z.number().int().positive()), maxLearned: z.number().int().nonnegative(), limited: z.boolean(),
+      duplicates: z.number().int().nonnegative(),
+    }).strict(),
   }).strict(),
   libvirt: z.object({
     enabled: z.boolean(), state: z.string(), reason: z.string().optional(),

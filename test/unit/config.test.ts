@@ -40,7 +40,10 @@ dataplane:
 metrics: { listen: 127.0.0.1:9794 }
 log: { level: info }
 `);
-    expect(c.bgp).toEqual({ gobgp: "127.0.0.1:50051", allowRemoteGobgp: false, communities: ["64512:100"], localPref: 100, importRoutes: true, migrationCommunity: "64512:666" });
+    expect(c.bgp).toEqual({
+      gobgp: "127.0.0.1:50051", allowRemoteGobgp: false, communities: ["64512:100"], localPref: 100, importRoutes: true, migrationCommunity: "64512:666",
+      importPrefixes: [], maxLearned: 200_000,
+    });
     expect(c.dataplane).toEqual({ routeProtocol: 94, learnedProtocol: 96, routeMetric: 1024, netdevGroup: 94, teardownGroup: 95, resyncSeconds: 30 });
     expect(c.migration).toEqual({ settleSeconds: 30 });
   });

@@ -4,7 +4,7 @@ import type { PeerInfo, RibPath } from "../../src/bgp/gobgp.js";
 import { plan } from "../../src/dataplane/plan.js";
 import { renderBatchLine } from "../../src/dataplane/operations.js";
 import type { DesiredState, LearnedRoute } from "../../src/model/types.js";
-import { installableRoutes } from "../../src/state/resolve.js";
+import { emptyHostFacts, filterImports } from "../../src/bgp/import-filter.js";
 import { applyToModel } from "../helpers/fake-kernel.js";
 import { desired, observedWithNetns, settings, tap } from "../helpers/fixtures.js";
 
@@ -19,12 +19,13 @@ const learned = (prefix: string, nextHop = "10.97.0.2", elevated = false): Learn
 const withLearned = (d: DesiredState, routes: LearnedRoute[], learnedKnown = true): DesiredState => ({ ...d, learned: routes, learnedKnown });
 
 describe("importing best paths", () => {
-  it("takes other hosts' /32s, marks elevated ones by the migration community, and skips our own and other prefixes", () => {
+  it("takes other speakers' paths (every prefix: the import filter refuses and counts), marks elevated ones, skips our own and withdrawals", () => {
     expect(learnedFrom(rib("172.31.16.40/32"), MIGRATION)).toEqual(learned("172.31.16.40/32"));
     expect(learnedFrom(rib("172.31.16.40/32", { communities: [1, MIGRATION] }), MIGRATION)).toEqual(learned("172.31.16.40/32", "10.97.0.2", true));
     expect(learnedFrom(rib("172.31.16.40/32", { isFromLocal: true, neighborIp: "" }), MIGRATION)).toBeUndefined();
-    expect(learnedFrom(rib("0.0.0.0/0"), MIGRATION)).toBeUndefined();
-    expect(learnedFrom(rib("172.31.16.0/24"), MIGRATION)).toBeUndefined();
+    expect(learnedFrom(rib("172.31.16.40/32", { isWithdraw: true }), MIGRATION)).toBeUndefined();
+    expect(learnedFrom(rib("0.0.0.0/0"), MIGRATION)).toEqual(learned("0.0.0.0/0"));
+    expect(learnedFrom(rib("172.31.16.0/24"), MIGRATION)).toEqual(learned("172.31.16.0/24"));
   });
 
   it("applies watch batches: the newest entry per prefix wins, a withdrawal removes, the same route keeps its object", () => {
@@ -54,6 +55,9 @@ describe("importing best paths", () => {
 
 describe("which learned routes are installed", () => {
   const local = desired([tap("172.31.16.5"), tap("172.31.16.6")]).endpoints;
+  const policy = { nodeAddress: "10.97.0.1", ranges: ["172.31.16.0/24"], maxLearned: 1000, facts: emptyHostFacts() };
+  const installableRoutes = (routes: LearnedRoute[], endpoints: typeof local, nodeAddress: string) =>
+    filterImports(routes, endpoints, { ...policy, nodeAddress }).install;
   it("never a path back to this host, never a prefix a local workload answers for, unless the remote path is elevated", () => {
     const routes = installableRoutes([
       learned("172.31.16.40/32"), learned("172.31.16.41/32", "10.97.0.1"), learned("172.31.16.5/32"),

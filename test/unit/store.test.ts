@@ -8,6 +8,7 @@ import { DesiredStore, type Desired, type DesiredPersistence } from "../../src/s
 import { removeStaleTemporaries } from "../../src/state/files.js";
 import { DesiredResolver } from "../../src/state/resolve.js";
 import { Serial } from "../../src/state/serial.js";
+import { emptyHostFacts } from "../../src/bgp/import-filter.js";
 import { domainsFile, emptyRuntimeState, persistence, runtimeFile, type RuntimeState } from "../../src/state/stored.js";
 
 let dir = "";
@@ -18,7 +19,7 @@ afterEach(async () => {
 const tempDir = async () => (dir = await mkdtemp(join(tmpdir(), "vmr-store-")));
 
 const CONFIG_NETWORKS = { service: { gateway: "172.31.16.1/24" } };
-const empty = (): Desired => ({ runtime: emptyRuntimeState(), domains: new Map(), learned: new Map(), learnedKnown: true, domainsKnown: true });
+const empty = (): Desired => ({ runtime: emptyRuntimeState(), domains: new Map(), learned: new Map(), learnedKnown: true, domainsKnown: true, hostFacts: emptyHostFacts(), remoteClaims: new Map() });
 const tap = (n: number) => ({ kind: "tap" as const, network: "service", ip: `172.31.16.${n}` });
 const resolver = () => new DesiredResolver({ configNetworks: CONFIG_NETWORKS, nodeAddress: "10.0.0.1" });
 
