@@ -30,7 +30,8 @@ export async function learnedRoutes(rounds: number): Promise<NonNullable<Results
     const [host, other] = fabric.hosts as [typeof fabric.hosts[0], typeof fabric.hosts[0]];
     await host.gobgpd.start(["-r"]);
     daemon = await Daemon.create(host.ns, {
-      bgp: { gobgp: "127.0.0.1:50051" }, networks: { service: { gateway: "172.31.16.1/16" } }, resyncSeconds: 30,
+      // The injected prefixes lie outside the network: imported because the ranges say so (the import filter).
+      bgp: { gobgp: "127.0.0.1:50051", importPrefixes: ["10.100.0.0/16"] }, networks: { service: { gateway: "172.31.16.1/16" } }, resyncSeconds: 30,
       extra: { node: { address: host.address, name: "learner" } },
     });
     await daemon.start();
