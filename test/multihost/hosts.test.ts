@@ -89,8 +89,10 @@ describe("learned routes on one host", () => {
   it("a foreign route to a remote workload's IP is left alone and reported; ours returns when it goes", async () => {
     const [a, c] = [lab.host(1), lab.host(3)];
     const prefix = `${c.tasks[1]!.ip}/32`;
-    await a.ns.ip(["route", "del", prefix, "proto", "96"]); // ours out of the way, so theirs can be added
+    // Theirs first (another metric, so it sits beside ours), then ours out of the way: the deletion's event
+    // then always finds theirs there. The other order raced: a repair faster than the second `ip` put ours back.
     await a.ns.ip(["route", "add", prefix, "via", c.address, "proto", "static"]);
+    await a.ns.ip(["route", "del", prefix, "proto", "96"]);
     const theirs = async () => (await a.ns.json<Array<{ dst: string; protocol?: string }>>(["-4", "route", "show", "proto", "static"]));
     await waitFor(async () => {
       const routes = JSON.parse((await a.daemon.ctl(["-o", "json", "routes"])).stdout) as Array<{ prefix: string; state: string; reason: string }>;
