@@ -1,4 +1,4 @@
-import { parsePrefix, prefixContains, type Prefix } from "../model/ipv4.js";
+import { parseIpv4, parsePrefix, type Prefix } from "../model/ipv4.js";
 import type { Endpoint, LearnedRoute } from "../model/types.js";
 
 // Pure: which best paths other speakers announce become kernel routes. Every
@@ -74,6 +74,34 @@ export interface ImportVerdict {
 const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
 /**
+ * A route's prefix and next hop as numbers, parsed once per route object: the importer keeps the
+ * object of an unchanged route, and the filter runs again with every change of the learned set
+ * (50,000 routes streaming in are re-filtered every 250 ms).
+ */
+interface Parsed { ip: string; value: number | undefined; length: number; nextHop: number | undefined }
+const parsedRoutes = new WeakMap<object, Parsed>();
+function parsed(r: { prefix: string; nextHop: string }): Parsed {
+  let p = parsedRoutes.get(r);
+  if (!p) {
+    const prefix = parsePrefix(r.prefix);
+    p = { ip: prefix?.address ?? "", value: prefix ? parseIpv4(prefix.address) : undefined, length: prefix?.length ?? -1, nextHop: parseIpv4(r.nextHop) };
+    parsedRoutes.set(r, p);
+  }
+  return p;
+}
+/** A next hop alone, as a route-shaped key (cached per distinct string by its own object). */
+const nextHopKeys = new Map<string, { prefix: string; nextHop: string }>();
+function r0(nextHop: string): { prefix: string; nextHop: string } {
+  let k = nextHopKeys.get(nextHop);
+  if (!k) {
+    if (nextHopKeys.size > 10_000) nextHopKeys.clear();
+    k = { prefix: "", nextHop };
+    nextHopKeys.set(nextHop, k);
+  }
+  return k;
+}
+
+/**
  * The verdict on every learned best path. `installed`: what was installed
  * before (past maxLearned, what is already in stays and only new prefixes
  * are refused, so the limit never makes a host drop a route it had).
@@ -83,31 +111,30 @@ export function filterImports(
 ): ImportVerdict {
   const ranges = policy.ranges.flatMap((r) => parsePrefix(r) ?? []);
   const connected = policy.facts.connected.flatMap((c) => parsePrefix(c) ?? []);
+  const inAny = (list: Prefix[], value: number | undefined) => value !== undefined && list.some((p) => value >= p.base && value < p.base + p.size);
   const all = [...learned].sort((a, b) => compare(a.prefix, b.prefix));
-  const inAny = (list: Prefix[], ip: string) => list.some((p) => prefixContains(p, ip));
   const local = new Map(endpoints.filter((e) => e.deviceOnly === undefined).map((e) => [e.ip, e]));
   // The other hosts: next hops outside the workload space (a next hop inside it is refused anyway, and
   // must not let a hostile path deny a real workload its route by naming it as a next hop).
-  const nextHops = new Set(all.map((r) => r.nextHop).filter((nh) => !inAny(ranges, nh)));
+  const nextHops = new Set(all.map((r) => r.nextHop).filter((nh) => !inAny(ranges, parsed(r0(nh)).nextHop)));
 
   const rejected: RejectedPath[] = [];
   const duplicates = new Map<string, string>();
   const candidates: LearnedRoute[] = [];
   const reject = (r: LearnedRoute, reason: RejectReason) => rejected.push({ prefix: r.prefix, nextHop: r.nextHop, reason });
   for (const r of all) {
-    const p = parsePrefix(r.prefix);
-    const ip = p?.address ?? "";
-    if (!p || p.length !== 32) reject(r, "not-a-host-route");
+    const { ip, value, length, nextHop } = parsed(r);
+    if (value === undefined || length !== 32) reject(r, "not-a-host-route");
     else if (r.nextHop === policy.nodeAddress || policy.facts.addresses.has(r.nextHop)) reject(r, "next-hop-is-this-host");
     else if (policy.facts.addresses.has(ip) || ip === policy.nodeAddress) reject(r, "host-address");
     else if (policy.facts.peers.has(ip)) reject(r, "peer-address");
     else if (nextHops.has(ip)) reject(r, "next-hop-address");
-    else if (inAny(connected, ip)) reject(r, "connected-network");
-    else if (!inAny(ranges, ip)) reject(r, "outside-import-ranges");
+    else if (inAny(connected, value)) reject(r, "connected-network");
+    else if (!inAny(ranges, value)) reject(r, "outside-import-ranges");
     // A next hop inside the workload ranges (where every learned route lies) or a local workload's address
     // would be reached through a vmrouted route: a loop. (A learned route outside the ranges is never installed,
     // so a hostile /32 for another host's address cannot deny that host's routes.)
-    else if (local.has(r.nextHop) || inAny(ranges, r.nextHop)) reject(r, "next-hop-via-workload");
+    else if (local.has(r.nextHop) || inAny(ranges, nextHop)) reject(r, "next-hop-via-workload");
     else {
       const mine = local.get(ip);
       // The elevated path of a VM that just moved away must win over our /32 until we let go (migration).
