@@ -89,17 +89,7 @@ function parsed(r: { prefix: string; nextHop: string }): Parsed {
   }
   return p;
 }
-/** A next hop alone, as a route-shaped key (cached per distinct string by its own object). */
-const nextHopKeys = new Map<string, { prefix: string; nextHop: string }>();
-function r0(nextHop: string): { prefix: string; nextHop: string } {
-  let k = nextHopKeys.get(nextHop);
-  if (!k) {
-    if (nextHopKeys.size > 10_000) nextHopKeys.clear();
-    k = { prefix: "", nextHop };
-    nextHopKeys.set(nextHop, k);
-  }
-  return k;
-}
+
 
 /**
  * The verdict on every learned best path. `installed`: what was installed
@@ -116,7 +106,7 @@ export function filterImports(
   const local = new Map(endpoints.filter((e) => e.deviceOnly === undefined).map((e) => [e.ip, e]));
   // The other hosts: next hops outside the workload space (a next hop inside it is refused anyway, and
   // must not let a hostile path deny a real workload its route by naming it as a next hop).
-  const nextHops = new Set(all.map((r) => r.nextHop).filter((nh) => !inAny(ranges, parsed(r0(nh)).nextHop)));
+  const nextHops = new Set([...new Set(all.map((r) => r.nextHop))].filter((nh) => !inAny(ranges, parseIpv4(nh))));
 
   const rejected: RejectedPath[] = [];
   const duplicates = new Map<string, string>();
