@@ -58,6 +58,17 @@ async function limitDowntime(from: number, job: ReturnType<typeof migrate>, ms =
   }
 }
 
+/**
+ * The bound on replies lost per migration: 20 at one every 10 ms, of which
+ * QEMU's pause may take its 50 ms limit and vmrouted's switch-over the rest.
+ * QEMU does not always keep to its limit (two cores, TCG: 35–272 ms measured
+ * with 50 ms set), and a paused guest answers nothing whoever routes to it,
+ * so a pause beyond the limit widens the bound by exactly the replies it
+ * covers; vmrouted's share stays the same.
+ */
+const DOWNTIME_LIMIT_MS = 50;
+const lossBound = (downtimeMs: number) => 20 + Math.max(0, Math.ceil((downtimeMs - DOWNTIME_LIMIT_MS) / 10));
+
 /** Each failure case starts with the guest on host 1 (whatever the test before it left). */
 async function onHostOne(): Promise<void> {
   if ((await where()) === 2) {
@@ -144,7 +155,7 @@ afterAll(async () => {
 });
 
 describe("live migration", () => {
-  it(`moves the guest A → B and back ${ROUND_TRIPS} times: ≤ 20 replies lost each way, one path at the reflector via the destination, nothing left at the source, normal preference after settling; a TCP connection survives`, async () => {
+  it(`moves the guest A → B and back ${ROUND_TRIPS} times: ≤ 20 replies lost each way (beyond QEMU's overrun of its pause limit), one path at the reflector via the destination, nothing left at the source, normal preference after settling; a TCP connection survives`, async () => {
     connection = connect();
     await new Promise((r) => setTimeout(r, 1000));
     for (let round = 0; round < ROUND_TRIPS; round++) {
@@ -153,15 +164,18 @@ describe("live migration", () => {
         let result: Awaited<ReturnType<typeof migrate>> | undefined;
         const loss = await lossDuring(peer().ns, GUEST_IP, async () => {
           const job = migrate(from, to);
-          await limitDowntime(from, job);
+          await limitDowntime(from, job, DOWNTIME_LIMIT_MS);
           result = await job;
         }, 1500);
         expect(result!.exitCode, result!.stderr).toBe(0);
         expect(await where()).toBe(to);
         losses[from === 1 ? "A→B" : "B→A"]!.push(loss.lost);
         const job = (await libvirts.get(to)!.virsh(["domjobinfo", "--completed", GUEST], false)).stdout;
-        downtimes.push(Number(/Total downtime:\s+(\d+)/.exec(job)?.[1] ?? -1));
-        expect(loss.lost, `replies lost migrating host ${from} → host ${to} (round ${round + 1})`).toBeLessThanOrEqual(20);
+        const downtime = Number(/Total downtime:\s+(\d+)/.exec(job)?.[1] ?? -1);
+        downtimes.push(downtime);
+        expect(downtime, `QEMU's downtime figure (domjobinfo: ${job})`).toBeGreaterThanOrEqual(0);
+        expect(loss.lost, `replies lost migrating host ${from} → host ${to} (round ${round + 1}; QEMU's pause ${downtime} ms)`)
+          .toBeLessThanOrEqual(lossBound(downtime));
         // The reflector: exactly one path, via the destination; the source: no route, no tap, nothing announced.
         await waitFor(() => reflectorHasOnly(dst), 10000, `the reflector to hold only host ${to}'s path`);
         await waitFor(async () => (await tapOn(src)).length === 0 && (await routesTo(src)).every((r) => r.protocol !== "94"), 10000, `host ${from} to have nothing of the guest`);
