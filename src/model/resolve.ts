@@ -2,7 +2,7 @@ import { isUnusableHostAddress, parseIpv4, parsePrefix, prefixContains, prefixes
 import { defaultGuestMac, isUsableGuestMac, normalizeMac } from "./mac.js";
 import { gatewayDevice, netnsNameProblem, networkNameProblem, tapName, tapNameProblem, vethName } from "./naming.js";
 import type { EndpointInput, NetworkInput } from "./spec.js";
-import { endpointId, type DesiredState, type Endpoint, type HeldEndpoint, type Network } from "./types.js";
+import { DEFAULT_LEASE_SECONDS, endpointId, type DesiredState, type Endpoint, type GuestSettings, type HeldEndpoint, type Network } from "./types.js";
 
 // Turns what operators wrote (config networks, runtime networks, endpoint
 // requests) into a fully resolved desired state, or one error line that names
@@ -22,7 +22,16 @@ export function resolveNetwork(name: string, input: NetworkInput, source: Networ
   const gw = parseIpv4(prefix.address)!;
   if (gw === prefix.base || gw === prefix.base + prefix.size - 1 || isUnusableHostAddress(prefix.address))
     return fail(`network '${name}': gateway ${prefix.address} is not a usable host address in ${input.gateway}`);
-  return { ok: true, value: { name, gateway: prefix.address, prefixLength: prefix.length, source, natOutgoing: input.natOutgoing === true } };
+  const guest: GuestSettings = {
+    dhcp: input.dhcp !== false, dns: input.dns ?? [], leaseSeconds: input.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
+    ...(input.mtu !== undefined ? { mtu: input.mtu } : {}), ...(input.domain !== undefined ? { domain: input.domain } : {}),
+  };
+  return { ok: true, value: { name, gateway: prefix.address, prefixLength: prefix.length, source, natOutgoing: input.natOutgoing === true, guest } };
+}
+
+/** Two resolutions of one network say the same thing (every setting, not only the gateway). */
+export function sameNetwork(a: Network, b: Network): boolean {
+  return JSON.stringify({ ...a, source: undefined }) === JSON.stringify({ ...b, source: undefined });
 }
 
 export function networkPrefix(network: Network): Prefix {
@@ -57,7 +66,7 @@ export function resolveNetworkSet(
     const fromConfig = networks.find((n) => n.name === name && n.source === "config");
     if (fromConfig) {
       // Listing a config network in a spec is fine as long as it says the same thing.
-      if (fromConfig.gateway !== r.value.gateway || fromConfig.prefixLength !== r.value.prefixLength || fromConfig.natOutgoing !== r.value.natOutgoing)
+      if (!sameNetwork(fromConfig, r.value))
         problems.push(`network '${name}' comes from the config file and cannot be changed at runtime`);
       continue;
     }

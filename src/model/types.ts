@@ -8,7 +8,24 @@ export interface Network {
   source: "config" | "runtime";
   /** Traffic from the network to anything outside every vmrouted network is masqueraded. */
   natOutgoing: boolean;
+  /** What a guest on this network is told, and its devices' MTU (dataplane/dhcp). */
+  guest: GuestSettings;
 }
+
+/** A network's guest-facing settings: DHCP (dnsmasq), MTU, DNS. */
+export interface GuestSettings {
+  /** dnsmasq answers DHCP on the network's taps. */
+  dhcp: boolean;
+  /** Taps, veths (both ends) and DHCP option 26; undefined: left at the kernel's default and not announced. */
+  mtu?: number;
+  /** DHCP option 6 (none: not sent). */
+  dns: string[];
+  /** DHCP option 15. */
+  domain?: string;
+  leaseSeconds: number;
+}
+
+export const DEFAULT_LEASE_SECONDS = 3600;
 
 export type EndpointKind = "tap" | "netns" | "vm";
 

@@ -30,7 +30,7 @@ let rootBefore = "";
 let rootTablesBefore = "";
 let foreignBefore = "";
 
-const network = (natOutgoing: boolean): Network => ({ name: "service", gateway: "172.31.16.1", prefixLength: 24, source: "config", natOutgoing });
+const network = (natOutgoing: boolean): Network => ({ name: "service", gateway: "172.31.16.1", prefixLength: 24, source: "config", natOutgoing, guest: { dhcp: true, dns: [], leaseSeconds: 3600 } });
 const REMOTE_WORKLOAD: LearnedRoute = { prefix: "10.250.0.5/32", nextHop: "10.99.0.2", elevated: false };
 const state = (nat: boolean, learned: LearnedRoute[] = [REMOTE_WORKLOAD]): DesiredState => ({ networks: [network(nat)], endpoints: [], learned });
 

@@ -16,7 +16,7 @@ const fixture = (name: string): unknown => JSON.parse(readFileSync(join(import.m
 
 const net = (name: string, cidr: string, natOutgoing = false): Network => {
   const [gateway, len] = cidr.split("/");
-  return { name, gateway: gateway!, prefixLength: Number(len), source: "config", natOutgoing };
+  return { name, gateway: gateway!, prefixLength: Number(len), source: "config", natOutgoing, guest: { dhcp: true, dns: [], leaseSeconds: 3600 } };
 };
 const learned = (prefix: string): LearnedRoute => ({ prefix, nextHop: "10.99.0.2", elevated: false });
 const state = (networks: Network[], routes: LearnedRoute[] = []): DesiredState => ({ networks, endpoints: [], learned: routes });
