@@ -96,7 +96,8 @@ api: { socket: $sock }
 stateDir: $WORK/$name-state
 bgp: { gobgp: "127.0.0.1:50051", communities: ["64512:100"] }
 networks:
-  service: { gateway: 172.31.16.1/24 }
+  # dhcp is on by default: vmrouted's dnsmasq tells the guest its address, router and MTU.
+  service: { gateway: 172.31.16.1/24, mtu: 1450, dns: [10.99.0.2], domain: demo.internal }
 libvirt: { uri: "qemu:///system?socket=$lv/run/libvirt-sock" }
 migration: { settleSeconds: 10 }
 YAML
@@ -122,15 +123,16 @@ done
 say "3. Declare the network and a task namespace on it (a veth pair, routed like a VM)"
 cat > "$WORK/spec.yaml" <<YAML
 networks:
-  service: { gateway: 172.31.16.1/24 }
+  service: { gateway: 172.31.16.1/24, mtu: 1450, dns: [10.99.0.2], domain: demo.internal }
 endpoints:
   - { kind: netns, network: service, ip: $TASK_IP, netns: $TASK }
 YAML
 cat "$WORK/spec.yaml"
 run ctl apply -f "$WORK/spec.yaml"
 
-say "4. A VM: Debian's cloud kernel + a busybox init (built once, cached in .cache/guest); give it a routed interface"
-bash scripts/lab/guest-domain.sh "$GUEST" "$WORK/$GUEST.console" "$GUEST_IP/24" 172.31.16.1 \
+say "4. A VM: Debian's cloud kernel + a busybox init (built once, cached in .cache/guest) with no network configuration"
+echo "   but a DHCP client (busybox udhcpc); give it a routed interface"
+bash scripts/lab/guest-domain.sh "$GUEST" "$WORK/$GUEST.console" dhcp - \
   "172.31.16.1,10.99.0.2,$TASK_IP" 10.99.0.2 > "$WORK/$GUEST.xml"
 run "${VIRSH[@]}" define "$WORK/$GUEST.xml"
 run ctl iface add "$GUEST" --network service --ip "$GUEST_IP"
@@ -142,6 +144,7 @@ run "${VIRSH[@]}" start "$GUEST"
 echo "(the guest boots under software emulation: a few seconds)"
 wait_until 150 "the guest's boot checks" sh -c "grep -aq 'VMR boot checks done' '$WORK/$GUEST.console'"
 console | sed 's/^/  guest console: /'
+echo "(dhcp bound: vmrouted's dnsmasq gave the guest its address, router, MTU and DNS from its endpoint table)"
 echo "(ping 10.99.0.2 ok: the guest reached the route reflector across the host, which works only"
 echo " because the host routes the guest's /32 and BIRD learned it from gobgpd)"
 

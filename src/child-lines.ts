@@ -12,23 +12,26 @@ export interface LineChildOptions {
   /** It ended by itself (exit code or signal); it is started again after restartMs. */
   onExit?: (how: string) => void;
   restartMs: number;
+  /** Which stream carries the lines (dnsmasq logs on stderr); default stdout. */
+  stream?: "stdout" | "stderr";
 }
 
-export function superviseLines(command: string, args: string[], o: LineChildOptions): { stop(): void; pid(): number | undefined } {
+export function superviseLines(command: string, args: string[], o: LineChildOptions): { stop(): void; pid(): number | undefined; signal(sig: NodeJS.Signals): void } {
   let stopped = false;
   let child: ResultPromise | undefined;
   const run = () => {
     if (stopped) return;
     let partial = "";
     child = execa(command, args, { buffer: false, reject: false });
-    child.stdout?.setEncoding("utf8");
-    child.stdout?.on("data", (chunk: string) => {
+    const lines = o.stream === "stderr" ? child.stderr : child.stdout;
+    lines?.setEncoding("utf8");
+    lines?.on("data", (chunk: string) => {
       const text = partial + chunk;
       const end = text.lastIndexOf("\n");
       partial = end < 0 ? text : text.slice(end + 1);
       if (end >= 0) o.onLines(text.slice(0, end));
     });
-    if (o.onStderr) {
+    if (o.onStderr && o.stream !== "stderr") {
       child.stderr?.setEncoding("utf8");
       child.stderr?.on("data", o.onStderr);
     }
@@ -43,6 +46,10 @@ export function superviseLines(command: string, args: string[], o: LineChildOpti
     stop() {
       stopped = true;
       child?.kill();
+    },
+    /** A signal to the running child (SIGHUP: dnsmasq re-reads its hosts; SIGTERM: it ends and is started again). */
+    signal(sig: NodeJS.Signals) {
+      if (child && child.exitCode === null) child.kill(sig);
     },
     /** The running child's pid (undefined between a child's end and its restart). */
     pid: () => (child && child.exitCode === null ? child.pid : undefined),

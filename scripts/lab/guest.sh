@@ -16,7 +16,7 @@ version=${kernel#/boot/vmlinuz-}
 modules=/lib/modules/$version/kernel
 [ -x /bin/busybox ] || { echo "guest.sh: /bin/busybox is missing: run scripts/setup.sh (installs busybox-static)" >&2; exit 1; }
 
-stamp="$version $(sha256sum /bin/busybox "$here/guest-init" | cut -c1-16 | tr '\n' ' ')"
+stamp="$version $(sha256sum /bin/busybox "$here/guest-init" "$here/guest-dhcp-event" | cut -c1-16 | tr '\n' ' ')"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] && [ -f "$out/initrd.img" ] && [ -f "$out/vmlinuz" ]; then
   echo "$out"; exit 0
 fi
@@ -25,7 +25,7 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,dev,proc,sys,lib/modules}
 cp /bin/busybox "$root/bin/busybox"
-for applet in sh mount insmod ip ping cat tr sleep echo nc wget head; do ln -s busybox "$root/bin/$applet"; done
+for applet in sh mount insmod ip ping cat tr sleep echo nc wget head udhcpc kill grep sed; do ln -s busybox "$root/bin/$applet"; done
 for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
   drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci net/core/failover drivers/net/net_failover drivers/net/virtio_net; do
   f=$(ls "$modules/$m.ko"* | head -n 1)
@@ -37,6 +37,7 @@ for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_
   esac
 done
 install -m 0755 "$here/guest-init" "$root/init"
+install -m 0755 "$here/guest-dhcp-event" "$root/bin/dhcp-event"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initrd.img.tmp"
 cp "$kernel" "$out/vmlinuz.tmp"
 mv "$out/initrd.img.tmp" "$out/initrd.img"

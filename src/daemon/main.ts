@@ -1,3 +1,4 @@
+import { dirname, join } from "node:path";
 import { Command } from "commander";
 import { pino, type Logger } from "pino";
 import type { Config } from "../config/schema.js";
@@ -16,6 +17,7 @@ import { configImpact } from "../config/impact.js";
 import { applyPlan } from "../dataplane/apply.js";
 import { detectGatewayKind } from "../dataplane/capabilities.js";
 import { applyNft, listNatTable } from "../dataplane/nft.js";
+import { DhcpServer } from "../dataplane/dhcp/dnsmasq.js";
 import { groupMembers, observe } from "../dataplane/observe.js";
 import { changedScope } from "../dataplane/scope.js";
 import { InputError } from "../model/errors.js";
@@ -122,12 +124,22 @@ async function main(argv: string[]): Promise<void> {
   metrics.attachReconciler(reconciler);
   // Each refused path counted and logged once, by reason (until it is withdrawn or accepted).
   const refusals = new ImportRefusals(log, metrics);
+  // DHCP for the taps: its own dataplane manager (dataplane/dhcp), fed the desired state; it starts
+  // after the first pass, once the gateway device it answers as exists. Its files sit beside the API
+  // socket (a directory nobody, as whom dnsmasq reads them, can search: /run/vmrouted); leases in stateDir.
+  const dhcp = new DhcpServer({
+    paths: { dir: join(dirname(config.api.socket), "dhcp"), leases: join(config.stateDir, "dnsmasq.leases") }, log,
+    onMessage: (type) => metrics.dhcpMessages.inc({ type }),
+  });
+  metrics.attachDhcp(dhcp);
+  let dhcpFollowing = false;
   // Every published change marks what it changed dirty; the pass that follows covers just that.
   store.subscribe((next, previous, reason) => {
     const trigger = reason.split(":")[0]!;
     const [before, after] = [resolver.resolve(previous), resolver.resolve(next)];
     void reconciler.mark(changedScope(before.state, after.state), trigger);
     if (before.imports !== after.imports) refusals.note(after.imports);
+    if (dhcpFollowing) void dhcp.update(after.state);
   });
   const settled = () => reconciler.flush();
 
@@ -197,7 +209,7 @@ async function main(argv: string[]): Promise<void> {
   const controller = new Controller(config, store, resolver, settled);
   router.ready(apiRoutes({
     config, gatewayKind, controller, reconciler, metrics, desired, ...(announcer ? { announcer } : {}), ...(libvirt ? { libvirt } : {}),
-    ...(importer ? { importer } : {}),
+    ...(importer ? { importer } : {}), dhcp,
     rejected: () => resolver.resolve(store.current).rejected,
     problems: () => resolver.resolve(store.current).problems,
     imports: () => resolver.resolve(store.current).imports,
@@ -223,6 +235,7 @@ async function main(argv: string[]): Promise<void> {
     migrations?.stop();
     memory.stop();
     claims?.stop();
+    dhcp.stop();
     othersClient?.close();
     stopProfile();
     server.close(() => process.exit(0));
@@ -230,8 +243,15 @@ async function main(argv: string[]): Promise<void> {
   };
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));
-  // The lock's descriptor lives as long as the process (lock.ts).
-  process.once("exit", () => void lock.handle.close());
+  // The lock's descriptor lives as long as the process (lock.ts); dnsmasq, our child, does not outlive it
+  // when it ends by itself (a SIGKILL leaves it: the next start stops it, dhcp/dnsmasq.ts).
+  process.once("exit", () => {
+    dhcp.stop();
+    void lock.handle.close();
+  });
+  // dnsmasq starts once the signals stop it with us (a child started before the handlers would be left behind).
+  dhcpFollowing = true;
+  void dhcp.update(desired());
 }
 
 async function createAnnouncer(

@@ -2,6 +2,7 @@ import { createServer, type Server } from "node:http";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { PassSummary, ReconcileReport } from "./reconciler.js";
 import { REJECT_REASONS } from "../bgp/import-filter.js";
+import { DHCP_MESSAGES } from "../dataplane/dhcp/dnsmasq.js";
 
 /** What the metrics read from the announcer when scraped. */
 export interface BgpSource {
@@ -47,6 +48,11 @@ export class Metrics {
   });
   readonly duplicates = new Gauge({
     name: "vmrouted_duplicate_endpoints", help: "Local endpoints whose IP another host announces too (not a live migration)", registers: [this.registry],
+  });
+
+  readonly dhcpMessages = new Counter({
+    name: "vmrouted_dhcp_messages_total", help: "DHCP messages dnsmasq logged on vmrouted's taps, by type (DISCOVER, OFFER, REQUEST, ACK, NAK, ...)",
+    labelNames: ["type"], registers: [this.registry],
   });
 
   constructor() {
@@ -108,6 +114,14 @@ export class Metrics {
   }
 
   /** Kernel events judged, and how many objects they showed had drifted. */
+  /** dnsmasq's state, hosts answered for and restarts, read when scraped. */
+  attachDhcp(dhcp: { status(): { state: string; hosts: number; restarts: number } }): void {
+    for (const type of DHCP_MESSAGES) this.dhcpMessages.inc({ type }, 0);
+    new Gauge({ name: "vmrouted_dhcp_hosts", help: "Endpoints dnsmasq answers for (static leases)", registers: [this.registry], collect() { this.set(dhcp.status().hosts); } });
+    new Gauge({ name: "vmrouted_dhcp_running", help: "1 while vmrouted's dnsmasq runs and answers", registers: [this.registry], collect() { this.set(dhcp.status().state === "running" ? 1 : 0); } });
+    new Gauge({ name: "vmrouted_dhcp_restarts", help: "Times dnsmasq ended by itself and was started again", registers: [this.registry], collect() { this.set(dhcp.status().restarts); } });
+  }
+
   attachKernelWatch(watch: { judged: number; drifted: number }): void {
     new Counter({
       name: "vmrouted_kernel_events_total", help: "Kernel events about links, addresses, routes and neighbours judged", registers: [this.registry],

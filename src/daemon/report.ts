@@ -42,6 +42,8 @@ export interface EndpointStatus {
   held?: boolean;
   /** Another host announces this IP too, for another workload: its next hop (not a live migration). */
   duplicate?: string;
+  /** dnsmasq answers this endpoint's guest (a tap on a DHCP network); lastAck: the last lease it handed out here. */
+  dhcp?: { served: boolean; lastAck?: string };
 }
 
 export interface NetworkStatus {
@@ -95,6 +97,7 @@ export function endpointStatus(c: EndpointCheck, failures: string[] | undefined)
     : !c.routeOk ? `route ${e.ip}/32 missing`
     : !c.neighbourOk ? `neighbour entry ${e.ip} → ${e.mac} missing`
     : c.badSysctls.length ? `sysctl ${c.badSysctls[0]!.key} is not ${c.badSysctls[0]!.value}`
+    : !c.mtuOk ? `device ${e.device} has MTU ${c.link.mtu ?? "unknown"}, not ${c.mtu}`
     : !c.innerOk ? `${e.netns ? `inside namespace '${e.netns}': ` : ""}eth0 not configured`
     : `device ${e.device} not in group or wrong MAC`;
   return { ...base, state: "degraded", reason: withFailures(problem, failures) };

@@ -16,6 +16,7 @@ import { buildStatus, type BgpStatus, type Status } from "./status.js";
 import { storageStatus } from "../state/files.js";
 import type { ConfigImpact } from "../config/impact.js";
 import type { ImportVerdict } from "../bgp/import-filter.js";
+import type { DhcpServer } from "../dataplane/dhcp/dnsmasq.js";
 
 // The HTTP API's routes (DESIGN.md "Interfaces"): each is one call into the
 // controller, the libvirt service or the reported state.
@@ -37,6 +38,7 @@ export interface RouteDeps {
   announcer?: Announcer;
   importer?: Importer;
   libvirt?: LibvirtService;
+  dhcp?: DhcpServer;
 }
 
 const noBgp: BgpStatus = { enabled: false, state: "disabled", peers: [], announced: 0 };
@@ -64,10 +66,15 @@ export function apiRoutes(d: RouteDeps): Route[] {
     const counters = (await traffic.get()).stats;
     // New objects: the reported state the reconciler keeps is never changed by a caller.
     const duplicates = d.imports().duplicates;
+    if (d.dhcp) s.dhcp = d.dhcp.status();
+    const served = new Set(d.dhcp?.served().map((h) => h.id));
     s.endpoints = s.endpoints.map((e) => {
       const other = duplicates.get(e.id);
+      const ack = d.dhcp?.acks.get(e.mac);
       return {
         ...e, counters: counters.get(e.device) ?? e.counters,
+        // Whether dnsmasq answers this endpoint's guest, and its last lease handed out here.
+        ...(served.has(e.id) ? { dhcp: { served: true, ...(ack && ack.ip === e.ip ? { lastAck: ack.at } : {}) } } : {}),
         ...(d.announcer ? { conditions: { ...e.conditions, announced: d.announcer.isAnnounced(e.ip) } } : {}),
         // Another host announces this IP for another workload: works here, but the fabric routes it to one of the two.
         ...(other ? { duplicate: other, state: "degraded" as const, reason: `duplicate: ${e.ip} is also announced by ${other} (not a live migration)` } : {}),

@@ -1,3 +1,4 @@
+import type { DhcpStatus } from "../dataplane/dhcp/dnsmasq.js";
 import type { Config } from "../config/schema.js";
 import { VERSION } from "../version.js";
 import type { NatStatus, ReconcileReport } from "./reconciler.js";
@@ -55,6 +56,8 @@ export interface Status {
     /** vmrouted's nftables table `ip vmrouted` (egress NAT). */
     nat: NatStatus;
   };
+  /** The DHCP manager: one dnsmasq answering the DHCP networks' taps (dataplane/dhcp). */
+  dhcp?: DhcpStatus;
   reconcile: {
     at?: string; durationMs?: number; passes: number; operationsApplied: number; passesByTrigger: Record<string, number>;
     /** Consecutive failed passes (each retried with a backoff), and the last one's error. */

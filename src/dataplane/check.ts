@@ -32,6 +32,14 @@ export function routeMetricFor(elevated: boolean | undefined, settings: Pick<Dat
   return elevated ? Math.floor(settings.routeMetric / 2) : settings.routeMetric;
 }
 
+/** The MTU the kernel gives a new tap or veth: what a network without `mtu` wants (removing the setting puts devices back). */
+export const DEFAULT_MTU = 1500;
+
+/** The MTU of every device vmrouted owns for the network's endpoints (tap, veth host end, the task's eth0). */
+export function deviceMtu(network: Network): number {
+  return network.guest.mtu ?? DEFAULT_MTU;
+}
+
 const isOurs = (protocol: number, settings: DataplaneSettings) => protocol === settings.routeProtocol || protocol === settings.learnedProtocol;
 
 export interface GatewayCheck {
@@ -76,6 +84,8 @@ export interface EndpointCheck {
   endpoint: Endpoint;
   alias: string;
   hostMac: string;
+  /** The MTU its devices must have (both ends of a veth). */
+  mtu: number;
   /** Waiting for something outside vmrouted (its namespace does not exist yet). */
   pending?: string;
   /** Something not ours is in the way; vmrouted will not touch it. */
@@ -87,12 +97,13 @@ export interface EndpointCheck {
   aliasOk?: boolean;
   groupOk: boolean;
   macOk: boolean;
+  mtuOk: boolean;
   up: boolean;
   carrier: boolean;
   badSysctls: Array<{ key: string; value: string }>;
   routeOk: boolean;
   neighbourOk: boolean;
-  /** netns endpoints: the inside (eth0 address, MAC, default route) is right. */
+  /** netns endpoints: the inside (eth0 address, MAC, MTU, default route) is right. */
   innerOk: boolean;
 }
 
@@ -101,9 +112,10 @@ export function checkEndpoint(
 ): EndpointCheck {
   const alias = endpointAlias(endpoint.id);
   const hostMac = hostSideMac(endpoint.mac);
+  const mtu = deviceMtu(network);
   const link = observed.links.get(endpoint.device);
   const check: EndpointCheck = {
-    endpoint, alias, hostMac, wrongKind: false, groupOk: false, macOk: false, up: false, carrier: false,
+    endpoint, alias, hostMac, mtu, wrongKind: false, groupOk: false, macOk: false, mtuOk: false, up: false, carrier: false,
     badSysctls: [], routeOk: false, neighbourOk: false, innerOk: endpoint.kind !== "netns",
   };
   const dst = `${endpoint.ip}/32`;
@@ -134,7 +146,7 @@ export function checkEndpoint(
     : link.kind !== "tun" || link.tunType !== "tap" || link.vnetHdr !== true;
   const sysctls = observed.sysctls.get(endpoint.device) ?? {};
   const innerOk = endpoint.netns === undefined ? check.innerOk
-    : !!inner && inner.alias === alias && inner.mac === endpoint.mac && inner.up &&
+    : !!inner && inner.alias === alias && inner.mac === endpoint.mac && inner.mtu === mtu && inner.up &&
       inner.addresses.includes(`${endpoint.ip}/${network.prefixLength}`) && observed.netns.get(endpoint.netns)?.defaultGateway === network.gateway;
   return {
     ...check,
@@ -143,6 +155,7 @@ export function checkEndpoint(
     aliasOk: link.alias === alias,
     groupOk: link.group === settings.netdevGroup,
     macOk: link.mac === hostMac,
+    mtuOk: link.mtu === mtu,
     up: link.up,
     carrier: link.carrier,
     badSysctls: endpointSysctls(endpoint.device).filter((s) => sysctls[s.field] !== s.value).map(({ key, value }) => ({ key, value })),
@@ -189,6 +202,6 @@ function isPeer(link: ObservedLink | undefined, inner: NonNullable<ObservedNetns
 /** Everything about the endpoint is in place in the kernel (for a device-only endpoint: the device). */
 export function endpointComplete(c: EndpointCheck): boolean {
   const routed = c.endpoint.deviceOnly !== undefined || (c.routeOk && c.neighbourOk);
-  return !c.pending && !c.conflict && !!c.link && !c.wrongKind && c.groupOk && c.macOk && c.up &&
+  return !c.pending && !c.conflict && !!c.link && !c.wrongKind && c.groupOk && c.macOk && c.mtuOk && c.up &&
     c.badSysctls.length === 0 && routed && c.innerOk;
 }

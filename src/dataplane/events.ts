@@ -3,7 +3,7 @@ import { formatIpv4 } from "../model/ipv4.js";
 import { networkPrefix } from "../model/resolve.js";
 import { gatewayDevice } from "../model/naming.js";
 import type { DesiredState, Endpoint, LearnedRoute, Network } from "../model/types.js";
-import { KERNEL_PROTOCOL, routeMetricFor, RTPROT_BOOT, type DataplaneSettings } from "./check.js";
+import { deviceMtu, KERNEL_PROTOCOL, routeMetricFor, RTPROT_BOOT, type DataplaneSettings } from "./check.js";
 import type { ObservedRoute, ObservedState } from "./observed.js";
 import { endpointAlias, gatewayAlias, isOwnedAlias } from "./ownership.js";
 
@@ -16,7 +16,7 @@ import { endpointAlias, gatewayAlias, isOwnedAlias } from "./ownership.js";
 // updates or anything about objects that are not ours.
 
 export type KernelEvent =
-  | { kind: "link"; deleted: boolean; name: string; up: boolean; carrier: boolean; group: number; alias?: string; mac?: string }
+  | { kind: "link"; deleted: boolean; name: string; up: boolean; carrier: boolean; group: number; alias?: string; mac?: string; mtu?: number }
   | { kind: "route"; deleted: boolean; dst: string; device?: string; via?: string; protocol: number; metric: number; table: number; scope: number; type: string }
   | { kind: "neigh"; deleted: boolean; device: string; ip: string; mac?: string; permanent: boolean }
   | { kind: "addr"; deleted: boolean; device: string; cidr: string };
@@ -50,11 +50,12 @@ export function parseMonitorRecord(record: string): KernelEvent | undefined {
       const alias = /^\s+alias (.*)$/m.exec(rest!)?.[1]?.trimEnd();
       const mac = /^\s+link\/\S+ ([0-9a-f:]{17})/m.exec(rest!)?.[1];
       const group = after("group");
+      const mtu = after("mtu");
       const flags = head[3]!.split(",");
       return {
         kind: "link", deleted, name: head[1]!, up: flags.includes("UP"), carrier: flags.includes("LOWER_UP"),
         group: group === undefined || group === "default" ? 0 : Number(group),
-        ...(alias ? { alias } : {}), ...(mac ? { mac } : {}),
+        ...(alias ? { alias } : {}), ...(mac ? { mac } : {}), ...(mtu !== undefined ? { mtu: Number(mtu) } : {}),
       };
     }
     case "ROUTE": {
@@ -105,6 +106,8 @@ export function lastPerObject(events: KernelEvent[]): KernelEvent[] {
 export interface DesiredIndex {
   endpointsByDevice: Map<string, Endpoint>;
   endpointsByDst: Map<string, Endpoint>;
+  /** By name: an endpoint's devices take their MTU from its network. */
+  networks: Map<string, Network>;
   gatewaysByDevice: Map<string, Network>;
   subnets: Map<string, Network>;
   learned: Map<string, LearnedRoute>;
@@ -114,6 +117,7 @@ export function indexDesired(desired: DesiredState): DesiredIndex {
   return {
     endpointsByDevice: new Map(desired.endpoints.map((e) => [e.device, e])),
     endpointsByDst: new Map(desired.endpoints.map((e) => [`${e.ip}/32`, e])),
+    networks: new Map(desired.networks.map((n) => [n.name, n])),
     gatewaysByDevice: new Map(desired.networks.map((n) => [gatewayDevice(n.name), n])),
     subnets: new Map(desired.networks.map((n) => {
       const p = networkPrefix(n);
@@ -142,7 +146,8 @@ function judge(e: KernelEvent, index: DesiredIndex, settings: DataplaneSettings)
     case "link": {
       const endpoint = index.endpointsByDevice.get(e.name);
       if (endpoint) {
-        const right = e.up && e.group === settings.netdevGroup && e.alias === endpointAlias(endpoint.id) && e.mac === hostSideMac(endpoint.mac);
+        const right = e.up && e.group === settings.netdevGroup && e.alias === endpointAlias(endpoint.id) && e.mac === hostSideMac(endpoint.mac) &&
+          mtuRight(e.mtu, index.networks.get(endpoint.network));
         return e.deleted || !right;
       }
       const network = index.gatewaysByDevice.get(e.name);
@@ -181,6 +186,11 @@ function judge(e: KernelEvent, index: DesiredIndex, settings: DataplaneSettings)
       return e.deleted ? desired : !desired;
     }
   }
+}
+
+/** An event that says no MTU (ip always prints one) or an endpoint without its network (resolve.ts rules it out) is no MTU drift. */
+function mtuRight(mtu: number | undefined, network: Network | undefined): boolean {
+  return mtu === undefined || network === undefined || mtu === deviceMtu(network);
 }
 
 const routeKey = (dst: string, metric: number) => `${dst} ${metric}`;
@@ -241,7 +251,10 @@ export function foldEvents(observed: ObservedState, events: KernelEvent[]): Obse
       const link = links.get(e.name);
       if (link) {
         const { alias: _a, mac: _m, ...rest } = link;
-        links.set(e.name, { ...rest, up: e.up, carrier: e.carrier, group: e.group, ...(e.alias ? { alias: e.alias } : {}), ...(e.mac ? { mac: e.mac } : {}) });
+        links.set(e.name, {
+          ...rest, up: e.up, carrier: e.carrier, group: e.group, ...(e.alias ? { alias: e.alias } : {}), ...(e.mac ? { mac: e.mac } : {}),
+          ...(e.mtu !== undefined ? { mtu: e.mtu } : {}),
+        });
       }
     }
   }

@@ -10,7 +10,7 @@ import { readSysctl } from "./sysctl.js";
 // so a name in rt_protos.d never changes what we compare).
 
 interface IpLink {
-  ifname: string; ifindex?: number; link_index?: number; flags?: string[]; group?: string; ifalias?: string; address?: string;
+  ifname: string; ifindex?: number; link_index?: number; flags?: string[]; group?: string; ifalias?: string; address?: string; mtu?: number;
   link_netnsid?: number; linkinfo?: { info_kind?: string; info_data?: { type?: string; vnet_hdr?: boolean } };
   stats64?: { rx?: Record<string, number>; tx?: Record<string, number> };
 }
@@ -33,6 +33,7 @@ export function toLink(l: IpLink): ObservedLink {
     group: l.group === "default" || l.group === undefined ? 0 : Number(l.group),
     ...(l.ifalias ? { alias: l.ifalias } : {}),
     ...(l.address ? { mac: l.address } : {}),
+    ...(l.mtu !== undefined ? { mtu: l.mtu } : {}),
     up: flags.includes("UP"),
     carrier: flags.includes("LOWER_UP"),
     ...(l.ifindex !== undefined ? { ifindex: l.ifindex } : {}),
@@ -161,6 +162,7 @@ async function observeNetns(name: string): Promise<ObservedNetns> {
         inner: {
           ...(link.ifalias ? { alias: link.ifalias } : {}),
           ...(link.address ? { mac: link.address } : {}),
+          ...(link.mtu !== undefined ? { mtu: link.mtu } : {}),
           up: (link.flags ?? []).includes("UP"),
           ...(link.ifindex !== undefined ? { ifindex: link.ifindex } : {}),
           ...(link.link_index !== undefined ? { peerIndex: link.link_index } : {}),

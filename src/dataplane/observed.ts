@@ -11,6 +11,8 @@ export interface ObservedLink {
   group: number;
   alias?: string;
   mac?: string;
+  /** The device's MTU (every link has one; a link built by hand in a test may leave it out). */
+  mtu?: number;
   up: boolean;
   carrier: boolean;
   /** veth only: the peer lives in another namespace. */
@@ -66,7 +68,7 @@ export interface ObservedNetns {
   /** It exists but could not be read: its endpoint waits, nothing is concluded from it. */
   error?: string;
   /** The inner interface (eth0), if present. */
-  inner?: { alias?: string; mac?: string; up: boolean; addresses: string[]; ifindex?: number; peerIndex?: number };
+  inner?: { alias?: string; mac?: string; mtu?: number; up: boolean; addresses: string[]; ifindex?: number; peerIndex?: number };
   defaultGateway?: string;
 }
 

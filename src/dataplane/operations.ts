@@ -6,7 +6,7 @@ export type Operation = { subject: string } & (
   | { op: "gateway.create"; device: string; kind: "dummy" | "bridge" }
   | { op: "tap.create"; device: string }
   | { op: "veth.create"; device: string; netns: string; inner: string }
-  | { op: "link.set"; device: string; group?: number; alias?: string; mac?: string; up?: boolean }
+  | { op: "link.set"; device: string; group?: number; alias?: string; mac?: string; mtu?: number; up?: boolean }
   | { op: "link.delete"; device: string }
   | { op: "link.delete-group"; group: number }
   | { op: "address.replace"; device: string; cidr: string }
@@ -16,7 +16,7 @@ export type Operation = { subject: string } & (
   | { op: "neighbour.replace"; device: string; ip: string; mac: string }
   | { op: "neighbour.delete"; device: string; ip: string }
   | { op: "sysctl.set"; key: string; value: string }
-  | { op: "netns.configure"; netns: string; device: string; alias: string; mac: string; cidr: string; gateway: string }
+  | { op: "netns.configure"; netns: string; device: string; alias: string; mac: string; mtu: number; cidr: string; gateway: string }
 );
 
 export type OperationKind = Operation["op"];
@@ -35,6 +35,7 @@ export function renderBatchLine(op: Operation): string | undefined {
       if (op.group !== undefined) parts.push(`group ${op.group}`);
       if (op.alias !== undefined) parts.push(`alias ${op.alias}`);
       if (op.mac !== undefined) parts.push(`address ${op.mac}`);
+      if (op.mtu !== undefined) parts.push(`mtu ${op.mtu}`);
       if (op.up) parts.push("up");
       return parts.join(" ");
     }
@@ -71,7 +72,7 @@ export function renderBatchLine(op: Operation): string | undefined {
 export function renderNetnsLines(op: Extract<Operation, { op: "netns.configure" }>): string[] {
   return [
     "link set dev lo up",
-    `link set dev ${op.device} alias ${op.alias} address ${op.mac} up`,
+    `link set dev ${op.device} alias ${op.alias} address ${op.mac} mtu ${op.mtu} up`,
     `address replace ${op.cidr} dev ${op.device}`,
     `route replace default via ${op.gateway} dev ${op.device}`,
   ];

@@ -125,13 +125,15 @@ function planEndpoint(c: EndpointCheck, gateway: string, prefixLength: number, s
     out.creates.push(e.kind === "netns"
       ? { subject, op: "veth.create", device: e.device, netns: e.netns!, inner: NETNS_INNER_IFNAME }
       : { subject, op: "tap.create", device: e.device });
-    out.sets.push({ subject, op: "link.set", device: e.device, group: settings.netdevGroup, alias: c.alias, mac: c.hostMac, up: true });
-  } else if (!c.groupOk || !c.macOk || !c.up || !c.aliasOk) {
+    // `tuntap add` takes no MTU: it is set with the rest, in the same batch (the veth's host end the same way, one path for both).
+    out.sets.push({ subject, op: "link.set", device: e.device, group: settings.netdevGroup, alias: c.alias, mac: c.hostMac, mtu: c.mtu, up: true });
+  } else if (!c.groupOk || !c.macOk || !c.mtuOk || !c.up || !c.aliasOk) {
     out.sets.push({
       subject, op: "link.set", device: e.device,
       ...(c.groupOk ? {} : { group: settings.netdevGroup }),
       ...(c.aliasOk ? {} : { alias: c.alias }),
       ...(c.macOk ? {} : { mac: c.hostMac }),
+      ...(c.mtuOk ? {} : { mtu: c.mtu }),
       ...(c.up ? {} : { up: true }),
     });
   }
@@ -146,7 +148,7 @@ function planEndpoint(c: EndpointCheck, gateway: string, prefixLength: number, s
   if (fresh || !c.neighbourOk) out.routes.push({ subject, op: "neighbour.replace", device: e.device, ip: e.ip, mac: e.mac });
   if (e.kind === "netns" && (fresh || !c.innerOk))
     out.after.push({
-      subject, op: "netns.configure", netns: e.netns!, device: NETNS_INNER_IFNAME, alias: c.alias, mac: e.mac,
+      subject, op: "netns.configure", netns: e.netns!, device: NETNS_INNER_IFNAME, alias: c.alias, mac: e.mac, mtu: c.mtu,
       cidr: `${e.ip}/${prefixLength}`, gateway,
     });
 }

@@ -2,6 +2,7 @@ import { formatIpv4 } from "../model/ipv4.js";
 import { gatewayDevice } from "../model/naming.js";
 import { networkPrefix } from "../model/resolve.js";
 import type { DesiredState, Endpoint } from "../model/types.js";
+import { deviceMtu } from "./check.js";
 import type { ObservedState } from "./observed.js";
 import type { Plan } from "./plan.js";
 
@@ -75,6 +76,8 @@ export function changedScope(before: DesiredState, after: DesiredState): Scope {
     scope.devices.add(gatewayDevice(n.name));
     scope.dsts.add(subnetOf(n));
   });
+  // An endpoint's devices take their MTU from its network, so the endpoint itself did not change: its network's MTU did.
+  for (const e of endpointsWhoseMtuChanged(before, after)) endpoint(e);
   diff(before.learned, after.learned, (r) => r.prefix, (r) => scope.dsts.add(r.prefix));
   // A held entry that comes or goes (fixed, removed): its device, route and network's gateway are looked at again.
   diff(before.held ?? [], after.held ?? [], (h) => h.id, (h) => {
@@ -86,6 +89,14 @@ export function changedScope(before: DesiredState, after: DesiredState): Scope {
   if ((before.learnedKnown === false && after.learnedKnown !== false) || (before.domainsKnown === false && after.domainsKnown !== false))
     scope.full = true;
   return scope;
+}
+
+/** The endpoints (as they are now) of the networks, in both states, whose device MTU differs between them. */
+function endpointsWhoseMtuChanged(before: DesiredState, after: DesiredState): Endpoint[] {
+  if (before.networks === after.networks) return [];
+  const old = new Map(before.networks.map((n) => [n.name, deviceMtu(n)]));
+  const changed = new Set(after.networks.filter((n) => old.has(n.name) && old.get(n.name) !== deviceMtu(n)).map((n) => n.name));
+  return changed.size ? after.endpoints.filter((e) => changed.has(e.network)) : [];
 }
 
 /** The scope with what belongs to its objects (see above). */

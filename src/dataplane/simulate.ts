@@ -1,5 +1,6 @@
 import type { ObservedAddress, ObservedLink, ObservedNeighbour, ObservedRoute, ObservedState } from "./observed.js";
 import type { Operation } from "./operations.js";
+import { DEFAULT_MTU } from "./check.js";
 
 // Pure: what the kernel looks like after a batch ran without errors. The
 // reconciler trusts a successful batch instead of reading the kernel again
@@ -58,18 +59,18 @@ export function simulate(state: ObservedState, ops: Operation[]): ObservedState 
     if ((op.op === "gateway.create" || op.op === "tap.create" || op.op === "veth.create") && links.has(op.device)) continue;
     switch (op.op) {
       case "gateway.create":
-        links.set(op.device, { ifindex: ++lastIndex, name: op.device, kind: op.kind, group: 0, up: false, carrier: false, mac: "02:00:00:00:00:01" });
+        links.set(op.device, { ifindex: ++lastIndex, name: op.device, kind: op.kind, group: 0, up: false, carrier: false, mac: "02:00:00:00:00:01", mtu: DEFAULT_MTU });
         break;
       case "tap.create":
-        links.set(op.device, { ifindex: ++lastIndex, name: op.device, kind: "tun", tunType: "tap", vnetHdr: true, group: 0, up: false, carrier: false, mac: "02:00:00:00:00:02" });
+        links.set(op.device, { ifindex: ++lastIndex, name: op.device, kind: "tun", tunType: "tap", vnetHdr: true, group: 0, up: false, carrier: false, mac: "02:00:00:00:00:02", mtu: DEFAULT_MTU });
         sysctls.set(op.device, { proxyArp: "0", proxyDelay: "80", rpFilter: "0", forwarding: "1" });
         break;
       case "veth.create": {
         const [host, inner] = [++lastIndex, ++lastIndex];
-        links.set(op.device, { name: op.device, kind: "veth", peerInOtherNetns: true, group: 0, up: false, carrier: true, mac: "02:00:00:00:00:03", ifindex: host, peerIndex: inner });
+        links.set(op.device, { name: op.device, kind: "veth", peerInOtherNetns: true, group: 0, up: false, carrier: true, mac: "02:00:00:00:00:03", mtu: DEFAULT_MTU, ifindex: host, peerIndex: inner });
         sysctls.set(op.device, { proxyArp: "0", proxyDelay: "80", rpFilter: "0", forwarding: "1" });
         const ns = netns.get(op.netns);
-        if (ns) netns.set(op.netns, { ...ns, inner: { up: false, addresses: [], mac: "02:00:00:00:00:04", ifindex: inner, peerIndex: host } });
+        if (ns) netns.set(op.netns, { ...ns, inner: { up: false, addresses: [], mac: "02:00:00:00:00:04", mtu: DEFAULT_MTU, ifindex: inner, peerIndex: host } });
         break;
       }
       case "link.set":
@@ -77,6 +78,7 @@ export function simulate(state: ObservedState, ops: Operation[]): ObservedState 
           if (op.group !== undefined) l.group = op.group;
           if (op.alias !== undefined) l.alias = op.alias;
           if (op.mac !== undefined) l.mac = op.mac;
+          if (op.mtu !== undefined) l.mtu = op.mtu;
           if (op.up) l.up = true;
         });
         break;
@@ -130,7 +132,7 @@ export function simulate(state: ObservedState, ops: Operation[]): ObservedState 
       case "netns.configure": {
         const ns = netns.get(op.netns);
         if (!ns?.inner) break;
-        netns.set(op.netns, { ...ns, inner: { ...ns.inner, alias: op.alias, mac: op.mac, up: true, addresses: [op.cidr] }, defaultGateway: op.gateway });
+        netns.set(op.netns, { ...ns, inner: { ...ns.inner, alias: op.alias, mac: op.mac, mtu: op.mtu, up: true, addresses: [op.cidr] }, defaultGateway: op.gateway });
         break;
       }
     }

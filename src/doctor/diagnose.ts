@@ -11,7 +11,7 @@ import type { ForwardDrop } from "./firewall.js";
 
 export type CheckName =
   | "vmrouted" | "ip-forward" | "gateway-device" | "connected-route" | "endpoint-sysctls" | "tap-carrier"
-  | "firewall" | "nat" | "gobgpd" | "bgp-peer" | "peer-paths" | "hook" | "ip-claims" | "endpoints" | "bgp-import";
+  | "firewall" | "nat" | "gobgpd" | "bgp-peer" | "peer-paths" | "hook" | "ip-claims" | "endpoints" | "bgp-import" | "dhcp";
 
 export interface Finding {
   check: CheckName;
@@ -32,6 +32,8 @@ export interface DoctorFacts {
     failing?: { passes: number; error: string };
     /** Learned paths the import filter refuses now, by reason; and whether bgp.maxLearned keeps new ones out. */
     imports?: { rejected: Record<string, number>; limited: boolean; maxLearned: number };
+    /** vmrouted's dnsmasq (status.dhcp). */
+    dhcp?: { state: string; reason?: string; hosts: number; restarts: number };
   };
   kernel: ObservedState;
   routeProtocol: number;
@@ -57,7 +59,7 @@ export interface DoctorFacts {
 export function diagnose(f: DoctorFacts): Finding[] {
   return [
     ...daemon(f), ...ipForward(f), ...gateways(f), ...endpointSysctlFindings(f), ...carrier(f), ...firewall(f), ...nat(f),
-    ...bgp(f), ...imports(f), ...hook(f), ...claims(f),
+    ...bgp(f), ...imports(f), ...dhcp(f), ...hook(f), ...claims(f),
   ];
 }
 
@@ -198,6 +200,16 @@ function imports(f: DoctorFacts): Finding[] {
       "raise bgp.maxLearned if the fleet really has that many workloads, or find the speaker flooding the reflector (vmroutectl routes --rejected)"));
   if (out.length === 0) out.push(ok("bgp-import", total ? `${total} learned path(s) refused (duplicates are listed with their endpoints)` : "no learned path refused"));
   return out;
+}
+
+function dhcp(f: DoctorFacts): Finding[] {
+  const d = f.daemon.dhcp;
+  if (!d) return f.daemon.answering && !f.daemon.starting ? [skipped("dhcp", "this vmrouted reports no DHCP manager")] : [];
+  if (d.state === "off") return [skipped("dhcp", "no network has dhcp: guests are configured by hand")];
+  if (d.state === "failing")
+    return [problem("dhcp", `dnsmasq does not answer as it should: ${d.reason ?? "unknown"}${d.restarts ? ` (restarted ${d.restarts}×)` : ""}; guests asking DHCP get no address`,
+      "is dnsmasq installed (Debian: dnsmasq-base)? vmrouted's log has dnsmasq's own lines; `ss -ulpn sport = :67` shows who holds the DHCP port")];
+  return [ok("dhcp", `dnsmasq ${d.state}, answering ${d.hosts} endpoint(s)${d.restarts ? `; restarted ${d.restarts}× after it ended` : ""}`)];
 }
 
 function hook(f: DoctorFacts): Finding[] {

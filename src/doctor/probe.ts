@@ -58,6 +58,7 @@ async function probeDaemon(socket: string): Promise<DoctorFacts["daemon"]> {
       ...(s.storage.state === "failing" ? { storage: s.storage.reason ?? "failing" } : {}),
       ...(s.reconcile.failing ? { failing: { passes: s.reconcile.failing, error: s.reconcile.lastError?.message ?? "" } } : {}),
       ...(s.bgp.importer ? { imports: { rejected: s.bgp.importer.rejected, limited: s.bgp.importer.limited, maxLearned: s.bgp.importer.maxLearned } } : {}),
+      ...(s.dhcp ? { dhcp: { state: s.dhcp.state, hosts: s.dhcp.hosts, restarts: s.dhcp.restarts, ...(s.dhcp.reason ? { reason: s.dhcp.reason } : {}) } } : {}),
     };
   } catch (e) {
     return { socket, answering: false, error: (e as Error).message, degraded: [] };

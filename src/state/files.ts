@@ -103,9 +103,10 @@ export function onStateWriteFailure(listener: (path: string, error: Error) => vo
   onWriteFailure = listener;
 }
 
-export async function writeFileAtomic(path: string, text: string, durable = true): Promise<void> {
+/** `mode` is set explicitly (the unit's UMask=0077 would narrow it): files another user must read (dnsmasq's, as nobody) say 0o644. */
+export async function writeFileAtomic(path: string, text: string, durable = true, mode = 0o600): Promise<void> {
   try {
-    await writeFileAtomicOnce(path, text, durable);
+    await writeFileAtomicOnce(path, text, durable, mode);
     failingWrites = undefined;
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
@@ -119,12 +120,13 @@ export async function writeFileAtomic(path: string, text: string, durable = true
  * write-to-temp + rename (+ fsync of both when durable). The temporary's name
  * is unique to this write (pid and a counter): two writes of one file never share it.
  */
-async function writeFileAtomicOnce(path: string, text: string, durable: boolean): Promise<void> {
+async function writeFileAtomicOnce(path: string, text: string, durable: boolean, mode: number): Promise<void> {
   const dir = dirname(path);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const tmp = `${path}${TEMP_INFIX}${process.pid}-${++writes}`;
   const file = await open(tmp, "wx", 0o600);
   try {
+    if (mode !== 0o600) await file.chmod(mode);
     await file.writeFile(text);
     if (durable) await file.sync();
     await file.close();

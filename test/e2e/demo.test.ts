@@ -9,7 +9,7 @@ import { assertLabReady, REPO, rootSnapshot, sh } from "../helpers/lab.js";
 // steps. Each time, nothing may be left behind: namespaces, daemons, guests,
 // files, or changes to the root namespace.
 
-const DAEMONS = /^(gobgpd|bird|libvirtd|qemu-system-x86_64)$/;
+const DAEMONS = /^(gobgpd|bird|libvirtd|qemu-system-x86_64|dnsmasq)$/;
 
 async function leftovers() {
   const netns = (await sh("ip", ["netns", "list"])).stdout.split("\n").filter((l) => l.startsWith("vmrd-")).sort();
@@ -55,6 +55,8 @@ describe("the demo (README quick start, first command)", () => {
       const r = await runDemo();
       expect(r.code, r.output.slice(-3000)).toBe(0);
       expect(r.output).toContain("guest console: VMR ping 10.99.0.2 ok");
+      // No static configuration in the guest: vmrouted's dnsmasq told it all.
+      expect(r.output).toMatch(/guest console: VMR dhcp bound 172\.31\.16\.5\/24 router 172\.31\.16\.1 mtu 1450 dns 10\.99\.0\.2 domain demo\.internal /);
       expect(r.output).toMatch(/64 bytes from 172\.31\.16\.5/); // the route reflector's ping to the guest
       expect(r.output).toMatch(/vm\s+demo-guest\s+service\s+172\.31\.16\.5\s.*\sready\s+ok\s/); // all conditions hold, announced included
       expect(r.output).toMatch(/replies lost: \d+ of \d+/); // the live migration, counted

@@ -65,7 +65,8 @@ beforeAll(async () => {
   }));
   await lab.waitForSession();
   await libvirt.defineGuest("guest1", {
-    ip: `${GUEST_IP}/24`, gateway: GATEWAY, ping: [GATEWAY, RR_ADDRESS, TASK_IP, OUTSIDE], watch: RR_ADDRESS, fetch: `http://${OUTSIDE}:8080/cgi-bin/ip`,
+    // No static configuration: the guest's address, prefix and router come from vmrouted's dnsmasq.
+    ip: "dhcp", ping: [GATEWAY, RR_ADDRESS, TASK_IP, OUTSIDE], watch: RR_ADDRESS, fetch: `http://${OUTSIDE}:8080/cgi-bin/ip`,
   });
 }, 300_000);
 
@@ -97,6 +98,7 @@ describe("a real guest on a routed interface", () => {
     await waitFor(() => reported("boot checks done"), 150_000, "the guest's boot checks");
     timings.startToBootChecksMs = Date.now() - started;
     const lines = await reports();
+    expect(lines.find((l) => l.startsWith("dhcp bound"))).toMatch(new RegExp(`^dhcp bound ${GUEST_IP}/24 router ${GATEWAY} mtu 1500 `));
     expect(lines.find((l) => l.startsWith("up eth0"))).toMatch(new RegExp(`^up eth0 ${GUEST_IP}/24 mac 52:54:00:`));
     // Each target is retried for up to 60 s in the guest; "ok" means it answered.
     expect(lines).toContain(`ping ${GATEWAY} ok`);

@@ -1,13 +1,16 @@
 import { emptyObserved, type ObservedState } from "../../src/dataplane/observed.js";
 import type { PlanSettings } from "../../src/dataplane/plan.js";
 import { resolveDesired } from "../../src/model/resolve.js";
-import type { EndpointInput } from "../../src/model/spec.js";
+import type { EndpointInput, NetworkInput } from "../../src/model/spec.js";
 import type { DesiredState } from "../../src/model/types.js";
 
 export const settings: PlanSettings = { routeProtocol: 94, learnedProtocol: 96, routeMetric: 1024, netdevGroup: 94, teardownGroup: 95, gatewayKind: "bridge" };
 
-export function desired(endpoints: EndpointInput[], networks: Record<string, { gateway: string }> = {}): DesiredState {
-  const r = resolveDesired({ configNetworks: { service: { gateway: "172.31.16.1/24" } }, runtimeNetworks: networks, endpoints });
+export const SERVICE: NetworkInput = { gateway: "172.31.16.1/24" };
+
+/** `service` is the config network (its settings: `service`); `networks` are runtime ones. */
+export function desired(endpoints: EndpointInput[], networks: Record<string, NetworkInput> = {}, service: NetworkInput = SERVICE): DesiredState {
+  const r = resolveDesired({ configNetworks: { service }, runtimeNetworks: networks, endpoints });
   if (!r.ok) throw new Error(r.error);
   return r.value;
 }

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { execa } from "execa";
@@ -95,6 +95,8 @@ export class Daemon {
 
   static async create(host: Netns, options: DaemonOptions = {}): Promise<Daemon> {
     const dir = await mkdtemp(join(tmpdir(), "vmrouted-test-"));
+    // The daemon's dnsmasq reads its hosts (beside the socket) as nobody: the directory must be searchable, as /run/vmrouted is.
+    await chmod(dir, 0o755);
     const d = new Daemon(host, dir, join(dir, "vmrouted.sock"), options.configPath ?? join(dir, "config.yaml"));
     d.env = options.env ?? {};
     d.command = options.command ?? CHECKOUT;
@@ -178,8 +180,19 @@ export class Daemon {
     return { code, stderr };
   }
 
+  /** The daemon's dnsmasq, while one runs (its pid file, checked against its command line). */
+  async dnsmasqPid(): Promise<number | undefined> {
+    const pid = Number((await readFile(join(this.dir, "dhcp", "dnsmasq.pid"), "utf8").catch(() => "")).trim());
+    if (!pid) return undefined;
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    return cmdline.includes(join(this.dir, "dhcp")) ? pid : undefined;
+  }
+
   async cleanup(): Promise<void> {
     await this.stop();
+    // A daemon killed (SIGKILL) leaves its dnsmasq: started by this test's daemon, stopped by its pid.
+    const dnsmasq = await this.dnsmasqPid();
+    if (dnsmasq) process.kill(dnsmasq, "SIGTERM");
     await rm(this.dir, { recursive: true, force: true });
   }
 }

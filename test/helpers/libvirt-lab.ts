@@ -12,6 +12,15 @@ import { Daemon, type DaemonOptions, type Netns, REPO, sh, stopChild, waitFor } 
 
 const SANDBOX = join(REPO, "scripts/lab/libvirtd.sh");
 
+/**
+ * The lab guest's kernel command line (scripts/lab/guest-init): `ip` is A.B.C.D/N, or "dhcp" (busybox
+ * udhcpc configures eth0; with renewSeconds it is asked to renew that often); `nic` adds an interface.
+ */
+export interface GuestSpec {
+  ip: string; gateway?: string; ping: string[]; watch: string; echoPort?: number; fetch?: string; renewSeconds?: number;
+  nic?: { mac: string; tap: string };
+}
+
 export class LibvirtLab {
   child: ChildProcess | undefined;
   log = "";
@@ -79,9 +88,12 @@ export class LibvirtLab {
    * Debian's cloud kernel and a busybox init that configures eth0 from
    * `guest` and reports on its serial console, kept in this lab's directory.
    */
-  async defineGuest(name: string, guest: { ip: string; gateway: string; ping: string[]; watch: string; echoPort?: number; fetch?: string }): Promise<void> {
-    const xml = (await sh("bash", [join(REPO, "scripts/lab/guest-domain.sh"), name, this.consolePath(name), guest.ip, guest.gateway,
-      guest.ping.join(","), guest.watch, ...(guest.echoPort ? [`vmr.echo=${guest.echoPort}`] : []), ...(guest.fetch ? [`vmr.fetch=${guest.fetch}`] : [])])).stdout;
+  async defineGuest(name: string, guest: GuestSpec): Promise<void> {
+    let xml = (await sh("bash", [join(REPO, "scripts/lab/guest-domain.sh"), name, this.consolePath(name), guest.ip, guest.gateway ?? "-",
+      guest.ping.join(","), guest.watch, ...(guest.echoPort ? [`vmr.echo=${guest.echoPort}`] : []), ...(guest.fetch ? [`vmr.fetch=${guest.fetch}`] : []),
+      ...(guest.renewSeconds ? [`vmr.renew=${guest.renewSeconds}`] : [])])).stdout;
+    // A NIC of the test's own making (not vmrouted's patch): an existing tap, with a MAC of the test's choosing.
+    if (guest.nic) xml = xml.replace("</devices>", `  <interface type='ethernet'><mac address='${guest.nic.mac}'/><target dev='${guest.nic.tap}' managed='no'/><model type='virtio'/></interface>\n  </devices>`);
     const file = join(this.dir, `${name}.xml`);
     await writeFile(file, xml);
     await this.virsh(["define", file]);

@@ -4,7 +4,7 @@ import { assertLabReady, Daemon, Netns, rootSnapshot, runId, waitFor } from "../
 // The host dataplane on the real kernel, in namespaces this suite creates:
 // vmrouted runs in `host`; two task namespaces hold netns endpoints.
 
-interface Link { ifname: string; ifindex: number; group?: string; ifalias?: string; address?: string; flags?: string[];
+interface Link { ifname: string; ifindex: number; group?: string; ifalias?: string; address?: string; flags?: string[]; mtu?: number;
   linkinfo?: { info_kind?: string; info_data?: { type?: string; vnet_hdr?: boolean } } }
 interface Route { dst: string; dev?: string; protocol?: string; scope?: string }
 interface Neigh { dst: string; dev: string; lladdr?: string; state?: string[] }
@@ -25,6 +25,10 @@ endpoints:
   - { kind: netns, network: service, ip: 172.31.16.31, netns: ${ns1} }
   - { kind: netns, network: extra, ip: 172.31.17.32, netns: ${ns2} }
 `;
+
+/** The spec with the runtime network `extra` given an MTU (or none). */
+const specWithExtraMtu = (mtu: number | undefined) => spec(task1.name, task2.name)
+  .replace("extra: { gateway: 172.31.17.1/24 }", `extra: { gateway: 172.31.17.1/24${mtu !== undefined ? `, mtu: ${mtu}` : ""} }`);
 
 const links = () => host.json<Link[]>(["-d", "link", "show"]);
 const routes = () => host.json<Route[]>(["-4", "route", "show", "table", "main"]);
@@ -115,6 +119,37 @@ describe("host dataplane on the real kernel", () => {
     const e = (await daemon.status()).endpoints.find((x) => x.ip === "172.31.16.31")!;
     expect(e.counters.rxPackets).toBeGreaterThan(0);
     expect(e.counters.txBytes).toBeGreaterThan(0);
+  });
+
+  it("gives a network's tap and both ends of its veth the network's MTU, follows a change, and repairs one made by hand", async () => {
+    const status = await daemon.status();
+    const device = (ip: string) => status.endpoints.find((e) => e.ip === ip)!.device;
+    // extra: a named tap and a veth into task2; service (no MTU) keeps the kernel's 1500 throughout.
+    const mtus = async () => {
+      const all = await links();
+      const mtuOf = (name: string) => all.find((l) => l.ifname === name)?.mtu;
+      const [inner] = await task2.json<Link[]>(["link", "show", "dev", "eth0"]);
+      return {
+        extra: [mtuOf("tap-custom1"), mtuOf(device("172.31.17.32")), inner?.mtu],
+        service: [mtuOf(device("172.31.16.10")), mtuOf(device("172.31.16.31"))],
+      };
+    };
+    expect(await mtus()).toEqual({ extra: [1500, 1500, 1500], service: [1500, 1500] });
+    // Set, changed, removed (back to 1500), set again: the restart below must find nothing to change with it set.
+    for (const mtu of [9000, 1400, undefined, 9000]) {
+      const r = await daemon.ctl(["apply", "-f", "-"], specWithExtraMtu(mtu));
+      expect(r.exitCode, r.stderr).toBe(0);
+      const want = mtu ?? 1500;
+      expect(await mtus(), `mtu ${mtu}`).toEqual({ extra: [want, want, want], service: [1500, 1500] });
+      // The largest packet that fits crosses the veth unfragmented both ways (to the gateway and back).
+      const big = await task2.exec(["ping", "-c", "1", "-W", "2", "-M", "do", "-s", String(want - 28), "172.31.17.1"], false);
+      expect(big.exitCode, big.stdout + big.stderr).toBe(0);
+    }
+    expect((await daemon.status()).endpoints.filter((e) => e.state !== "ready")).toEqual([]);
+    // By hand: the tap's raises a kernel event (repaired at once); eth0's inside the namespace is found by the resync.
+    await host.ip(["link", "set", "dev", "tap-custom1", "mtu", "1280"]);
+    await task2.ip(["link", "set", "dev", "eth0", "mtu", "1280"]);
+    await waitFor(async () => JSON.stringify((await mtus()).extra) === JSON.stringify([9000, 9000, 9000]), 10000, "MTUs repaired");
   });
 
   it("repairs a route and a tap deleted by hand, a reset sysctl and a re-added connected route", async () => {

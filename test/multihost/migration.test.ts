@@ -126,12 +126,15 @@ beforeAll(async () => {
     await h.daemon.start();
   }
   const a = libvirts.get(1)!;
-  await a.defineGuest(GUEST, { ip: `${GUEST_IP}/24`, gateway: GATEWAY, ping: [GATEWAY, peer().ip], watch: peer().ip, echoPort: ECHO_PORT });
+  // By DHCP, renewing every 2 s: after each move its renewals must be answered by the host it is on.
+  await a.defineGuest(GUEST, { ip: "dhcp", ping: [GATEWAY, peer().ip], watch: peer().ip, echoPort: ECHO_PORT, renewSeconds: 2 });
   const add = await lab.host(1).daemon.ctl(["iface", "add", GUEST, "--network", "service", "--ip", GUEST_IP]);
   if (add.exitCode !== 0) throw new Error(add.stderr);
   await a.virsh(["start", GUEST]);
   await waitFor(async () => (await a.consoleReports(GUEST)).includes("boot checks done"), 150_000, "the guest's boot checks");
   await waitFor(() => pings(peer().ns, GUEST_IP), 20000, "the peer to reach the guest on host 1");
+  expect((await a.consoleReports(GUEST)).find((l) => l.startsWith("dhcp bound"))).toMatch(new RegExp(`^dhcp bound ${GUEST_IP}/24 router ${GATEWAY} `));
+  expect(await a.consoleReports(GUEST)).toContain(`ping ${peer().ip} ok`);
 }, 400_000);
 
 afterAll(async () => {
@@ -187,6 +190,10 @@ describe("live migration", () => {
         expect(routes.filter((r) => r.protocol === "94").map((r) => r.metric)).toEqual([1024]);
         expect(settling?.migration === "settling" || settling?.migration === "normal").toBe(true);
         await waitFor(async () => (await lab.learned(lab.host(3))).get(`${GUEST_IP}/32`) === dst.address, 5000, "the peer's host to route to the destination");
+        // The guest's next renewal is answered by the destination's dnsmasq (its endpoint table has it since migrate begin).
+        const acks = (h: LabHost) => h.daemon.log.split("\n").filter((l) => l.includes('"msg":"dhcp ack"') && l.includes(GUEST_IP)).length;
+        const acked = acks(dst);
+        await waitFor(async () => acks(dst) > acked, 10000, `host ${to}'s dnsmasq to answer the guest's renewal`);
       }
     }
     connection.mark();

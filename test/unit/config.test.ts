@@ -27,7 +27,7 @@ bgp:
   importRoutes: true
   migrationCommunity: "64512:666"
 networks:
-  service: { gateway: 172.31.16.1/24, natOutgoing: false }
+  service: { gateway: 172.31.16.1/24, natOutgoing: false, dhcp: true, mtu: 1450, dns: [10.1.0.53], domain: example.internal, leaseSeconds: 3600 }
 libvirt: { enabled: true, uri: qemu:///system, resyncSeconds: 30 }
 migration: { settleSeconds: 30 }
 dataplane:
@@ -46,6 +46,20 @@ log: { level: info }
     });
     expect(c.dataplane).toEqual({ routeProtocol: 94, learnedProtocol: 96, routeMetric: 1024, netdevGroup: 94, teardownGroup: 95, resyncSeconds: 30 });
     expect(c.migration).toEqual({ settleSeconds: 30 });
+    expect(c.networks.service).toEqual({
+      gateway: "172.31.16.1/24", natOutgoing: false, dhcp: true, mtu: 1450, dns: ["10.1.0.53"], domain: "example.internal", leaseSeconds: 3600,
+    });
+  });
+
+  it("refuses bad guest settings with one line naming the key", () => {
+    const bad = (network: string) => () => parseConfig(`node: { address: 10.1.1.3 }\nnetworks:\n  service: { gateway: 172.31.16.1/24, ${network} }\n`);
+    expect(bad("mtu: 67")).toThrow(/^config: networks\.service\.mtu: must be between 68 and 65535[^\n]*$/);
+    expect(bad("mtu: 65536")).toThrow(/networks\.service\.mtu: must be between 68 and 65535/);
+    expect(bad("mtu: 1400.5")).toThrow(/networks\.service\.mtu: must be a whole number/);
+    expect(bad("dns: [10.1.0.53, dns.example]")).toThrow(/^config: networks\.service\.dns\.1: must be an IPv4 address$/);
+    expect(bad("leaseSeconds: 0")).toThrow(/^config: networks\.service\.leaseSeconds: must be at least 120 \(dnsmasq's shortest lease\)$/);
+    expect(bad("domain: 'bad domain'")).toThrow(/networks\.service\.domain: must be a DNS domain name/);
+    expect(bad("dhcp: maybe")).toThrow(/networks\.service\.dhcp/);
   });
 
   it("defaults what DESIGN.md says", () => {

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { driftScope, foldEvents, indexDesired, lastPerObject, parseMonitorRecord, type KernelEvent } from "../../src/dataplane/events.js";
 import type { ObservedState } from "../../src/dataplane/observed.js";
 import { splitRecords } from "../../src/dataplane/monitor.js";
-import { desired, settings, tap } from "../helpers/fixtures.js";
+import { desired, SERVICE, settings, tap } from "../helpers/fixtures.js";
 
 // Kernel events as `ip -N -d monitor label` prints them (iproute2 6.1), judged
 // against a desired state: what is the echo of vmrouted's own batch, what is drift.
@@ -22,7 +22,7 @@ describe("kernel events", () => {
       `[NEIGH]172.31.16.5 dev ${dev} lladdr 52:54:00:00:00:05 PERMANENT \n` +
       "[ADDR]3: virgw-x    inet 172.31.16.1/24 scope 0 noprefixroute virgw-x\n       valid_lft forever preferred_lft forever\n");
     expect(records.map((r) => parseMonitorRecord(r))).toEqual([
-      { kind: "link", deleted: false, name: dev, up: true, carrier: false, group: 94, alias: "vmrouted:tap:172.31.16.5", mac: "fe:54:00:00:00:05" },
+      { kind: "link", deleted: false, name: dev, up: true, carrier: false, group: 94, alias: "vmrouted:tap:172.31.16.5", mac: "fe:54:00:00:00:05", mtu: 1500 },
       { kind: "route", deleted: false, dst: "172.31.16.5/32", device: dev, protocol: 94, metric: 1024, table: 254, scope: 253, type: "unicast" },
       { kind: "route", deleted: true, dst: "10.5.0.0/16", device: "eth0", via: "172.31.16.9", protocol: 96, metric: 512, table: 254, scope: 0, type: "unicast" },
       { kind: "neigh", deleted: false, device: dev, ip: "172.31.16.5", mac: "52:54:00:00:00:05", permanent: true },
@@ -45,6 +45,16 @@ describe("kernel events", () => {
     expect(judge(`[NEIGH]172.31.16.5 dev ${dev} FAILED \n[NEIGH]Deleted 172.31.16.5 dev ${dev} FAILED \n`).devices).toEqual(new Set([dev]));
     // A foreign route to a workload's IP: a conflict to report.
     expect(judge("[ROUTE]1 172.31.16.5 dev eth9 table 254 proto 4 scope 253 \n").dsts).toEqual(new Set(["172.31.16.5/32"]));
+  });
+
+  it("finds an endpoint device whose MTU is not its network's, and ignores the echo of setting it", () => {
+    const up = link("NO-CARRIER,BROADCAST,MULTICAST,UP", "94", "vmrouted:tap:172.31.16.5");
+    expect(judge(up.replace("mtu 1500", "mtu 1400")).devices).toEqual(new Set([dev]));
+    // The network says 9000: 1500 is drift, the echo of `link set ... mtu 9000` is not.
+    const jumbo = indexDesired(desired([tap("172.31.16.5", { mac: "52:54:00:00:00:05" })], {}, { ...SERVICE, mtu: 9000 }));
+    const judgeJumbo = (text: string) => driftScope(splitRecords(text).flatMap((r) => parseMonitorRecord(r) ?? []), jumbo, settings);
+    expect(judgeJumbo(up).devices).toEqual(new Set([dev]));
+    expect(judgeJumbo(link("BROADCAST,MULTICAST", "0") + up.replace("mtu 1500", "mtu 9000")).devices).toEqual(new Set());
   });
 
   it("ignores what is not vmrouted's: foreign devices, routes, traffic's neighbour entries, other tables", () => {
@@ -103,7 +113,9 @@ describe("the kernel picture between listings", () => {
     start.neighbours.push({ device: dev, ip: "172.31.16.5", mac: "52:54:00:00:00:05", permanent: true });
     start.sysctls.set(dev, { proxyArp: "1" });
     const down = foldEvents(start, events(link("BROADCAST,MULTICAST", "94", "vmrouted:tap:172.31.16.5")));
-    expect(down.links.get(dev)).toMatchObject({ up: false, carrier: false, kind: "tun", ifindex: 7, alias: "vmrouted:tap:172.31.16.5" });
+    expect(down.links.get(dev)).toMatchObject({ up: false, carrier: false, kind: "tun", ifindex: 7, alias: "vmrouted:tap:172.31.16.5", mtu: 1500 });
+    const resized = foldEvents(start, events(link("BROADCAST,MULTICAST,UP", "94", "vmrouted:tap:172.31.16.5").replace("mtu 1500", "mtu 9000")));
+    expect(resized.links.get(dev)?.mtu).toBe(9000);
     const gone = foldEvents(start, events(link("BROADCAST,MULTICAST", "94", "vmrouted:tap:172.31.16.5", true)));
     expect([gone.links.size, gone.neighbours.length, gone.sysctls.size]).toEqual([0, 0, 0]);
     expect(foldEvents(start, events(foreignTap("rb7", "UP"))).links.has("rb7")).toBe(false);

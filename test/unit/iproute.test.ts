@@ -15,9 +15,9 @@ describe("iproute2 adapters (pure parts)", () => {
   it("reads tun details, groups and veth peers from ip -d -N -j link", () => {
     const tap = toLink({
       ifname: "tap-a", flags: ["NO-CARRIER", "BROADCAST", "MULTICAST", "UP"], group: "94", ifalias: "vmrouted:tap:1.2.3.4",
-      address: "fe:54:00:01:02:03", linkinfo: { info_kind: "tun", info_data: { type: "tap", vnet_hdr: true } },
+      address: "fe:54:00:01:02:03", mtu: 9000, linkinfo: { info_kind: "tun", info_data: { type: "tap", vnet_hdr: true } },
     });
-    expect(tap).toMatchObject({ kind: "tun", tunType: "tap", vnetHdr: true, group: 94, up: true, carrier: false });
+    expect(tap).toMatchObject({ kind: "tun", tunType: "tap", vnetHdr: true, group: 94, up: true, carrier: false, mtu: 9000 });
     expect(toLink({ ifname: "v", group: "default", link_netnsid: 0, linkinfo: { info_kind: "veth" } })).toMatchObject({ group: 0, peerInOtherNetns: true });
   });
 

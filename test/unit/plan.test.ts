@@ -1,8 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { plan } from "../../src/dataplane/plan.js";
-import { renderBatchLine } from "../../src/dataplane/operations.js";
+import { renderBatchLine, renderNetnsLines, type Operation } from "../../src/dataplane/operations.js";
+import { changedScope } from "../../src/dataplane/scope.js";
 import { applyToModel } from "../helpers/fake-kernel.js";
-import { desired, netns, observedWithNetns, settings, tap } from "../helpers/fixtures.js";
+import { desired, netns, observedWithNetns, SERVICE, settings, tap } from "../helpers/fixtures.js";
 
 const converge = (d: ReturnType<typeof desired>, o = observedWithNetns("task-1")) => applyToModel(o, plan(d, o, settings).operations);
 
@@ -200,5 +201,107 @@ describe("device-only endpoints (a VM between prepare and started, or stopped an
     const stopped = applyToModel(running, ops);
     expect(stopped.links.has(vm().endpoints[0]!.device)).toBe(true);
     expect(plan(vm("domain vm1 stopped"), stopped, settings).operations).toEqual([]);
+  });
+});
+
+describe("per-network MTU (taps, both ends of a veth)", () => {
+  const endpoints = [tap("172.31.16.10"), netns("172.31.16.31", "task-1")];
+  const withMtu = (mtu?: number) => desired(endpoints, {}, { ...SERVICE, ...(mtu !== undefined ? { mtu } : {}) });
+  const devices = (d: ReturnType<typeof desired>) => ({
+    tapDev: d.endpoints.find((e) => e.kind === "tap")!.device, vethDev: d.endpoints.find((e) => e.kind === "netns")!.device,
+  });
+  const inner = (o: ReturnType<typeof converge>) => o.netns.get("task-1")!.inner!;
+  const mtuOps = (ops: Operation[]) => ops.filter((o) => (o.op === "link.set" && o.mtu !== undefined) || o.op === "netns.configure");
+
+  it("gives new devices their network's MTU: after `tuntap add` in the same batch, on the veth's host end, and on eth0 inside", () => {
+    const d = withMtu(9000);
+    const { tapDev, vethDev } = devices(d);
+    const ops = plan(d, observedWithNetns("task-1"), settings).operations;
+    const lines = ops.map(renderBatchLine).filter(Boolean) as string[];
+    const tapCreated = lines.indexOf(`tuntap add dev ${tapDev} mode tap one_queue vnet_hdr`);
+    const tapSet = lines.findIndex((l) => l.startsWith(`link set dev ${tapDev} `) && l.includes(" mtu 9000 "));
+    expect(tapCreated).toBeGreaterThanOrEqual(0);
+    expect(tapSet).toBeGreaterThan(tapCreated);
+    expect(lines.some((l) => l.startsWith(`link set dev ${vethDev} `) && l.includes(" mtu 9000 "))).toBe(true);
+    const configure = ops.find((o) => o.op === "netns.configure") as Extract<Operation, { op: "netns.configure" }>;
+    expect(renderNetnsLines(configure)).toContain(`link set dev eth0 alias vmrouted:netns:172.31.16.31 address ${configure.mac} mtu 9000 up`);
+    const after = applyToModel(observedWithNetns("task-1"), ops);
+    expect([after.links.get(tapDev)?.mtu, after.links.get(vethDev)?.mtu, inner(after).mtu]).toEqual([9000, 9000, 9000]);
+    expect(plan(d, after, settings).operations).toEqual([]);
+  });
+
+  it("changes the MTU of existing devices, and nothing else, when the network's MTU changes", () => {
+    const before = converge(withMtu());
+    const d = withMtu(9000);
+    const { tapDev, vethDev } = devices(d);
+    const ops = plan(d, before, settings).operations;
+    expect(ops.filter((o) => o.op !== "netns.configure")).toEqual([
+      { subject: "netns:172.31.16.31", op: "link.set", device: vethDev, mtu: 9000 },
+      { subject: "tap:172.31.16.10", op: "link.set", device: tapDev, mtu: 9000 },
+    ]);
+    expect(ops.filter((o) => o.op === "netns.configure")).toEqual([expect.objectContaining({ netns: "task-1", mtu: 9000 })]);
+    const after = applyToModel(before, ops);
+    expect([after.links.get(tapDev)?.mtu, after.links.get(vethDev)?.mtu, inner(after).mtu]).toEqual([9000, 9000, 9000]);
+    expect(plan(d, after, settings).operations).toEqual([]);
+  });
+
+  it("puts devices back to the kernel's 1500 when the network's MTU is removed", () => {
+    const before = converge(withMtu(9000));
+    const d = withMtu();
+    const { tapDev, vethDev } = devices(d);
+    const ops = plan(d, before, settings).operations;
+    expect(mtuOps(ops).map((o) => [o.op, "device" in o ? o.device : "", o.op === "link.set" || o.op === "netns.configure" ? o.mtu : 0]))
+      .toEqual([["link.set", vethDev, 1500], ["link.set", tapDev, 1500], ["netns.configure", "eth0", 1500]]);
+    const after = applyToModel(before, ops);
+    expect([after.links.get(tapDev)?.mtu, after.links.get(vethDev)?.mtu, inner(after).mtu]).toEqual([1500, 1500, 1500]);
+    expect(plan(d, after, settings).operations).toEqual([]);
+  });
+
+  it("repairs an MTU changed by hand on the host end or inside the namespace", () => {
+    const d = withMtu(9000);
+    const { tapDev, vethDev } = devices(d);
+    const s = converge(d);
+    s.links.get(tapDev)!.mtu = 1400;
+    inner(s).mtu = 1400;
+    const p = plan(d, s, settings);
+    expect(p.endpoints.map((c) => [c.endpoint.kind, c.mtuOk, c.innerOk])).toEqual([["netns", true, false], ["tap", false, true]]);
+    expect(mtuOps(p.operations)).toEqual([
+      { subject: "tap:172.31.16.10", op: "link.set", device: tapDev, mtu: 9000 },
+      expect.objectContaining({ op: "netns.configure", mtu: 9000 }),
+    ]);
+    expect(p.operations.some((o) => "device" in o && o.device === vethDev)).toBe(false);
+    expect(plan(d, applyToModel(s, p.operations), settings).operations).toEqual([]);
+  });
+
+  it("leaves held endpoints' devices at the MTU they have, whatever their network says", () => {
+    // A held entry (its network left the config) whose tap someone set to 1400: kept as found.
+    const dark = { gateway: "172.31.17.1/24", mtu: 9000 };
+    const darkTap = { kind: "tap", network: "dark", ip: "172.31.17.10" } as never;
+    const before = converge(desired([tap("172.31.16.10"), darkTap], { dark }));
+    const heldDev = [...before.links.values()].find((l) => l.alias === "vmrouted:tap:172.31.17.10")!.name;
+    expect(before.links.get(heldDev)?.mtu).toBe(9000);
+    before.links.get(heldDev)!.mtu = 1400;
+    const now = desired([tap("172.31.16.10"), darkTap]);
+    expect(plan(now, before, settings).operations).toEqual([]);
+    // vm-class devices while the domains are unknown: their network's MTU changes, they keep theirs; a wanted tap on it follows.
+    const vm = { ...tap("172.31.16.20"), name: "tap-vm20" };
+    const running = converge(desired([vm, tap("172.31.16.10")]));
+    const asVm = { ...running, links: new Map([...running.links, ["tap-vm20", { ...running.links.get("tap-vm20")!, alias: "vmrouted:vm:172.31.16.20" }]]) };
+    const unknown = { ...desired([tap("172.31.16.10")], {}, { ...SERVICE, mtu: 9000 }), domainsKnown: false };
+    const p = plan(unknown, asVm, settings);
+    expect(p.held.map((h) => h.held.id)).toEqual(["vm:172.31.16.20"]);
+    expect(mtuOps(p.operations)).toEqual([expect.objectContaining({ op: "link.set", device: unknown.endpoints[0]!.device, mtu: 9000 })]);
+    expect(p.operations.some((o) => "device" in o && o.device === "tap-vm20")).toBe(false);
+  });
+
+  it("marks a network's endpoints dirty when its MTU changes (the endpoints themselves are unchanged)", () => {
+    const before = withMtu();
+    const after = withMtu(9000);
+    const { tapDev, vethDev } = devices(after);
+    const scope = changedScope(before, after);
+    expect([...scope.devices].sort()).toEqual([tapDev, vethDev, "virgw-service"].sort());
+    expect(scope.netns).toEqual(new Set(["task-1"]));
+    // Another setting (DNS) changes no device: the endpoints stay out.
+    expect([...changedScope(before, desired(endpoints, {}, { ...SERVICE, dns: ["10.0.0.53"] })).devices]).toEqual(["virgw-service"]);
   });
 });

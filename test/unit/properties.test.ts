@@ -23,6 +23,7 @@ import { observedWithNetns, settings } from "../helpers/fixtures.js";
 if (process.env.FC_SEED) fc.configureGlobal({ seed: Number(process.env.FC_SEED) });
 
 const CONFIG = { service: { gateway: "172.31.16.1/24" } };
+const mtuArb = fc.option(fc.constantFrom(1400, 1500, 9000), { nil: undefined });
 const NAMESPACES = ["task-1", "task-2", "task-3"];
 const MAX_ROUNDS = 3; // as the reconciler
 
@@ -30,17 +31,23 @@ const MAX_ROUNDS = 3; // as the reconciler
 
 const macArb = fc.integer({ min: 1, max: 250 }).map((n) => `52:54:00:12:34:${n.toString(16).padStart(2, "0")}`);
 
-/** Desired runtime state: maybe a runtime network, taps (some named, some with a MAC), netns endpoints (one per namespace). */
+/**
+ * Desired runtime state: maybe a runtime network, taps (some named, some with a MAC), netns endpoints (one per namespace);
+ * either network may have an MTU (the config network's is the config's: `serviceMtu`).
+ */
 const runtimeArb = fc.record({
   extra: fc.boolean(),
   nat: fc.boolean(),
+  serviceMtu: mtuArb,
+  extraMtu: mtuArb,
   taps: fc.uniqueArray(fc.record({
     host: fc.integer({ min: 10, max: 40 }), onExtra: fc.boolean(), named: fc.boolean(), mac: fc.option(macArb, { nil: undefined }),
   }), { selector: (t) => `${t.onExtra}-${t.host}`, maxLength: 8 }),
   netns: fc.uniqueArray(fc.record({ ns: fc.constantFrom(...NAMESPACES), host: fc.integer({ min: 41, max: 60 }), mac: fc.option(macArb, { nil: undefined }) }),
     { selector: (n) => n.ns, maxLength: 3 }),
-}).map(({ extra, nat, taps, netns }) => {
-  const networks: Record<string, NetworkInput> = extra ? { extra: { gateway: "172.31.17.1/24", ...(nat ? { natOutgoing: true } : {}) } } : {};
+}).map(({ extra, nat, serviceMtu, extraMtu, taps, netns }) => {
+  const networks: Record<string, NetworkInput> = extra
+    ? { extra: { gateway: "172.31.17.1/24", ...(nat ? { natOutgoing: true } : {}), ...(extraMtu !== undefined ? { mtu: extraMtu } : {}) } } : {};
   const endpoints: EndpointInput[] = [
     ...taps.map((t) => {
       const network = t.onExtra && extra ? "extra" : "service";
@@ -51,11 +58,16 @@ const runtimeArb = fc.record({
   ];
   // One endpoint per IP (a named tap on "extra" falls back to "service" when there is no extra network).
   const seen = new Set<string>();
-  return { networks, endpoints: endpoints.filter((e) => !seen.has(e.ip) && seen.add(e.ip)) };
+  return { networks, endpoints: endpoints.filter((e) => !seen.has(e.ip) && seen.add(e.ip)), serviceMtu };
 });
 
-function resolve(state: { networks: Record<string, NetworkInput>; endpoints: EndpointInput[] }): DesiredState {
-  const r = resolveDesired({ configNetworks: CONFIG, runtimeNetworks: state.networks, endpoints: state.endpoints });
+type Runtime = { networks: Record<string, NetworkInput>; endpoints: EndpointInput[]; serviceMtu?: number | undefined };
+
+/** The config's networks for a generated state. */
+const configOf = (state: Runtime) => (state.serviceMtu !== undefined ? { service: { ...CONFIG.service, mtu: state.serviceMtu } } : CONFIG);
+
+function resolve(state: Runtime): DesiredState {
+  const r = resolveDesired({ configNetworks: configOf(state), runtimeNetworks: state.networks, endpoints: state.endpoints });
   if (!r.ok) throw new Error(r.error);
   return r.value;
 }
@@ -88,6 +100,8 @@ const DRIFTS: Record<string, Drift> = {
   "link deleted": (s, p) => { const l = nth(owned(s), p); if (l) applyToModelInPlace(s, [{ subject: "x", op: "link.delete", device: l.name }]); },
   "link in the teardown group": (s, p) => { const l = nth(owned(s), p); if (l) l.group = 95; },
   "mac changed": (s, p) => { const l = nth(owned(s), p); if (l) l.mac = "02:42:42:42:42:42"; },
+  "mtu changed": (s, p) => { const l = nth(owned(s), p); if (l) l.mtu = 1280; },
+  "inner mtu changed": (s) => { for (const ns of s.netns.values()) if (ns.inner) ns.inner.mtu = 1280; },
   "rp_filter reset": (s, p) => { const l = nth(owned(s), p); const e = l && s.sysctls.get(l.name); if (e) e.rpFilter = "0"; },
   "proxy_arp reset": (s, p) => { const l = nth(owned(s), p); const e = l && s.sysctls.get(l.name); if (e) e.proxyArp = "0"; },
   "stale route of ours": (s, p) => { const l = nth(owned(s), p); if (l) s.routes.push({ dst: `172.31.16.${200 + (p % 50)}/32`, device: l.name, protocol: 94, scope: 253, type: "unicast", metric: 0 }); },
@@ -182,7 +196,8 @@ describe("planning (properties)", () => {
       const p = plan(d, converge(d, host.observed), settings);
       for (const c of p.endpoints) {
         if (c.conflict || c.pending) continue;
-        expect(c.link && c.routeOk && c.neighbourOk && c.up && c.groupOk && c.macOk && c.badSysctls.length === 0).toBeTruthy();
+        expect(c.link && c.routeOk && c.neighbourOk && c.up && c.groupOk && c.macOk && c.mtuOk && c.badSysctls.length === 0).toBeTruthy();
+        expect(c.link?.mtu).toBe(d.networks.find((n) => n.name === c.endpoint.network)?.guest.mtu ?? 1500);
         if (c.endpoint.kind === "netns") expect(c.innerOk).toBe(true);
       }
       // Nothing of ours beyond the desired: no owned endpoint device or proto-94 route that no endpoint explains.
@@ -226,16 +241,19 @@ describe("planning (properties)", () => {
 
 describe("rebuilding runtime state from the kernel (properties)", () => {
   it("gives back the runtime state that produced the host, for any runtime state", () => {
-    fc.assert(fc.property(runtimeArb, (want) => {
+    // A runtime network's guest settings (its MTU among them) are in no object of its own in the kernel: not rebuilt.
+    const withoutRuntimeMtu = (s: Runtime): Runtime =>
+      ({ ...s, networks: Object.fromEntries(Object.entries(s.networks).map(([name, { mtu: _, ...n }]) => [name, n])) });
+    fc.assert(fc.property(runtimeArb.map(withoutRuntimeMtu), (want) => {
       const d = resolve(want);
       const kernel = converge(d, observedWithNetns(...NAMESPACES));
       const veths = new Map(d.endpoints.filter((e) => e.netns).map((e) => [e.device, e.netns!]));
       // The NAT table as the reconciler writes it: natOutgoing is read back from it.
-      const rebuilt = rebuildRuntimeState(kernel, veths, desiredNat(d), CONFIG);
+      const rebuilt = rebuildRuntimeState(kernel, veths, desiredNat(d), configOf(want));
       expect(rebuilt.problems).toEqual([]);
       // Same resolved endpoints (names, MACs, namespaces), whatever the input spelled out.
       const key = (x: DesiredState) => JSON.stringify([x.networks, [...x.endpoints].sort((a, b) => a.id.localeCompare(b.id))]);
-      expect(key(resolve(rebuilt.state))).toBe(key(d));
+      expect(key(resolve({ ...rebuilt.state, serviceMtu: want.serviceMtu }))).toBe(key(d));
     }), { numRuns: 300 });
   });
 

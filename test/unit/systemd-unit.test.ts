@@ -53,6 +53,11 @@ const PROGRAMS: Record<string, Program> = {
       + "tcpdump needs CAP_SETUID, which the unit does not grant), and it still calls initgroups() (CAP_SETGID, setgroups)",
   },
   virsh: { families: ["AF_UNIX"], why: "libvirtd's socket" },
+  dnsmasq: {
+    families: ["AF_INET", "AF_NETLINK"], capabilities: ["CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID", "CAP_NET_ADMIN"],
+    why: "DHCP on the taps: binds UDP port 67 (CAP_NET_BIND_SERVICE), lists interfaces over rtnetlink, then becomes nobody "
+      + "(CAP_SETUID, CAP_SETGID) keeping CAP_NET_ADMIN",
+  },
   flock: { why: "the single-instance lock: flock(2) on a descriptor it is handed (nothing the unit restricts)" },
   stdbuf: { why: "runs `virsh event` line-buffered (a preloaded library; nothing of its own)" },
   modprobe: {
@@ -262,10 +267,12 @@ describe("the systemd unit allows what the daemon does", () => {
     expect(check(unitText, spawns)).toEqual([]);
   });
 
-  it("would catch the unit refusing a program what it needs (the unit without AF_PACKET, as it was, or without CAP_SETGID)", () => {
+  it("would catch the unit refusing a program what it needs (the unit without AF_PACKET, as it was, or without CAP_SETGID or CAP_NET_BIND_SERVICE)", () => {
     const without = (from: string, item: string) => unitText.replace(new RegExp(`^(${from}=.*) ${item}\\b`, "m"), "$1");
     expect(check(without("RestrictAddressFamilies", "AF_PACKET"), spawns)).toEqual([expect.stringMatching(/^tcpdump: RestrictAddressFamilies refuses AF_PACKET/)]);
-    expect(check(without("CapabilityBoundingSet", "CAP_SETGID"), spawns)).toEqual([expect.stringMatching(/^tcpdump: CapabilityBoundingSet lacks CAP_SETGID/)]);
+    expect(check(without("CapabilityBoundingSet", "CAP_SETGID"), spawns)).toEqual([
+      expect.stringMatching(/^dnsmasq: CapabilityBoundingSet lacks CAP_SETGID/), expect.stringMatching(/^tcpdump: CapabilityBoundingSet lacks CAP_SETGID/)]);
+    expect(check(without("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE"), spawns)).toEqual([expect.stringMatching(/^dnsmasq: CapabilityBoundingSet lacks CAP_NET_BIND_SERVICE/)]);
     expect(check(unitText + "[Service]\nSystemCallFilter=@system-service\nSystemCallFilter=~@mount\n", spawns))
       .toEqual(expect.arrayContaining([expect.stringMatching(/^ip: SystemCallFilter refuses mount\(\)/)]));
     expect(check(unitText, spawns.map((s) => (s.program === "tcpdump" ? { ...s, call: s.call.replace('"-Z", "root", ', "") } : s))))

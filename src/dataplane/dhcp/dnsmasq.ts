@@ -1,0 +1,199 @@
+import { constants } from "node:fs";
+import { access, chmod, mkdir, readFile, stat } from "node:fs/promises";
+import { dirname } from "node:path";
+import type { Logger } from "pino";
+import { superviseLines } from "../../child-lines.js";
+import type { DesiredState } from "../../model/types.js";
+import { writeFileAtomic } from "../../state/files.js";
+import { confPath, dhcpFiles, hostsPath, optsPath, pidPath, type DhcpFiles, type DhcpPaths } from "./files.js";
+
+// The DHCP manager's shell: one dnsmasq per host (Debian's dnsmasq-base),
+// started, configured and supervised by vmrouted (DESIGN.md, Guest addressing).
+// Its files are written whole (temporary + rename, mode 0644: dnsmasq reads
+// them as `nobody`); a change of hosts or options is a SIGHUP, which dnsmasq
+// handles between packets, so no exchange in flight is dropped; only a change
+// of networks (the main file) restarts it. If it dies it is started again
+// within RESTART_MS. Its log (stderr) is read for counts and for each lease
+// handed out. A dnsmasq left by an earlier vmrouted (killed before it could
+// stop its child) is found by its pid file, checked to be ours by its command
+// line naming our file, and stopped before ours starts: one per host.
+
+const RESTART_MS = 250;
+const MESSAGE = /DHCP(DISCOVER|OFFER|REQUEST|ACK|NAK|RELEASE|DECLINE|INFORM)\(([^)]*)\)\s*(\S+)?\s*(\S+)?/;
+export const DHCP_MESSAGES = ["DISCOVER", "OFFER", "REQUEST", "ACK", "NAK", "RELEASE", "DECLINE", "INFORM"] as const;
+
+export interface DhcpStatus {
+  /** off: no network has DHCP; running; starting (between a start or restart and dnsmasq's first line); failing. */
+  state: "off" | "starting" | "running" | "failing";
+  reason?: string;
+  pid?: number;
+  /** Endpoints dnsmasq answers for (static leases). */
+  hosts: number;
+  /** Times dnsmasq ended by itself and was started again. */
+  restarts: number;
+  messages: Record<string, number>;
+}
+
+export interface DhcpServerDeps {
+  paths: DhcpPaths;
+  log: Logger;
+  /** Each lease dnsmasq hands out or refuses (ACK, NAK), for metrics and tests. */
+  onMessage?: (type: string) => void;
+}
+
+export class DhcpServer {
+  private written: Partial<DhcpFiles> = {};
+  private child: ReturnType<typeof superviseLines> | undefined;
+  private pending: DesiredState | undefined;
+  private working: Promise<void> | undefined;
+  private restarting = false;
+  private lastError: string | undefined;
+  private started = false;
+  private restarts = 0;
+  private readonly messages: Record<string, number> = Object.fromEntries(DHCP_MESSAGES.map((m) => [m, 0]));
+  /** The last ACK per MAC: which address, when (status, doctor). */
+  readonly acks = new Map<string, { ip: string; at: string }>();
+
+  constructor(private readonly deps: DhcpServerDeps) {}
+
+  /** Follows the desired state; coalesced (the latest wins), never concurrent. */
+  update(state: DesiredState): Promise<void> {
+    this.pending = state;
+    this.working ??= this.drain().finally(() => (this.working = undefined));
+    return this.working;
+  }
+
+  private async drain(): Promise<void> {
+    while (this.pending) {
+      const state = this.pending;
+      this.pending = undefined;
+      try {
+        await this.follow(state);
+      } catch (e) {
+        this.fail((e as Error).message);
+      }
+    }
+  }
+
+  private async follow(state: DesiredState): Promise<void> {
+    const next = dhcpFiles(state, this.deps.paths);
+    if (!next) {
+      if (this.child) {
+        this.child.stop();
+        this.child = undefined;
+        this.deps.log.info("no network has DHCP: dnsmasq stopped");
+      }
+      this.written = {};
+      return;
+    }
+    const { dir } = this.deps.paths;
+    await mkdir(dir, { recursive: true, mode: 0o755 });
+    await chmod(dir, 0o755);
+    const unreadable = await untraversable(dir);
+    if (unreadable) throw new Error(`${unreadable} is not searchable by other users: dnsmasq (as nobody) could not read its hosts in ${dir}`);
+    const changed = { conf: next.conf !== this.written.conf, hosts: next.hosts !== this.written.hosts, opts: next.opts !== this.written.opts };
+    if (changed.hosts) await writeFileAtomic(hostsPath(this.deps.paths), next.hosts, false, 0o644);
+    if (changed.opts) await writeFileAtomic(optsPath(this.deps.paths), next.opts, false, 0o644);
+    if (changed.conf) await writeFileAtomic(confPath(this.deps.paths), next.conf, false, 0o644);
+    this.written = next;
+    if (!this.child) {
+      await this.stopLeftover();
+      this.start();
+    } else if (changed.conf) {
+      // Interfaces and ranges are read only at start.
+      this.restarting = true;
+      this.child.signal("SIGTERM");
+    } else if (changed.hosts || changed.opts) {
+      this.child.signal("SIGHUP");
+    }
+  }
+
+  private start(): void {
+    this.started = false;
+    this.child = superviseLines("dnsmasq", [`--conf-file=${confPath(this.deps.paths)}`], {
+      stream: "stderr", restartMs: RESTART_MS,
+      onLines: (text) => text.split("\n").forEach((l) => this.line(l)),
+      onExit: (how) => {
+        this.started = false;
+        if (this.restarting) {
+          this.restarting = false;
+          return;
+        }
+        this.restarts++;
+        this.deps.log.warn({ how, lastError: this.lastError }, "dnsmasq ended; starting it again");
+      },
+    });
+  }
+
+  private line(l: string): void {
+    const m = MESSAGE.exec(l);
+    if (m) {
+      const [, type, , first, second] = m;
+      this.messages[type!] = (this.messages[type!] ?? 0) + 1;
+      this.deps.onMessage?.(type!);
+      if (type === "ACK" && first && second) this.acks.set(second, { ip: first, at: new Date().toISOString() });
+      if (type === "ACK" || type === "NAK") this.deps.log.info({ mac: second, ip: first, line: l }, `dhcp ${type.toLowerCase()}`);
+      return;
+    }
+    if (l.endsWith(`read ${hostsPath(this.deps.paths)}`)) {
+      // A SIGHUP's re-read went through: an earlier "cannot read" is over.
+      this.lastError = undefined;
+      this.deps.log.debug({ line: l }, "dnsmasq");
+    } else if (/started, version/.test(l)) {
+      this.started = true;
+      this.lastError = undefined;
+      this.deps.log.info({ pid: this.child?.pid(), line: l }, "dnsmasq started");
+    } else if (/\b(failed|cannot|bad|unknown|illegal|error)\b/i.test(l)) {
+      this.fail(l.replace(/^dnsmasq(-dhcp)?(\[\d+\])?: /, ""));
+    } else {
+      this.deps.log.debug({ line: l }, "dnsmasq");
+    }
+  }
+
+  private fail(reason: string): void {
+    if (reason !== this.lastError) this.deps.log.error({ reason }, "dnsmasq: DHCP is not answered as desired");
+    this.lastError = reason;
+  }
+
+  /** A dnsmasq of an earlier vmrouted on this stateDir: ours if its command line names our file; stopped by its pid. */
+  private async stopLeftover(): Promise<void> {
+    const pid = Number((await readFile(pidPath(this.deps.paths), "utf8").catch(() => "")).trim());
+    if (!Number.isInteger(pid) || pid <= 1) return;
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    if (!cmdline.startsWith("dnsmasq") || !cmdline.includes(confPath(this.deps.paths))) return;
+    this.deps.log.info({ pid }, "stopping the dnsmasq an earlier vmrouted left running");
+    process.kill(pid, "SIGTERM");
+    for (let i = 0; i < 50 && (await alive(pid)); i++) await new Promise((r) => setTimeout(r, 20));
+    if (await alive(pid)) process.kill(pid, "SIGKILL");
+  }
+
+  status(): DhcpStatus {
+    const hosts = this.written.served?.length ?? 0;
+    const common = { hosts, restarts: this.restarts, messages: { ...this.messages } };
+    if (!this.child) return { state: this.lastError ? "failing" : "off", ...(this.lastError ? { reason: this.lastError } : {}), ...common };
+    const pid = this.child.pid();
+    if (this.lastError) return { state: "failing", reason: this.lastError, ...(pid ? { pid } : {}), ...common };
+    return { state: this.started && pid ? "running" : "starting", ...(pid ? { pid } : {}), ...common };
+  }
+
+  /** The endpoints answered for now (the hosts file as written). */
+  served(): NonNullable<DhcpFiles["served"]> {
+    return this.written.served ?? [];
+  }
+
+  stop(): void {
+    this.child?.stop();
+    this.child = undefined;
+  }
+}
+
+const alive = (pid: number) => access(`/proc/${pid}`).then(() => true, () => false);
+
+/** The first ancestor of dir that other users cannot search, if any. */
+async function untraversable(dir: string): Promise<string | undefined> {
+  for (let d = dir; ; d = dirname(d)) {
+    const mode = (await stat(d)).mode;
+    if ((mode & constants.S_IXOTH) === 0) return d;
+    if (d === dirname(d)) return undefined;
+  }
+}
