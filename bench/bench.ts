@@ -94,6 +94,7 @@ async function convergeAndIdle(results: Results): Promise<void> {
       const spec = join(dir, `spec-${n}.json`), empty = join(dir, "spec-0.json");
       await writeFile(spec, JSON.stringify({ endpoints: Array.from({ length: n }, (_, i) => ({ kind: "tap", network: "service", ip: ipOf(i) })) }));
       await writeFile(empty, "{}");
+      const dhcp: number[] = [];
       const s = { fUp: [] as number[], fDown: [] as number[], vUp: [] as number[], vDown: [] as number[], bUp: [] as number[], bDown: [] as number[], repair: [] as number[] };
       for (let r = 0; r < ROUNDS; r++) {
         // The floor.
@@ -108,9 +109,13 @@ async function convergeAndIdle(results: Results): Promise<void> {
 
         // vmrouted: one declarative apply, as an operator runs it (the CLI's start counts).
         t0 = performance.now();
+        const wall = Date.now();
         const applied = await daemon.ctl(["-o", "json", "apply", "-f", spec]);
         check(applied.exitCode === 0, `apply: ${applied.stderr}`);
         s.vUp.push(await until(t0, async () => (await birdCount()) === n, "vmrouted announcements"));
+        // DHCP: dnsmasq's own confirmation that it read the hosts file with all n (vmrouted logs it with its time).
+        await until(t0, async () => dhcpLoaded(daemon!, n, wall) !== undefined, "dnsmasq to read all the leases", 100);
+        dhcp.push(dhcpLoaded(daemon, n, wall)! - wall);
         const k = await kernel("94");
         check(k.routes === n && k.taps === n, `vmrouted kernel state: ${JSON.stringify(k)}`);
 
@@ -141,6 +146,7 @@ async function convergeAndIdle(results: Results): Promise<void> {
       results.converge[n] = { floor: summarize(s.fUp), vmrouted: summarize(s.vUp), ...(s.bUp.length ? { baseline: summarize(s.bUp) } : {}) };
       results.teardown[n] = { floor: summarize(s.fDown), vmrouted: summarize(s.vDown), ...(s.bDown.length ? { baseline: summarize(s.bDown) } : {}) };
       if (s.repair.length) results.repair = { endpoints: n, ms: summarize(s.repair) };
+      results.dhcp = { ...results.dhcp, [n]: summarize(dhcp) };
     }
   } finally {
     injector?.close();
@@ -150,6 +156,16 @@ async function convergeAndIdle(results: Results): Promise<void> {
     await lab.destroy();
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** When (epoch ms, from the daemon's log) dnsmasq first confirmed reading a hosts file with `n` entries after `since`. */
+function dhcpLoaded(daemon: Daemon, n: number, since: number): number | undefined {
+  for (const line of daemon.log.split("\n")) {
+    if (!line.includes('"msg":"dnsmasq loaded its hosts"')) continue;
+    const l = JSON.parse(line) as { time: number; hosts: number };
+    if (l.hosts === n && l.time >= since) return l.time;
+  }
+  return undefined;
 }
 
 /** ms from the kernel's event for `ip`'s /32 deleted by hand to its event for the route back (read as vmrouted reads them). */

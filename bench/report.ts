@@ -37,6 +37,8 @@ export interface Results {
   converge: Record<number, SideBySide>;
   teardown: Record<number, SideBySide>;
   repair?: { endpoints: number; ms: Summary };
+  /** From `apply -f` of N taps to dnsmasq confirming it read a hosts file with all N (it answers each from then on). */
+  dhcp?: Record<number, Summary>;
   hook?: { noHook: Summary; hook: Summary; addedMs: number; rounds: number };
   footprint: Footprint[];
   learned?: {
@@ -64,6 +66,8 @@ export function markdown(r: Results): string {
       rows.push(`| ${what} | ${n} | ${spread(p.floor)} | ${spread(p.vmrouted)} | ${ratio.toFixed(2)} (${over >= 0 ? "+" : ""}${t(over)}) | ` +
         `${p.baseline ? `${spread(p.baseline)} (${(p.baseline.median / p.vmrouted.median).toFixed(1)}x slower)` : "–"} | ${goal} |`);
     }
+  for (const [n, s] of Object.entries(r.dhcp ?? {}))
+    rows.push(`| DHCP follows: apply -f → dnsmasq has read all N static leases (its own "read" line) | ${n} | – | ${spread(s)} | – | – | against converge ${r.converge[Number(n)] ? t(r.converge[Number(n)]!.vmrouted.median) : "–"} |`);
   if (r.repair) rows.push(`| repair: a /32 deleted by hand, back by its event (kernel event to kernel event, ${r.repair.ms.samples.length} samples) | ${r.repair.endpoints} | – | ${spread(r.repair.ms)} | – | – | < 100 ms: ${met(r.repair.ms.median < 100)} |`);
   if (r.hook)
     rows.push(`| \`virsh start\`, one routed interface (${r.hook.rounds} each, interleaved) | 1 | ${spread(r.hook.noHook)} (no hook) | ${spread(r.hook.hook)} | ` +

@@ -15,6 +15,8 @@ bash scripts/setup.sh
 ID=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
 HOST="vmrd-$ID-host"; HOST2="vmrd-$ID-host2"; RR="vmrd-$ID-rr"; TASK="vmrd-$ID-task"; FABRIC="vmrd-$ID-fab"
 WORK=$(mktemp -d /tmp/vmrouted-demo.XXXXXX)
+# Searchable by others: each vmrouted's dnsmasq reads its hosts (beside the API socket) as nobody.
+chmod 755 "$WORK"
 SOCK="$WORK/vmrouted.sock"; SOCK2="$WORK/vmrouted2.sock"
 LV="$WORK/libvirt"; LV2="$WORK/libvirt2"
 VIRSH=(virsh -q -c "qemu:///system?socket=$LV/run/libvirt-sock")

@@ -144,7 +144,7 @@ Version: $debversion
 Architecture: all
 Maintainer: $MAINTAINER
 Installed-Size: $size
-Depends: nodejs (>= 20), iproute2, gobgpd, nftables, curl
+Depends: nodejs (>= 20), iproute2, gobgpd, nftables, curl, dnsmasq-base
 Recommends: libvirt-daemon, tcpdump
 Section: net
 Priority: optional

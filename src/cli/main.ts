@@ -97,8 +97,19 @@ export function buildProgram(out: (s: string) => void): Command {
   const network = program.command("network").description("gateways (routed networks)");
   network.command("add").argument("<name>").argument("<gateway>", "gateway address with prefix, e.g. 172.31.17.1/24")
     .option("--nat-outgoing", "masquerade traffic from the network to destinations outside every vmrouted network")
-    .action(async (name: string, gateway: string, o: { natOutgoing?: boolean }) => {
-      const s = await api<Status>("POST", "/v1/networks", { name, gateway, ...(o.natOutgoing ? { natOutgoing: true } : {}) });
+    .option("--no-dhcp", "vmrouted's dnsmasq does not answer DHCP on this network's taps")
+    .option("--mtu <bytes>", "MTU of the taps and veths, and DHCP option 26 (68-65535)")
+    .option("--dns <addresses>", "DNS servers handed out by DHCP, comma-separated")
+    .option("--domain <name>", "search domain handed out by DHCP")
+    .option("--lease-seconds <seconds>", "DHCP lease time (at least 120)")
+    .action(async (name: string, gateway: string, o: { natOutgoing?: boolean; dhcp: boolean; mtu?: string; dns?: string; domain?: string; leaseSeconds?: string }) => {
+      // Numbers are sent as given (a word stays a word): the daemon's one check names what is wrong.
+      const num = (v: string) => (/^-?\d+(\.\d+)?$/.test(v) ? Number(v) : v);
+      const s = await api<Status>("POST", "/v1/networks", {
+        name, gateway, ...(o.natOutgoing ? { natOutgoing: true } : {}), ...(o.dhcp === false ? { dhcp: false } : {}),
+        ...(o.mtu !== undefined ? { mtu: num(o.mtu) } : {}), ...(o.dns !== undefined ? { dns: o.dns.split(",").filter(Boolean) } : {}),
+        ...(o.domain !== undefined ? { domain: o.domain } : {}), ...(o.leaseSeconds !== undefined ? { leaseSeconds: num(o.leaseSeconds) } : {}),
+      });
       await show(s.networks.find((n) => n.name === name), () => networksTable(s.networks.filter((n) => n.name === name)));
     });
   network.command("remove").argument("<name>").action(async (name: string) => {

@@ -167,6 +167,14 @@ describe("DHCP on vmrouted's taps", () => {
       expect(error).toContain(text);
       expect(error).not.toContain("\n");
     }
+    // The same through the CLI: one line on stderr, exit non-zero.
+    for (const [flags, text] of [[["--mtu", "40"], "mtu: must be between 68 and 65535"], [["--dns", "10.1.0.53,dns.example"], "dns.1: must be an IPv4 address"],
+      [["--lease-seconds", "0"], "leaseSeconds: must be at least 120"], [["--mtu", "big"], "mtu: must be a number"]] as const) {
+      const r = await daemon.ctl(["network", "add", "extra", "172.31.40.1/24", ...flags]);
+      expect(r.exitCode, flags.join(" ")).not.toBe(0);
+      expect(r.stderr.trim().split("\n")).toHaveLength(1);
+      expect(r.stderr).toContain(text);
+    }
     expect(JSON.stringify((await daemon.status()).networks)).toBe(before);
   });
 });

@@ -135,7 +135,7 @@ describe("the package", () => {
     expect(await field("Package")).toBe("vmrouted");
     expect(await field("Version")).toBe(debVersion(version));
     expect(await field("Architecture")).toBe("all");
-    expect(await field("Depends")).toBe("nodejs (>= 20), iproute2, gobgpd, nftables, curl");
+    expect(await field("Depends")).toBe("nodejs (>= 20), iproute2, gobgpd, nftables, curl, dnsmasq-base");
     expect(await field("Recommends")).toBe("libvirt-daemon, tcpdump");
     const info = (await sh("dpkg-deb", ["-I", deb])).stdout;
     for (const script of ["postinst", "prerm", "postrm", "conffiles", "md5sums"]) expect(info).toContain(` ${script}`);

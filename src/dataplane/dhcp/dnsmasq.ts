@@ -27,8 +27,10 @@ export interface DhcpStatus {
   state: "off" | "starting" | "running" | "failing";
   reason?: string;
   pid?: number;
-  /** Endpoints dnsmasq answers for (static leases). */
+  /** Endpoints in vmrouted's hosts file (static leases). */
   hosts: number;
+  /** Endpoints in the last hosts file dnsmasq confirmed reading: it answers those. */
+  loaded: number;
   /** Times dnsmasq ended by itself and was started again. */
   restarts: number;
   messages: Record<string, number>;
@@ -50,6 +52,10 @@ export class DhcpServer {
   private lastError: string | undefined;
   private started = false;
   private restarts = 0;
+  /** Host counts of the files dnsmasq was told to read (start, SIGHUP), oldest first: its "read" lines confirm them in order. */
+  private readonly asked: number[] = [];
+  /** Hosts in the last file dnsmasq confirmed reading. */
+  private loaded = 0;
   private readonly messages: Record<string, number> = Object.fromEntries(DHCP_MESSAGES.map((m) => [m, 0]));
   /** The last ACK per MAC: which address, when (status, doctor). */
   readonly acks = new Map<string, { ip: string; at: string }>();
@@ -104,17 +110,23 @@ export class DhcpServer {
       this.restarting = true;
       this.child.signal("SIGTERM");
     } else if (changed.hosts || changed.opts) {
+      this.asked.push(next.served.length);
       this.child.signal("SIGHUP");
     }
   }
 
   private start(): void {
     this.started = false;
+    this.asked.length = 0;
+    this.asked.push(this.written.served?.length ?? 0);
     this.child = superviseLines("dnsmasq", [`--conf-file=${confPath(this.deps.paths)}`], {
       stream: "stderr", restartMs: RESTART_MS,
       onLines: (text) => text.split("\n").forEach((l) => this.line(l)),
       onExit: (how) => {
         this.started = false;
+        // The same files are read again at the restart.
+        this.asked.length = 0;
+        this.asked.push(this.written.served?.length ?? 0);
         if (this.restarting) {
           this.restarting = false;
           return;
@@ -136,9 +148,11 @@ export class DhcpServer {
       return;
     }
     if (l.endsWith(`read ${hostsPath(this.deps.paths)}`)) {
-      // A SIGHUP's re-read went through: an earlier "cannot read" is over.
+      // A start's or SIGHUP's read went through: an earlier "cannot read" is over. Logged: from here
+      // dnsmasq answers every endpoint of that file (the bench times apply → this line).
       this.lastError = undefined;
-      this.deps.log.debug({ line: l }, "dnsmasq");
+      this.loaded = this.asked.shift() ?? this.written.served?.length ?? 0;
+      this.deps.log.info({ hosts: this.loaded }, "dnsmasq loaded its hosts");
     } else if (/started, version/.test(l)) {
       this.started = true;
       this.lastError = undefined;
@@ -169,7 +183,7 @@ export class DhcpServer {
 
   status(): DhcpStatus {
     const hosts = this.written.served?.length ?? 0;
-    const common = { hosts, restarts: this.restarts, messages: { ...this.messages } };
+    const common = { hosts, loaded: this.loaded, restarts: this.restarts, messages: { ...this.messages } };
     if (!this.child) return { state: this.lastError ? "failing" : "off", ...(this.lastError ? { reason: this.lastError } : {}), ...common };
     const pid = this.child.pid();
     if (this.lastError) return { state: "failing", reason: this.lastError, ...(pid ? { pid } : {}), ...common };
