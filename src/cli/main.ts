@@ -137,7 +137,8 @@ export function buildProgram(out: (s: string) => void): Command {
   const netns = program.command("netns").description("container/task namespaces, connected by a veth pair");
   netns.command("add").argument("<netns>", "named network namespace (/run/netns/NAME)")
     .requiredOption("--network <name>").requiredOption("--ip <address>").option("--mac <mac>", "MAC of eth0 inside the namespace")
-    .action(async (name: string, o: { network: string; ip: string; mac?: string }) => {
+    .option("--resolv-conf", "write the network's DNS servers and domain into /etc/netns/NETNS/resolv.conf")
+    .action(async (name: string, o: { network: string; ip: string; mac?: string; resolvConf?: boolean }) => {
       const s = await api<Status>("POST", "/v1/endpoints", { kind: "netns", netns: name, ...o });
       const e = s.endpoints.find((x) => x.kind === "netns" && x.ip === o.ip);
       await show(e, () => endpointOf(s, (x) => x.kind === "netns" && x.ip === o.ip));

@@ -18,6 +18,7 @@ import { applyPlan } from "../dataplane/apply.js";
 import { detectGatewayKind } from "../dataplane/capabilities.js";
 import { applyNft, listNatTable } from "../dataplane/nft.js";
 import { DhcpServer } from "../dataplane/dhcp/dnsmasq.js";
+import { ResolvConfWriter } from "../dataplane/resolv-conf.js";
 import { groupMembers, observe } from "../dataplane/observe.js";
 import { changedScope } from "../dataplane/scope.js";
 import { InputError } from "../model/errors.js";
@@ -132,6 +133,7 @@ async function main(argv: string[]): Promise<void> {
     onMessage: (type) => metrics.dhcpMessages.inc({ type }),
   });
   metrics.attachDhcp(dhcp);
+  const resolvConf = new ResolvConfWriter(log);
   let dhcpFollowing = false;
   // Every published change marks what it changed dirty; the pass that follows covers just that.
   store.subscribe((next, previous, reason) => {
@@ -140,6 +142,7 @@ async function main(argv: string[]): Promise<void> {
     void reconciler.mark(changedScope(before.state, after.state), trigger);
     if (before.imports !== after.imports) refusals.note(after.imports);
     if (dhcpFollowing) void dhcp.update(after.state);
+    void resolvConf.update(after.state);
   });
   const settled = () => reconciler.flush();
 
@@ -252,6 +255,7 @@ async function main(argv: string[]): Promise<void> {
   // dnsmasq starts once the signals stop it with us (a child started before the handlers would be left behind).
   dhcpFollowing = true;
   void dhcp.update(desired());
+  void resolvConf.update(desired());
 }
 
 async function createAnnouncer(

@@ -130,6 +130,7 @@ export function resolveEndpoint(input: EndpointInput, networks: Network[]): Resu
     ok: true,
     value: {
       id: endpointId("netns", input.ip), kind: "netns", network: network.name, ip: input.ip, mac,
+      ...(input.resolvConf ? { resolvConf: true } : {}),
       device: vethName(network.name, input.ip), netns: input.netns,
     },
   };

@@ -46,6 +46,8 @@ const netnsInput = z
     ip: z.string(),
     mac: z.string().optional(),
     netns: z.string(),
+    /** Write the network's DNS servers and domain into /etc/netns/<netns>/resolv.conf (what `ip netns exec` shows as /etc/resolv.conf). */
+    resolvConf: z.boolean().optional(),
   })
   .strict();
 

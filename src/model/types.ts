@@ -42,6 +42,8 @@ export interface Endpoint {
   device: string;
   /** netns endpoints: the named network namespace the inner end lives in. */
   netns?: string;
+  /** netns endpoints: the namespace's resolver file is written from the network's DNS settings (dataplane/resolv-conf.ts). */
+  resolvConf?: boolean;
   /** vm endpoints: the libvirt domain. */
   domain?: string;
   /**

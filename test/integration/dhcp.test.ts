@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, readdir, readFile, rm, rmdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -43,6 +44,9 @@ const alive = async (pid: number) => (await readFile(`/proc/${pid}/cmdline`, "ut
 /** Renewals the guest reported as answered (udhcpc's "renew" event). */
 const renewals = async () => (await reports("guest1")).filter((l) => l.startsWith(`dhcp renew ${GUEST_IP}/24`)).length;
 
+/** /etc/netns was there before the test (resolvConf may make it): removed at the end otherwise, if empty. */
+const hadNetnsEtc = existsSync("/etc/netns");
+
 beforeAll(async () => {
   assertLabReady();
   rootBefore = await rootSnapshot();
@@ -68,6 +72,8 @@ afterAll(async () => {
   await stopChild(foreign);
   if (foreignDir) await rm(foreignDir, { recursive: true, force: true });
   for (const ns of [task, client, host]) await ns?.destroy();
+  if (task) await rm(join("/etc/netns", task.name), { recursive: true, force: true });
+  if (!hadNetnsEtc) await rmdir("/etc/netns").catch(() => undefined);
   console.log(`dhcp timings (ms): ${JSON.stringify(timings)}`);
   expect(await rootSnapshot()).toBe(rootBefore);
 });
@@ -75,7 +81,7 @@ afterAll(async () => {
 describe("DHCP on vmrouted's taps", () => {
   it("a guest with no static configuration gets exactly its address, prefix, router, MTU and DNS, then reaches its gateway and a task; a guest whose MAC vmrouted does not know gets nothing", async () => {
     await libvirt.defineGuest("guest1", { ip: "dhcp", ping: [GATEWAY, TASK_IP], watch: GATEWAY, renewSeconds: 2 });
-    for (const args of [["netns", "add", task.name, "--network", "service", "--ip", TASK_IP], ["iface", "add", "guest1", "--network", "service", "--ip", GUEST_IP]]) {
+    for (const args of [["netns", "add", task.name, "--network", "service", "--ip", TASK_IP, "--resolv-conf"], ["iface", "add", "guest1", "--network", "service", "--ip", GUEST_IP]]) {
       const r = await daemon.ctl(args);
       expect(r.exitCode, r.stderr).toBe(0);
     }
@@ -103,6 +109,30 @@ describe("DHCP on vmrouted's taps", () => {
     const metrics = (await daemon.request("GET", "/metrics")).body;
     expect(Number(/^vmrouted_dhcp_messages_total\{type="ACK"\} (\d+)/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(1);
   }, 300_000);
+
+  it("a task namespace that asks for it gets the network's DNS in its resolv.conf (what `ip netns exec` shows); someone else's is left alone; removed with the endpoint", async () => {
+    const shown = async (ns: Netns) => (await ns.exec(["cat", "/etc/resolv.conf"])).stdout;
+    await waitFor(async () => (await shown(task)).includes("nameserver 10.1.0.53"), 5000, "the task's resolv.conf");
+    expect((await shown(task)).split("\n").slice(1)).toEqual(["search lab.internal", "nameserver 10.1.0.53", "nameserver 10.1.0.54"]);
+    // A namespace whose resolv.conf someone else wrote: vmrouted does not overwrite it, and says so.
+    const other = await Netns.create(`vmrt-${id}-other`);
+    try {
+      await mkdir(join("/etc/netns", other.name), { recursive: true });
+      await writeFile(join("/etc/netns", other.name, "resolv.conf"), "nameserver 192.0.2.53\n");
+      const r = await daemon.ctl(["netns", "add", other.name, "--network", "service", "--ip", "172.31.16.21", "--resolv-conf"]);
+      expect(r.exitCode, r.stderr).toBe(0);
+      await waitFor(async () => daemon.log.includes("not writing a resolv.conf that vmrouted did not write"), 5000, "the refusal in the log");
+      expect(await shown(other)).toBe("nameserver 192.0.2.53"); // (execa drops the last newline)
+      expect((await daemon.ctl(["netns", "remove", other.name])).exitCode).toBe(0);
+      expect(await readFile(join("/etc/netns", other.name, "resolv.conf"), "utf8")).toBe("nameserver 192.0.2.53\n");
+    } finally {
+      await rm(join("/etc/netns", other.name), { recursive: true, force: true });
+      await other.destroy();
+    }
+    // Ours goes with the endpoint (the namespace itself stays: it is the task's).
+    expect((await daemon.ctl(["netns", "remove", task.name])).exitCode).toBe(0);
+    await waitFor(async () => !existsSync(join("/etc/netns", task.name)), 5000, "the task's resolv.conf and its directory to go");
+  });
 
   it("the guest's renewals are answered (vmrouted's dnsmasq, every 2 s)", async () => {
     const before = await renewals();
