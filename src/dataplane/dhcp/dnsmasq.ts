@@ -92,12 +92,14 @@ export class DhcpServer {
       this.written = {};
       return;
     }
+    const changed = { conf: next.conf !== this.written.conf, hosts: next.hosts !== this.written.hosts, opts: next.opts !== this.written.opts };
+    // Most published changes (learned routes, claims) change nothing here.
+    if (this.child && !changed.conf && !changed.hosts && !changed.opts) return;
     const { dir } = this.deps.paths;
     await mkdir(dir, { recursive: true, mode: 0o755 });
     await chmod(dir, 0o755);
     const unreadable = await untraversable(dir);
     if (unreadable) throw new Error(`${unreadable} is not searchable by other users: dnsmasq (as nobody) could not read its hosts in ${dir}`);
-    const changed = { conf: next.conf !== this.written.conf, hosts: next.hosts !== this.written.hosts, opts: next.opts !== this.written.opts };
     if (changed.hosts) await writeFileAtomic(hostsPath(this.deps.paths), next.hosts, false, 0o644);
     if (changed.opts) await writeFileAtomic(optsPath(this.deps.paths), next.opts, false, 0o644);
     if (changed.conf) await writeFileAtomic(confPath(this.deps.paths), next.conf, false, 0o644);
