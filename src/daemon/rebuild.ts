@@ -2,7 +2,8 @@ import { minimalCover, NAT_SET, type NatTable } from "../dataplane/nat.js";
 import type { ObservedState } from "../dataplane/observed.js";
 import { ALIAS_PREFIX } from "../dataplane/ownership.js";
 import { defaultGuestMac } from "../model/mac.js";
-import { gatewayDevice, tapName } from "../model/naming.js";
+import { gatewayDevice, tapName, vethName } from "../model/naming.js";
+import { DEFAULT_MTU } from "../dataplane/check.js";
 import { networkPrefix, resolveDesired, resolveNetworks } from "../model/resolve.js";
 import { parsePrefix, prefixContains } from "../model/ipv4.js";
 import type { EndpointInput, NetworkInput } from "../model/spec.js";
@@ -69,6 +70,14 @@ export function rebuildRuntimeState(
       if (!netns) problems.push(`veth ${l.device} (${ALIAS_PREFIX}netns:${l.ip}) has its peer in no named namespace`);
       else endpoints.push({ kind: "netns", network: network.name, ip: l.ip, ...mac, netns });
     }
+  }
+  // A runtime network's MTU is on its endpoints' devices (not on the gateway device): read back when they agree,
+  // so that rebuilding does not put a running VM's tap back to 1500. Its other guest settings are in no device.
+  for (const [name, network] of Object.entries(networks)) {
+    const mtus = new Set(endpoints.filter((e) => e.network === name)
+      .map((e) => observed.links.get(e.kind === "tap" ? (e.name ?? tapName(name, e.ip)) : vethName(name, e.ip))?.mtu));
+    const [mtu] = [...mtus];
+    if (mtus.size === 1 && mtu !== undefined && mtu !== DEFAULT_MTU) networks[name] = { ...network, mtu };
   }
   const state = { networks, endpoints };
   const check = resolveDesired({ configNetworks, runtimeNetworks: networks, endpoints });
