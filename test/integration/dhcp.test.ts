@@ -108,6 +108,8 @@ describe("DHCP on vmrouted's taps", () => {
     expect(daemon.log).not.toContain(UNKNOWN_MAC);
     const metrics = (await daemon.request("GET", "/metrics")).body;
     expect(Number(/^vmrouted_dhcp_messages_total\{type="ACK"\} (\d+)/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(1);
+    expect(metrics).toMatch(/^vmrouted_dhcp_running 1$/m);
+    expect((await daemon.doctor()).findings.find((f) => f.check === "dhcp")).toMatchObject({ result: "ok", message: expect.stringContaining("answering 2 endpoint(s)") });
   }, 300_000);
 
   it("a task namespace that asks for it gets the network's DNS in its resolv.conf (what `ip netns exec` shows); someone else's is left alone; removed with the endpoint", async () => {

@@ -207,6 +207,7 @@ const statusSchema = z.object({
     // A held entry (kept as found) may not know its guest's MAC.
     mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/).or(z.literal("")), device: z.string().max(15), netns: z.string().optional(), domain: z.string().optional(),
     held: z.boolean().optional(), duplicate: z.string().ip({ version: "v4" }).optional(),
+    dhcp: z.object({ served: z.boolean(), lastAck: z.string().datetime().optional() }).strict().optional(),
     elevated: z.boolean().optional(), migration: z.enum(["normal", "target", "settling", "source"]).optional(), state, reason: z.string(),
     conditions: z.object({
       device: z.boolean(), up: z.boolean(), carrier: z.boolean(), route: z.boolean(), neighbour: z.boolean(), sysctls: z.boolean(),
@@ -236,6 +237,11 @@ const statusSchema = z.object({
     gatewayKind: z.string(), gatewayKindReason: z.string().optional(), routeProtocol: z.number(), learnedProtocol: z.number(), netdevGroup: z.number(),
     nat: z.object({ wanted: z.boolean(), state: z.enum(["ready", "absent", "degraded"]), reason: z.string() }).strict(),
   }).strict(),
+  dhcp: z.object({
+    state: z.enum(["off", "starting", "running", "failing"]), reason: z.string().optional(), pid: z.number().int().positive().optional(),
+    hosts: z.number().int().nonnegative(), loaded: z.number().int().nonnegative(), restarts: z.number().int().nonnegative(),
+    messages: z.record(z.number().int().nonnegative()),
+  }).strict().optional(),
   reconcile: z.object({
     at: z.string().datetime().optional(), durationMs: z.number().optional(), passes: z.number(), operationsApplied: z.number(),
     passesByTrigger: z.record(z.number().int().positive()),
