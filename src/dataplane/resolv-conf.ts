@@ -3,6 +3,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import type { DesiredState } from "../model/types.js";
 import { writeFileAtomic } from "../state/files.js";
+import { LatestOnly } from "../latest-only.js";
 
 // A netns endpoint's resolver file, when its spec asks (`resolvConf: true`):
 // /etc/netns/<netns>/resolv.conf, which `ip netns exec` bind-mounts over
@@ -36,8 +37,6 @@ export function resolvConfs(state: DesiredState): Map<string, string> {
 }
 
 export class ResolvConfWriter {
-  private working: Promise<void> | undefined;
-  private pending: DesiredState | undefined;
   /** What was last followed: an unchanged set is not looked at again (every published change calls update). */
   private last: string | undefined;
   /** netns whose resolver file is someone else's (not written), for status. */
@@ -45,25 +44,16 @@ export class ResolvConfWriter {
 
   constructor(private readonly log: Logger, private readonly base = NETNS_ETC) {}
 
-  update(state: DesiredState): Promise<void> {
-    this.pending = state;
-    this.working ??= this.drain().finally(() => (this.working = undefined));
-    return this.working;
-  }
+  private readonly following = new LatestOnly<DesiredState>(async (state) => {
+    const wanted = resolvConfs(state);
+    const key = JSON.stringify([...wanted]);
+    if (key === this.last) return;
+    await this.follow(wanted);
+    this.last = key; // a failed write is tried again at the next change
+  }, (e) => this.log.error({ err: e.message }, "cannot write a task namespace's resolv.conf"));
 
-  private async drain(): Promise<void> {
-    while (this.pending) {
-      const wanted = resolvConfs(this.pending);
-      this.pending = undefined;
-      const key = JSON.stringify([...wanted]);
-      if (key === this.last) continue;
-      try {
-        await this.follow(wanted);
-        this.last = key; // a failed write is tried again at the next change
-      } catch (e) {
-        this.log.error({ err: (e as Error).message }, "cannot write a task namespace's resolv.conf");
-      }
-    }
+  update(state: DesiredState): Promise<void> {
+    return this.following.offer(state);
   }
 
   private async follow(wanted: Map<string, string>): Promise<void> {

@@ -3,6 +3,7 @@ import { access, chmod, mkdir, readFile, stat } from "node:fs/promises";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
 import { superviseLines } from "../../child-lines.js";
+import { LatestOnly } from "../../latest-only.js";
 import type { DesiredState } from "../../model/types.js";
 import { writeFileAtomic } from "../../state/files.js";
 import { confPath, dhcpFiles, hostsPath, optsPath, pidPath, type DhcpFiles, type DhcpPaths } from "./files.js";
@@ -46,8 +47,6 @@ export interface DhcpServerDeps {
 export class DhcpServer {
   private written: Partial<DhcpFiles> = {};
   private child: ReturnType<typeof superviseLines> | undefined;
-  private pending: DesiredState | undefined;
-  private working: Promise<void> | undefined;
   private restarting = false;
   private lastError: string | undefined;
   private started = false;
@@ -62,23 +61,11 @@ export class DhcpServer {
 
   constructor(private readonly deps: DhcpServerDeps) {}
 
+  private readonly following = new LatestOnly<DesiredState>((state) => this.follow(state), (e) => this.fail(e.message));
+
   /** Follows the desired state; coalesced (the latest wins), never concurrent. */
   update(state: DesiredState): Promise<void> {
-    this.pending = state;
-    this.working ??= this.drain().finally(() => (this.working = undefined));
-    return this.working;
-  }
-
-  private async drain(): Promise<void> {
-    while (this.pending) {
-      const state = this.pending;
-      this.pending = undefined;
-      try {
-        await this.follow(state);
-      } catch (e) {
-        this.fail((e as Error).message);
-      }
-    }
+    return this.following.offer(state);
   }
 
   private async follow(state: DesiredState): Promise<void> {
