@@ -28,7 +28,7 @@ fi
 PACKAGES=(iproute2 iputils-ping procps util-linux gobgpd bird2
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
   linux-image-cloud-amd64 busybox-static cpio nftables iptables systemd gnuplot-nox curl frr libxml2-utils virtinst
-  dpkg-dev lintian tcpdump exabgp dnsmasq-base)
+  dpkg-dev lintian tcpdump exabgp dnsmasq-base isc-dhcp-client)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

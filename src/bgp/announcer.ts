@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import type { BgpStatus } from "../daemon/status.js";
 import { toApiPath, type GobgpTransport, type PeerInfo } from "./gobgp.js";
-import { diffAnnouncements, pathFor, samePath, type AnnouncePolicy, type Announcement, type BgpPath } from "./paths.js";
+import { diffAnnouncements, pathsFor, samePath, usableNextHop6, type AnnouncePolicy, type Announcement, type BgpPath } from "./paths.js";
 
 // Keeps gobgpd's local paths equal to the newest set of ready endpoints, in a
 // loop of its own: the reconciler publishes the set and never waits. A gobgpd
@@ -45,9 +45,21 @@ export class Announcer {
   private stopped = false;
   private cancelWatch: (() => void) | undefined;
   private wake: (() => void) | undefined;
+  /**
+   * Ready endpoints with an ip6 whose /128 is not announced because this host has no
+   * IPv6 next hop (node.address6 unset, or unusable): shown in status and logged once.
+   */
+  withheld6 = 0;
 
   constructor(private readonly deps: AnnouncerDeps) {
     this.record = new Map(deps.record.map((p) => [p.prefix, p]));
+  }
+
+  /** Why some /128s are not announced, or undefined. */
+  get withheld6Reason(): string | undefined {
+    if (this.withheld6 === 0) return undefined;
+    return `${this.withheld6} endpoint IPv6 address(es) not announced: node.address6 (this host's IPv6 next hop) is ${
+      this.deps.policy.nextHop6 === undefined ? "not set" : `unusable (${this.deps.policy.nextHop6})`}`;
   }
 
   /**
@@ -56,7 +68,12 @@ export class Announcer {
    * (and is sent again to a restarted gobgpd); none is added.
    */
   setDesired(announcements: Announcement[], keep: ReadonlySet<string> = new Set()): void {
-    this.desired = new Map(announcements.map((a) => pathFor(a, this.deps.policy)).map((p) => [p.prefix, p]));
+    this.desired = new Map(announcements.flatMap((a) => pathsFor(a, this.deps.policy)).map((p) => [p.prefix, p]));
+    const withheld = usableNextHop6(this.deps.policy.nextHop6) ? 0 : announcements.filter((a) => a.ip6 !== undefined).length;
+    if (withheld > 0 && this.withheld6 === 0)
+      this.deps.log.warn({ endpoints: withheld, address6: this.deps.policy.nextHop6 ?? null }, "IPv6 /128s not announced: set node.address6 (this host's IPv6 next hop)");
+    else if (withheld === 0 && this.withheld6 > 0) this.deps.log.info("IPv6 /128s no longer withheld");
+    this.withheld6 = withheld;
     for (const prefix of keep) {
       const had = this.record.get(prefix);
       if (had && !this.desired.has(prefix)) this.desired.set(prefix, had);
@@ -73,8 +90,9 @@ export class Announcer {
     return n;
   }
 
+  /** The IPv4 address's /32, or the IPv6 address's /128 (RFC 5952 text, as endpoints have it). */
   isAnnounced(ip: string): boolean {
-    return this.isAnnouncedPrefix(`${ip}/32`);
+    return this.isAnnouncedPrefix(ip.includes(":") ? `${ip}/128` : `${ip}/32`);
   }
 
   private isAnnouncedPrefix(prefix: string): boolean {
@@ -103,14 +121,15 @@ export class Announcer {
    * gobgpd must not hang `vmroutectl status`; the last answer is shown then.
    */
   async status(): Promise<BgpStatus> {
-    let reason = this.state === "up" ? undefined : this.reason;
+    let reason = this.state === "up" ? this.withheld6Reason : this.reason;
     if (this.state === "up" && this.transport) {
       const ask = this.transport.listPeers().then((peers) => {
         this.peers = { list: peers, at: Date.now() };
         return undefined;
       }, (e: Error) => `cannot list peers: ${e.message}`);
       const late = new Promise<string>((r) => setTimeout(() => r("gobgpd did not answer ListPeer within 250 ms; peers as last seen"), 250).unref());
-      reason = (await Promise.race([ask, late])) ?? reason;
+      const [withheld, peerProblem] = [this.withheld6Reason, await Promise.race([ask, late])];
+      reason = [peerProblem, withheld].filter((x) => x !== undefined).join("; ") || undefined;
     }
     const peers = this.state === "up" ? this.peers.list : [];
     return { enabled: true, state: this.state, ...(reason ? { reason } : {}), peers, announced: this.announcedCount() };

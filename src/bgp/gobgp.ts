@@ -4,6 +4,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 import type { BgpPath } from "./paths.js";
 import { packaged } from "../layout.js";
+import { canonicalIpv6, isUnusableIpv6Host } from "../model/ipv6.js";
 
 // A typed client for the parts of gobgpd's API we use (proto/gobgp.proto).
 // Path attributes travel as google.protobuf.Any, so they are encoded (and, on
@@ -11,7 +12,8 @@ import { packaged } from "../layout.js";
 
 const PROTO = packaged?.proto ?? fileURLToPath(new URL("../../proto/gobgp.proto", import.meta.url));
 const TYPE_PREFIX = "type.googleapis.com/apipb.";
-const AFI_IP = 1, SAFI_UNICAST = 1, ORIGIN_IGP = 0;
+const AFI_IP = 1, AFI_IP6 = 2, SAFI_UNICAST = 1, ORIGIN_IGP = 0;
+const IPV4_UNICAST = { afi: AFI_IP, safi: SAFI_UNICAST }, IPV6_UNICAST = { afi: AFI_IP6, safi: SAFI_UNICAST };
 /** Paths per AddPathStream message: ~150 bytes each, far below gRPC's 4 MiB limit. */
 const PATHS_PER_MESSAGE = 1000;
 
@@ -53,19 +55,41 @@ function attributesOf(path: BgpPath): AnyMessage[] {
   return pattrs;
 }
 
-/** Our path as gobgpd's apipb.Path. */
-export function toApiPath(path: BgpPath, withdraw: boolean): ApiPath {
-  const [prefix, len] = path.prefix.split("/");
-  return {
-    nlri: any("IPAddressPrefix", { prefixLen: Number(len), prefix }),
-    pattrs: attributesOf(path),
-    family: { afi: AFI_IP, safi: SAFI_UNICAST },
-    isWithdraw: withdraw,
-  };
+/** The attributes an IPv6 path shares with its family's others (everything but MP_REACH_NLRI, which names the prefix). */
+const encodedAttributes6 = new Map<string, AnyMessage[]>();
+function commonAttributes6(path: BgpPath): AnyMessage[] {
+  const key = `${path.localPref ?? ""} ${path.communities.join(",")}`;
+  let pattrs = encodedAttributes6.get(key);
+  if (!pattrs) {
+    pattrs = [any("OriginAttribute", { origin: ORIGIN_IGP })];
+    if (path.communities.length) pattrs.push(any("CommunitiesAttribute", { communities: path.communities }));
+    if (path.localPref !== undefined) pattrs.push(any("LocalPrefAttribute", { localPref: path.localPref }));
+    if (encodedAttributes6.size > 64) encodedAttributes6.clear();
+    encodedAttributes6.set(key, pattrs);
+  }
+  return pattrs;
 }
 
 /**
- * A path of gobgpd's global RIB, decoded (IPv4 unicast only).
+ * Our path as gobgpd's apipb.Path. A /32: IPv4 unicast, NEXT_HOP. A /128: IPv6
+ * unicast (AFI 2, SAFI 1) with an MP_REACH_NLRI attribute carrying the IPv6 next
+ * hop and the prefix (gobgpd's api2Path takes both from it; with NEXT_HOP alone
+ * an IPv6 path would go out with the IPv4-mapped ::ffff:a.b.c.d). An IPv6 path
+ * whose next hop is not a routable IPv6 address is refused here.
+ */
+export function toApiPath(path: BgpPath, withdraw: boolean): ApiPath {
+  const [prefix, len] = path.prefix.split("/");
+  const nlri = any("IPAddressPrefix", { prefixLen: Number(len), prefix });
+  if (!prefix!.includes(":"))
+    return { nlri, pattrs: attributesOf(path), family: IPV4_UNICAST, isWithdraw: withdraw };
+  if (isUnusableIpv6Host(path.nextHop))
+    throw new Error(`refusing IPv6 path ${path.prefix} with next hop '${path.nextHop}': not a global or unique-local IPv6 address`);
+  const mpReach = any("MpReachNLRIAttribute", { family: IPV6_UNICAST, nextHops: [canonicalIpv6(path.nextHop)], nlris: [nlri] });
+  return { nlri, pattrs: [...commonAttributes6(path), mpReach], family: IPV6_UNICAST, isWithdraw: withdraw };
+}
+
+/**
+ * A path of gobgpd's global RIB, decoded (IPv4 and IPv6 unicast).
  *
  * Where a path came from: gobgpd gives every path a source (its PeerInfo).
  * A path received from a peer has the peer's address as `neighbor_ip`; a path
@@ -79,9 +103,12 @@ export function toApiPath(path: BgpPath, withdraw: boolean): ApiPath {
  * paths it is our own AS, so it tells nothing apart either).
  */
 export interface RibPath {
-  /** "a.b.c.d/len" */
+  /** "a.b.c.d/len", or "<ipv6>/len" (RFC 5952) */
   prefix: string;
-  /** NEXT_HOP, or else MP_REACH_NLRI's first next hop; "" when the path has neither (only withdrawals should). */
+  /**
+   * NEXT_HOP, or else MP_REACH_NLRI's first next hop (an IPv6 path's global next hop, RFC 5952;
+   * a link-local second one is left out); "" when the path has neither (only withdrawals should).
+   */
   nextHop: string;
   isWithdraw: boolean;
   localPref?: number;
@@ -104,8 +131,14 @@ export interface PeerInfo {
   state: string;
   uptimeSeconds?: number;
   prefixesSent?: number;
-  /** IPv4 unicast: graceful restart negotiated, and the peer's End-of-RIB received (all it has was sent). */
+  /**
+   * Graceful restart negotiated, and the peer's End-of-RIB received (all it has was sent): for
+   * IPv4 unicast, and for IPv6 unicast when the peer's capability names it (a reflector without
+   * IPv6 sends no IPv6 End-of-RIB, and must not be waited for).
+   */
   endOfRib?: { negotiated: boolean; received: boolean };
+  /** IPv6 unicast paths sent to the peer (without End-of-RIB markers); absent when the family is not configured. */
+  prefixesSent6?: number;
 }
 
 export interface GobgpTransport {
@@ -128,19 +161,20 @@ export interface BestPathWatch {
 /** The whole client: the announcer's transport plus the import side. */
 export interface GobgpClient extends GobgpTransport {
   /**
-   * Watches the best path of every IPv4 unicast prefix in gobgpd's global RIB.
+   * Watches the best path of every IPv4 and IPv6 unicast prefix in gobgpd's global RIB (one
+   * stream: gobgpd's best-path events carry every family).
    * The first call of onPaths (initial = true) is every current best path, a
    * snapshot, made even when there is none (a gobgpd without its global
    * config yet would send none: the watch then ends at once, try again). After it, each call is a batch of
    * changes, in order: per prefix, the newest entry is the current best path,
    * or a withdrawal (isWithdraw) when the prefix has no path left. A best path
    * replaced by another comes as the new best path, not as a withdrawal.
-   * Batches with no IPv4 unicast path are not passed on.
+   * Batches with no IPv4 or IPv6 unicast path are not passed on.
    */
   watchBestPaths(onPaths: (paths: RibPath[], initial: boolean) => void, onEnd?: (reason: string) => void): BestPathWatch;
-  /** The best path of every IPv4 unicast prefix of the global RIB (ListPath; streamed and decoded as it arrives). */
+  /** The best path of every IPv4 and IPv6 unicast prefix of the global RIB (one ListPath per family; streamed and decoded as it arrives). */
   listBestPaths(options?: { timeoutMs?: number }): Promise<RibPath[]>;
-  /** Every path (best or not) gobgpd's global RIB holds for these prefixes: who else announces them. */
+  /** Every path (best or not) gobgpd's global RIB holds for these prefixes (/32s and /128s): who else announces them. */
   listPathsOf(prefixes: string[]): Promise<RibPath[]>;
 }
 
@@ -158,8 +192,8 @@ interface RawPeer {
   timers?: { state?: { uptime?: { seconds?: number } } };
   gracefulRestart?: { enabled?: boolean };
   afiSafis?: Array<{
-    state?: { family?: { afi?: string }; advertised?: number };
-    mpGracefulRestart?: { state?: { enabled?: boolean; endOfRibReceived?: boolean } };
+    state?: { family?: { afi?: string; safi?: string }; advertised?: number };
+    mpGracefulRestart?: { state?: { enabled?: boolean; received?: boolean; endOfRibReceived?: boolean } };
   }>;
 }
 
@@ -205,10 +239,20 @@ const longToNumber = (v: number | { toNumber(): number } | undefined) => (v === 
 const NO_ADDRESS = new Set(["", "<nil>"]);
 
 function decodeWirePath(p: WirePath): RibPath | undefined {
-  if (p.family && (p.family.afi !== AFI_IP || p.family.safi !== SAFI_UNICAST)) return undefined;
+  if (p.family && ((p.family.afi !== AFI_IP && p.family.afi !== AFI_IP6) || p.family.safi !== SAFI_UNICAST)) return undefined;
   if (!p.nlri || typeName(p.nlri.type_url) !== "apipb.IPAddressPrefix") return undefined;
   const nlri = T.IPAddressPrefix.decode(p.nlri.value) as unknown as { prefix: string; prefixLen: number };
-  if (!nlri.prefix.includes(".") || nlri.prefix.includes(":")) return undefined; // an IPv6 prefix without a family
+  // The family, or without one the NLRI, says which; an NLRI of the other family is not this path.
+  const v6 = p.family ? p.family.afi === AFI_IP6 : nlri.prefix.includes(":");
+  let prefixText: string;
+  if (v6) {
+    const canonical = canonicalIpv6(nlri.prefix);
+    if (!canonical || nlri.prefixLen > 128) return undefined;
+    prefixText = canonical;
+  } else {
+    if (!nlri.prefix.includes(".") || nlri.prefix.includes(":")) return undefined;
+    prefixText = nlri.prefix;
+  }
   let nextHop = "", mpNextHop = "";
   let localPref: number | undefined, origin: number | undefined;
   let communities: number[] = [];
@@ -224,9 +268,11 @@ function decodeWirePath(p: WirePath): RibPath | undefined {
   }
   const isFromLocal = NO_ADDRESS.has(p.neighborIp);
   const age = longToNumber(p.age?.seconds);
+  let hop = nextHop || mpNextHop;
+  if (hop.includes(":")) hop = canonicalIpv6(hop) ?? hop;
   return {
-    prefix: `${nlri.prefix}/${nlri.prefixLen}`,
-    nextHop: nextHop || mpNextHop,
+    prefix: `${prefixText}/${nlri.prefixLen}`,
+    nextHop: hop,
     isWithdraw: p.isWithdraw,
     ...(localPref !== undefined ? { localPref } : {}),
     communities,
@@ -238,7 +284,7 @@ function decodeWirePath(p: WirePath): RibPath | undefined {
   };
 }
 
-/** An apipb.Path (wire bytes) as a RibPath; undefined for anything but IPv4 unicast, or a path that cannot be decoded. */
+/** An apipb.Path (wire bytes) as a RibPath; undefined for anything but IPv4 and IPv6 unicast, or a path that cannot be decoded. */
 export function decodePath(bytes: Uint8Array): RibPath | undefined {
   try {
     return decodeWirePath(T.Path.decode(bytes) as unknown as WirePath);
@@ -262,7 +308,7 @@ function decodePaths(paths: WirePath[], bestOnly: boolean): RibPath[] {
   return out;
 }
 
-/** One ListPathResponse (a destination): its best IPv4 unicast path(s), decoded. */
+/** One ListPathResponse (a destination): its best IPv4/IPv6 unicast path(s), decoded. */
 export function decodeListPathResponse(bytes: Uint8Array): RibPath[] {
   return decodeDestination(bytes, true);
 }
@@ -274,7 +320,7 @@ function decodeDestination(bytes: Uint8Array, bestOnly: boolean): RibPath[] {
 
 export type WatchEventDecoded = { kind: "table"; paths: RibPath[] } | { kind: "peer" } | { kind: "none" };
 
-/** One WatchEventResponse: a table event's IPv4 unicast paths, decoded. */
+/** One WatchEventResponse: a table event's IPv4 and IPv6 unicast paths, decoded. */
 export function decodeWatchEventResponse(bytes: Uint8Array): WatchEventDecoded {
   const m = T.WatchEventResponse.decode(bytes) as unknown as { table?: { paths: WirePath[] } | null; peer?: object | null };
   if (m.table) return { kind: "table", paths: decodePaths(m.table.paths, false) };
@@ -288,6 +334,20 @@ export function connectGobgp(address: string): GobgpClient {
   const client = new loaded.apipb.GobgpApi(address, grpc.credentials.createInsecure(), {
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
   }) as unknown as RawClient;
+  /** One family of the global RIB: best paths only, or every path of the given exact prefixes. */
+  const listFamily = (family: { afi: number; safi: number }, prefixes: string[], bestOnly: boolean, options: grpc.CallOptions) =>
+    new Promise<RibPath[]>((resolve, reject) => {
+      const paths: RibPath[] = [];
+      const stream = client.makeServerStreamRequest<object, RibPath[]>(
+        "/apipb.GobgpApi/ListPath", encoder(T.ListPathRequest), (b: Uint8Array) => decodeDestination(b, bestOnly),
+        { tableType: TABLE_GLOBAL, name: "", family, ...(prefixes.length ? { prefixes: prefixes.map((prefix) => ({ prefix, type: "EXACT" })) } : {}) },
+        options);
+      stream.on("data", (batch: RibPath[]) => {
+        for (const p of batch) paths.push(p);
+      });
+      stream.on("error", reject);
+      stream.on("end", () => resolve(paths));
+    });
   return {
     getBgp: () => new Promise((resolve, reject) => client.GetBgp({}, deadline(3000), (err, res) =>
       err ? reject(err) : resolve({ asn: res?.global?.asn ?? 0, routerId: res?.global?.routerId ?? "" }))),
@@ -303,14 +363,24 @@ export function connectGobgp(address: string): GobgpClient {
         // graceful restart configured includes one End-of-RIB marker per family
         // (server.go getBestFromLocal): not a prefix.
         const eor = peer.gracefulRestart?.enabled ? 1 : 0;
-        const sent = peer.afiSafis?.filter((a) => a.state?.family?.afi === "AFI_IP").reduce((n, a) => n + Math.max(0, (a.state?.advertised ?? 0) - eor), 0);
+        const sentOf = (afi: string) => peer.afiSafis?.filter((a) => a.state?.family?.afi === afi).reduce((n, a) => n + Math.max(0, (a.state?.advertised ?? 0) - eor), 0);
+        const sent = sentOf("AFI_IP");
+        const v6 = peer.afiSafis?.some((a) => a.state?.family?.afi === "AFI_IP6");
         const gr = peer.afiSafis?.find((a) => a.state?.family?.afi === "AFI_IP")?.mpGracefulRestart?.state;
+        // IPv6: gobgpd sets mp-graceful-restart's state "enabled" from its own config, so only the
+        // peer's capability naming the family ("received") says an IPv6 End-of-RIB will come.
+        const gr6 = peer.afiSafis?.find((a) => a.state?.family?.afi === "AFI_IP6")?.mpGracefulRestart?.state;
+        const waits6 = gr6?.enabled === true && gr6.received === true;
+        const endOfRib = gr || waits6
+          ? { negotiated: gr?.enabled === true || waits6, received: (!gr?.enabled || gr.endOfRibReceived === true) && (!waits6 || gr6.endOfRibReceived === true) }
+          : undefined;
         peers.push({
           address: peer.state?.neighborAddress || peer.conf?.neighborAddress || "",
           state,
-          ...(gr ? { endOfRib: { negotiated: gr.enabled === true, received: gr.endOfRibReceived === true } } : {}),
+          ...(endOfRib ? { endOfRib } : {}),
           ...(state === "established" && uptime ? { uptimeSeconds: Math.max(0, Math.round(Date.now() / 1000 - uptime)) } : {}),
           ...(sent !== undefined ? { prefixesSent: sent } : {}),
+          ...(v6 ? { prefixesSent6: sentOf("AFI_IP6")! } : {}),
         });
       });
       stream.on("error", reject);
@@ -393,30 +463,22 @@ export function connectGobgp(address: string): GobgpClient {
       };
     },
 
-    listBestPaths: (options = {}) => new Promise((resolve, reject) => {
-      const paths: RibPath[] = [];
-      const stream = client.makeServerStreamRequest<object, RibPath[]>(
-        "/apipb.GobgpApi/ListPath", encoder(T.ListPathRequest), decodeListPathResponse,
-        { tableType: TABLE_GLOBAL, name: "", family: { afi: AFI_IP, safi: SAFI_UNICAST } }, deadline(options.timeoutMs ?? 60_000));
-      stream.on("data", (batch: RibPath[]) => {
-        for (const p of batch) paths.push(p);
-      });
-      stream.on("error", reject);
-      stream.on("end", () => resolve(paths));
-    }),
+    // One ListPath per family (gobgpd lists one family per call), both at once; IPv4 first in the answer.
+    listBestPaths: async (options = {}) => {
+      const at = deadline(options.timeoutMs ?? 60_000);
+      const [v4, v6] = await Promise.all([listFamily(IPV4_UNICAST, [], true, at), listFamily(IPV6_UNICAST, [], true, at)]);
+      return v4.concat(v6);
+    },
 
-    listPathsOf: (prefixes) => new Promise((resolve, reject) => {
-      const paths: RibPath[] = [];
-      const stream = client.makeServerStreamRequest<object, RibPath[]>(
-        "/apipb.GobgpApi/ListPath", encoder(T.ListPathRequest), (b: Uint8Array) => decodeDestination(b, false),
-        { tableType: TABLE_GLOBAL, name: "", family: { afi: AFI_IP, safi: SAFI_UNICAST }, prefixes: prefixes.map((prefix) => ({ prefix, type: "EXACT" })) },
-        deadline(5000));
-      stream.on("data", (batch: RibPath[]) => {
-        for (const p of batch) paths.push(p);
-      });
-      stream.on("error", reject);
-      stream.on("end", () => resolve(paths));
-    }),
+    listPathsOf: async (prefixes) => {
+      const v4 = prefixes.filter((p) => !p.includes(":")), v6 = prefixes.filter((p) => p.includes(":"));
+      const at = deadline(5000);
+      const [a, b] = await Promise.all([
+        v4.length ? listFamily(IPV4_UNICAST, v4, false, at) : ([] as RibPath[]),
+        v6.length ? listFamily(IPV6_UNICAST, v6, false, at) : ([] as RibPath[]),
+      ]);
+      return a.concat(b);
+    },
 
     close: () => client.close(),
   };

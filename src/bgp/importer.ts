@@ -18,7 +18,9 @@ import type { GobgpClient, PeerInfo, RibPath } from "./gobgp.js";
 // included. A gobgpd restart therefore removes no kernel route of a host
 // whose paths the fabric kept.
 //
-// Taken: every IPv4 best path that came from another speaker. What of it is
+// Taken: every IPv4 and IPv6 unicast best path that came from another speaker
+// (one stream and one listing per family; a peer that has no IPv6 sends no
+// IPv6 End-of-RIB and is not waited for, see gobgp.ts listPeers). What of it is
 // installed is the import filter's decision (bgp/import-filter.ts: host routes
 // inside the workload ranges only, never an underlay address), made where the
 // local endpoints and the host's addresses are known (state/resolve.ts). While gobgpd is away the set stays
@@ -69,7 +71,7 @@ export interface ImporterDeps {
  * them (bgp/import-filter.ts), so an operator sees what the fabric tried to hand this host.
  */
 export function learnedFrom(path: RibPath, migrationCommunity: number): LearnedRoute | undefined {
-  if (path.isFromLocal || path.isWithdraw || !path.nextHop || path.prefix.includes(":")) return undefined;
+  if (path.isFromLocal || path.isWithdraw || !path.nextHop) return undefined;
   return { prefix: path.prefix, nextHop: path.nextHop, elevated: path.communities.includes(migrationCommunity) };
 }
 

@@ -30,7 +30,7 @@ function bytes(n: number): string {
 export function networksTable(networks: Array<NetworkStatus & { natOutgoing?: boolean }>): string {
   const nat = (n: { natOutgoing?: boolean }) => (n.natOutgoing === undefined ? "-" : n.natOutgoing ? "yes" : "no");
   return table(["NETWORK", "DEVICE", "GATEWAY", "KIND", "SOURCE", "NAT", "STATE", "REASON"],
-    networks.map((n) => [n.name, n.device, n.gateway, n.kind, n.source, nat(n), n.state, n.reason]));
+    networks.map((n) => [n.name, n.device, n.prefix6 !== undefined ? `${n.gateway} ${n.prefix6}` : n.gateway, n.kind, n.source, nat(n), n.state, n.reason]));
 }
 
 /** Conditions in a few letters: "ok" when all hold, otherwise the ones that do not. */
@@ -38,6 +38,7 @@ function conditionsCell(e: EndpointStatus): string {
   const c = e.conditions;
   const failing = [
     ["device", c.device], ["up", c.up], ["route", c.route], ["neigh", c.neighbour], ["sysctl", c.sysctls],
+    ...(c.gateway6 !== undefined ? [["gw6", c.gateway6] as const] : []),
     ...(c.inner !== undefined ? [["inner", c.inner] as const] : []), ...(c.announced !== undefined ? [["bgp", c.announced] as const] : []),
   ].filter(([, ok]) => !ok).map(([name]) => `!${name}`);
   return failing.length ? failing.join(",") : "ok";
@@ -49,7 +50,7 @@ export function endpointsTable(endpoints: EndpointStatus[]): string {
   const rows = endpoints.map((e) => {
     const k = e.counters;
     return [
-      e.kind, e.domain ?? e.netns ?? "-", e.network, e.ip, e.mac, e.device, e.state, ...(migrating ? [e.migration ?? "-"] : []),
+      e.kind, e.domain ?? e.netns ?? "-", e.network, e.ip6 !== undefined ? `${e.ip} ${e.ip6}` : e.ip, e.mac, e.device, e.state, ...(migrating ? [e.migration ?? "-"] : []),
       conditionsCell(e), e.conditions.carrier ? "yes" : "no",
       `${bytes(k.rxBytes)}/${k.rxPackets}`, `${bytes(k.txBytes)}/${k.txPackets}`, `${k.rxErrors + k.txErrors}/${k.rxDropped + k.txDropped}`,
     ];

@@ -9,7 +9,7 @@ import { runtimeFile } from "../state/stored.js";
 import { parseDomainXml, routedInterfaces } from "../libvirt/domain-xml.js";
 import { vmEndpoints } from "../libvirt/domains.js";
 import { InputError } from "../model/errors.js";
-import { resolveNetworks } from "../model/resolve.js";
+import { EndpointClaims, resolveNetworks } from "../model/resolve.js";
 import { packaged } from "../layout.js";
 
 // The hook's two halves that do not need the daemon: the fallback that makes
@@ -25,7 +25,7 @@ export async function ensureTapsWithoutDaemon(domain: string, xml: string, confi
   const networks = resolveNetworks(config.networks, runtime.networks);
   if (!networks.ok) throw new InputError(networks.error);
   const interfaces = routedInterfaces(parseDomainXml(xml, "hook domain XML"));
-  const vm = vmEndpoints([{ name: domain, lifecycle: "prepared", interfaces, seq: 0 }], networks.value, new Set());
+  const vm = vmEndpoints([{ name: domain, lifecycle: "prepared", interfaces, seq: 0 }], networks.value, new EndpointClaims(networks.value));
   if (vm.rejected.length) throw new InputError(`${vm.rejected[0]!.ip}: ${vm.rejected[0]!.reason}`);
   const ids = new Set(vm.endpoints.map((e) => e.id));
   const desired = { networks: networks.value, endpoints: vm.endpoints, learned: [] };

@@ -13,6 +13,8 @@ import {
   doctorHuman, domainsTable, endpointsTable, networksTable, rejectedTable, render, routesTable, statusHuman, type DomainView, type OutputFormat,
 } from "./format.js";
 
+const IP6_HELP = "the workload's IPv6 address, inside the network's prefix6 (a /128 beside the /32)";
+
 // vmroutectl: the admin CLI. Every command is one API call; the daemon
 // validates, so the CLI and the API can never accept different things.
 
@@ -96,17 +98,20 @@ export function buildProgram(out: (s: string) => void): Command {
 
   const network = program.command("network").description("gateways (routed networks)");
   network.command("add").argument("<name>").argument("<gateway>", "gateway address with prefix, e.g. 172.31.17.1/24")
-    .option("--nat-outgoing", "masquerade traffic from the network to destinations outside every vmrouted network")
+    .option("--prefix6 <prefix>", "the network's IPv6 prefix, e.g. fd31:17::/64 (endpoints may then have an --ip6 in it)")
+    .option("--nat-outgoing", "masquerade traffic from the network to destinations outside every vmrouted network (IPv4 only)")
     .option("--no-dhcp", "vmrouted's dnsmasq does not answer DHCP on this network's taps")
     .option("--mtu <bytes>", "MTU of the taps and veths, and DHCP option 26 (68-65535)")
     .option("--dns <addresses>", "DNS servers handed out by DHCP, comma-separated")
     .option("--domain <name>", "search domain handed out by DHCP")
     .option("--lease-seconds <seconds>", "DHCP lease time (at least 120)")
-    .action(async (name: string, gateway: string, o: { natOutgoing?: boolean; dhcp: boolean; mtu?: string; dns?: string; domain?: string; leaseSeconds?: string }) => {
+    .action(async (name: string, gateway: string, o: {
+      prefix6?: string; natOutgoing?: boolean; dhcp: boolean; mtu?: string; dns?: string; domain?: string; leaseSeconds?: string;
+    }) => {
       // Numbers are sent as given (a word stays a word): the daemon's one check names what is wrong.
       const num = (v: string) => (/^-?\d+(\.\d+)?$/.test(v) ? Number(v) : v);
       const s = await api<Status>("POST", "/v1/networks", {
-        name, gateway, ...(o.natOutgoing ? { natOutgoing: true } : {}), ...(o.dhcp === false ? { dhcp: false } : {}),
+        name, gateway, ...(o.prefix6 !== undefined ? { prefix6: o.prefix6 } : {}), ...(o.natOutgoing ? { natOutgoing: true } : {}), ...(o.dhcp === false ? { dhcp: false } : {}),
         ...(o.mtu !== undefined ? { mtu: num(o.mtu) } : {}), ...(o.dns !== undefined ? { dns: o.dns.split(",").filter(Boolean) } : {}),
         ...(o.domain !== undefined ? { domain: o.domain } : {}), ...(o.leaseSeconds !== undefined ? { leaseSeconds: num(o.leaseSeconds) } : {}),
       });
@@ -122,9 +127,9 @@ export function buildProgram(out: (s: string) => void): Command {
   });
 
   const tap = program.command("tap").description("tap endpoints for VMs that libvirt does not run");
-  tap.command("add").requiredOption("--network <name>").requiredOption("--ip <address>")
+  tap.command("add").requiredOption("--network <name>").requiredOption("--ip <address>").option("--ip6 <address>", IP6_HELP)
     .option("--mac <mac>", "guest MAC (default: derived from network and IP)").option("--name <device>", "tap device name")
-    .action(async (o: { network: string; ip: string; mac?: string; name?: string }) => {
+    .action(async (o: { network: string; ip: string; ip6?: string; mac?: string; name?: string }) => {
       const s = await api<Status>("POST", "/v1/endpoints", { kind: "tap", ...o });
       const e = s.endpoints.find((x) => x.kind === "tap" && x.ip === o.ip);
       await show(e, () => endpointOf(s, (x) => x.kind === "tap" && x.ip === o.ip));
@@ -136,9 +141,10 @@ export function buildProgram(out: (s: string) => void): Command {
 
   const netns = program.command("netns").description("container/task namespaces, connected by a veth pair");
   netns.command("add").argument("<netns>", "named network namespace (/run/netns/NAME)")
-    .requiredOption("--network <name>").requiredOption("--ip <address>").option("--mac <mac>", "MAC of eth0 inside the namespace")
+    .requiredOption("--network <name>").requiredOption("--ip <address>").option("--ip6 <address>", IP6_HELP)
+    .option("--mac <mac>", "MAC of eth0 inside the namespace")
     .option("--resolv-conf", "write the network's DNS servers and domain into /etc/netns/NETNS/resolv.conf")
-    .action(async (name: string, o: { network: string; ip: string; mac?: string; resolvConf?: boolean }) => {
+    .action(async (name: string, o: { network: string; ip: string; ip6?: string; mac?: string; resolvConf?: boolean }) => {
       const s = await api<Status>("POST", "/v1/endpoints", { kind: "netns", netns: name, ...o });
       const e = s.endpoints.find((x) => x.kind === "netns" && x.ip === o.ip);
       await show(e, () => endpointOf(s, (x) => x.kind === "netns" && x.ip === o.ip));
@@ -149,9 +155,9 @@ export function buildProgram(out: (s: string) => void): Command {
   });
 
   const iface = program.command("iface").description("routed interfaces of libvirt domains");
-  iface.command("add").argument("<domain>").requiredOption("--network <name>").requiredOption("--ip <address>")
+  iface.command("add").argument("<domain>").requiredOption("--network <name>").requiredOption("--ip <address>").option("--ip6 <address>", IP6_HELP)
     .option("--mac <mac>", "guest MAC (default: derived from network and IP)")
-    .action(async (domain: string, o: { network: string; ip: string; mac?: string }) => {
+    .action(async (domain: string, o: { network: string; ip: string; ip6?: string; mac?: string }) => {
       const r = await api<{ added: { tap: string; mac: string }; domains: DomainView[] }>("POST", `/v1/domains/${encodeURIComponent(domain)}/interfaces`, o);
       await show(r.added, () => `${domain}: ${o.ip} on ${r.added.tap} (guest mac ${r.added.mac}) added`);
     });

@@ -39,7 +39,9 @@ export function configImpact(current: Config, next: Config, state: Desired): Con
 
 function orphans(current: Config, next: Config, state: Desired): string[] {
   const problems = (config: Config) =>
-    new DesiredResolver({ configNetworks: config.networks, nodeAddress: config.node.address }).resolve(state).problems;
+    new DesiredResolver({
+      configNetworks: config.networks, nodeAddress: config.node.address, ...(config.node.address6 ? { nodeAddress6: config.node.address6 } : {}),
+    }).resolve(state).problems;
   const already = new Set(problems(current));
   const result = problems(next).filter((p) => !already.has(p));
   // Domains that are not running are not served now, but would be refused when they start.

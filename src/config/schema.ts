@@ -2,6 +2,7 @@ import { hostname } from "node:os";
 import { z } from "zod";
 import { isLoopback, isUnusableHostAddress, parseIpv4, parsePrefix } from "../model/ipv4.js";
 import { networkInputSchema } from "../model/spec.js";
+import { canonicalIpv6, isUnusableIpv6Host, parsePrefix6 } from "../model/ipv6.js";
 
 // The config file contract of DESIGN.md. Every key is strict: an unknown key is
 // an error that names it, because a typo in a network agent's config should
@@ -43,6 +44,9 @@ export const configSchema = z
     node: z
       .object({
         address: nodeAddress,
+        /** The IPv6 next hop announced for this host's /128s (required when a network has a prefix6 and BGP is on). */
+        address6: z.string().refine((t) => !isUnusableIpv6Host(t), "must be a global or unique-local IPv6 address (never link-local, loopback or IPv4-mapped)")
+          .transform((t) => canonicalIpv6(t)!).optional(),
         name: z.string().min(1).max(253).default(() => hostname()),
       })
       .strict(),
@@ -62,9 +66,16 @@ export const configSchema = z
         importRoutes: z.boolean().default(true),
         /** Added to a live-migrated VM's path while it settles; with a higher local-pref every host prefers it. */
         migrationCommunity: community.default("64512:666"),
-        /** Where learned workload /32s may lie (default: the networks' prefixes); nothing outside is installed. */
-        importPrefixes: z.array(z.string().refine((t) => { const p = parsePrefix(t); return !!p && p.base === parseIpv4(p.address); },
-          "must be an IPv4 prefix with its base address, like 172.31.0.0/16")).default([]),
+        /**
+         * Where learned workload /32s and /128s may lie; nothing outside is installed. Per family: without an
+         * IPv4 (IPv6) prefix here, the networks' prefixes (prefix6s) are the ranges of that family.
+         */
+        importPrefixes: z.array(z.string().refine((t) => {
+          if (t.includes(":")) return parsePrefix6(t) !== undefined;
+          const p = parsePrefix(t);
+          return !!p && p.base === parseIpv4(p.address);
+        }, "must be an IPv4 or IPv6 prefix with its base address, like 172.31.0.0/16 or fd31::/48")
+          .transform((t) => (t.includes(":") ? parsePrefix6(t)!.text : t))).default([]),
         /** At most this many learned routes are installed; past it new prefixes are refused (existing ones stay). */
         maxLearned: z.number().int().min(0).default(200_000),
       })

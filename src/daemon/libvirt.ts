@@ -54,6 +54,7 @@ export function tapHeldOpen(tap: string): boolean {
 export const ifaceBodySchema = z.object({
   network: z.string(),
   ip: z.string(),
+  ip6: z.string().optional(),
   mac: z.string().optional(),
 }).strict();
 
@@ -208,10 +209,13 @@ export class LibvirtService {
   private async addInterfaceNow(domain: string, endpoint: Endpoint): Promise<RoutedInterface> {
     const state = await this.domainState(domain);
     await this.refreshNow();
-    const owner = this.records().find((d) => d.interfaces.some((i) => i.ip === endpoint.ip));
+    const ips = [endpoint.ip, ...(endpoint.ip6 ? [endpoint.ip6] : [])];
+    const owner = this.records().find((d) => d.interfaces.some((i) => ips.includes(i.ip) || (i.ip6 !== undefined && ips.includes(i.ip6))));
     if (owner) throw new InputError(`iface ${endpoint.ip}: ip is already used by domain '${owner.name}'`);
-    if (this.deps.apiClaims().has(endpoint.ip)) throw new InputError(`iface ${endpoint.ip}: ip is already used by another endpoint`);
-    const iface: RoutedInterface = { network: endpoint.network, ip: endpoint.ip, mac: endpoint.mac, tap: endpoint.device };
+    if (ips.some((ip) => this.deps.apiClaims().has(ip))) throw new InputError(`iface ${endpoint.ip}: ip is already used by another endpoint`);
+    const iface: RoutedInterface = {
+      network: endpoint.network, ip: endpoint.ip, ...(endpoint.ip6 ? { ip6: endpoint.ip6 } : {}), mac: endpoint.mac, tap: endpoint.device,
+    };
     const live = state === "running" || state === "paused";
     if (!live) {
       const doc = parseDomainXml(await this.deps.virsh.dumpXml(domain, true));

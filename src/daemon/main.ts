@@ -25,6 +25,7 @@ import { InputError } from "../model/errors.js";
 import { DesiredStore } from "../state/desired.js";
 import { onStateWriteFailure, removeStaleTemporaries } from "../state/files.js";
 import { DesiredResolver } from "../state/resolve.js";
+import { endpointIps, hostPrefix } from "../model/ipv6.js";
 import { persistence } from "../state/stored.js";
 import { Virsh } from "../libvirt/virsh.js";
 import { VERSION } from "../version.js";
@@ -79,11 +80,11 @@ async function main(argv: string[]): Promise<void> {
   if (gatewayKind.reason) log.warn({ gatewayKind: gatewayKind.kind }, gatewayKind.reason);
   await removeStaleTemporaries(config.stateDir);
   const resolver = new DesiredResolver({
-    configNetworks: config.networks, nodeAddress: config.node.address,
+    configNetworks: config.networks, nodeAddress: config.node.address, ...(config.node.address6 ? { nodeAddress6: config.node.address6 } : {}),
     ...(config.bgp ? { importPrefixes: config.bgp.importPrefixes, maxLearned: config.bgp.maxLearned } : {}),
   });
   const imports = config.bgp?.importRoutes === true;
-  const store = new DesiredStore(await loadDesired(config.stateDir, config.networks, imports, config.libvirt.enabled, log),
+  const store = new DesiredStore(await loadDesired(config.stateDir, config.networks, imports, config.libvirt.enabled, log, config.dataplane.routeProtocol),
     persistence(config.stateDir), (next, previous) => resolver.refuseNewProblems(next.runtime, previous.runtime));
   // What no longer resolves (a network taken out of the config) is held and reported, never fatal.
   for (const problem of resolver.resolve(store.current).problems) log.error({ problem }, "stored entry does not resolve; its objects are kept as found");
@@ -91,7 +92,7 @@ async function main(argv: string[]): Promise<void> {
 
   const settings = { ...config.dataplane, gatewayKind: gatewayKind.kind };
   const announcer = config.bgp
-    ? await createAnnouncer(config.bgp, config.node.address, config.stateDir, log, () => metrics.errors.inc({ source: "bgp" }))
+    ? await createAnnouncer(config.bgp, config.node.address, config.node.address6, config.stateDir, log, () => metrics.errors.inc({ source: "bgp" }))
     : undefined;
   if (announcer) metrics.attachBgp(announcer);
   const journal = new CreationJournal(config.stateDir);
@@ -105,8 +106,9 @@ async function main(argv: string[]): Promise<void> {
     // (kept as found) keep whatever path they had, and get none they did not have.
     // A VM migrated away ("source") keeps its route for stragglers but is no longer announced.
     onReport: (report) => announcer?.setDesired(
-      report.endpoints.filter((e) => e.state === "ready" && e.migration !== "source").map((e) => ({ ip: e.ip, elevated: e.elevated })),
-      new Set(report.endpoints.filter((e) => e.held && e.conditions.route).map((e) => `${e.ip}/32`)),
+      report.endpoints.filter((e) => e.state === "ready" && e.migration !== "source")
+        .map((e) => ({ ip: e.ip, ...(e.ip6 !== undefined ? { ip6: e.ip6 } : {}), elevated: e.elevated })),
+      new Set(report.endpoints.filter((e) => e.held && e.conditions.route).flatMap((e) => endpointIps(e).map(hostPrefix))),
     ),
     onPass: (pass) => {
       metrics.recordPass(pass);
@@ -114,7 +116,8 @@ async function main(argv: string[]): Promise<void> {
     },
     onError: () => metrics.errors.inc({ source: "reconcile" }),
     onAddresses: (addresses) => void setHostFacts({
-      addresses: new Set([config.node.address, ...addresses.map((a) => a.ip)]), connected: connectedPrefixes(addresses),
+      addresses: new Set([config.node.address, ...(config.node.address6 ? [config.node.address6] : []), ...addresses.map((a) => a.ip)]),
+      connected: connectedPrefixes(addresses),
     }),
   });
   /** The import filter's facts about this host (its addresses, connected prefixes, BGP peers), through the writer. */
@@ -152,7 +155,7 @@ async function main(argv: string[]): Promise<void> {
     // An incoming migration is refused when the guest could not be announced here (libvirt then aborts it).
     canTakeMigration: () => (!announcer || announcer.state === "up" ? undefined : `gobgpd is not reachable (${announcer.reason}): the guest could not be announced from this host`),
     networks: () => desired().networks,
-    apiClaims: () => new Set(desired().endpoints.filter((e) => e.kind !== "vm").flatMap((e) => [e.ip, `dev:${e.device}`])),
+    apiClaims: () => new Set(desired().endpoints.filter((e) => e.kind !== "vm").flatMap((e) => [...endpointIps(e), `dev:${e.device}`])),
   }) : undefined;
   const libvirtResync = () => libvirt?.refresh().catch((e) => {
     metrics.errors.inc({ source: "libvirt" });
@@ -199,7 +202,8 @@ async function main(argv: string[]): Promise<void> {
   // Duplicates: other hosts' paths to our ready /32s, which the best-path stream does not show.
   const claims = othersClient && imports ? new ClaimWatch({
     client: othersClient, log, migrationCommunity: encodeCommunity(config.bgp!.migrationCommunity), nodeAddress: config.node.address,
-    prefixes: () => reconciler.report().endpoints.filter((e) => e.state === "ready" && !e.held).map((e) => `${e.ip}/32`),
+    ...(config.node.address6 ? { nodeAddress6: config.node.address6 } : {}),
+    prefixes: () => reconciler.report().endpoints.filter((e) => e.state === "ready" && !e.held).flatMap((e) => endpointIps(e).map(hostPrefix)),
     publish: (remoteClaims) => store.change("import: claims", () => ({ next: { remoteClaims }, result: undefined })),
   }) : undefined;
   claims?.start();
@@ -259,7 +263,7 @@ async function main(argv: string[]): Promise<void> {
 }
 
 async function createAnnouncer(
-  bgp: NonNullable<Config["bgp"]>, nodeAddress: string, stateDir: string, log: Logger, onFailure: () => void,
+  bgp: NonNullable<Config["bgp"]>, nodeAddress: string, nodeAddress6: string | undefined, stateDir: string, log: Logger, onFailure: () => void,
 ): Promise<Announcer> {
   const file = announcedFile(stateDir);
   const record = await file.load();
@@ -270,7 +274,7 @@ async function createAnnouncer(
   return new Announcer({
     address: bgp.gobgp, connect: connectGobgp, log, onFailure,
     policy: {
-      nextHop: nodeAddress, communities: bgp.communities, migrationCommunity: bgp.migrationCommunity,
+      nextHop: nodeAddress, ...(nodeAddress6 ? { nextHop6: nodeAddress6 } : {}), communities: bgp.communities, migrationCommunity: bgp.migrationCommunity,
       ...(bgp.localPref !== undefined ? { localPref: bgp.localPref } : {}),
     },
     record: record.value,

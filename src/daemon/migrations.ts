@@ -1,3 +1,4 @@
+import { endpointIps, hostPrefix } from "../model/ipv6.js";
 import type { Logger } from "pino";
 import type { DomainRecord } from "../libvirt/domains.js";
 import { watchGuestAnnouncement, type AnnounceWatch } from "../libvirt/guest-announce.js";
@@ -117,7 +118,7 @@ export class MigrationWatch {
       const now = Date.now();
       for (const d of this.deps.store.current.domains.values()) {
         if (d.migration?.phase !== "settling" || now - d.migration.since < this.deps.settleSeconds * 1000) continue;
-        const others = await this.deps.othersAnnounce(d.interfaces.map((i) => `${i.ip}/32`)).catch(() => true);
+        const others = await this.deps.othersAnnounce(d.interfaces.flatMap((i) => endpointIps(i).map(hostPrefix))).catch(() => true);
         if (!settled(d.migration, now, this.deps.settleSeconds * 1000, others)) continue;
         await this.deps.store.change(`libvirt: ${d.name} settled`, (s) => {
           const record = s.domains.get(d.name);

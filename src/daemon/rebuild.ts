@@ -4,7 +4,8 @@ import { ALIAS_PREFIX } from "../dataplane/ownership.js";
 import { defaultGuestMac } from "../model/mac.js";
 import { gatewayDevice, tapName, vethName } from "../model/naming.js";
 import { DEFAULT_MTU } from "../dataplane/check.js";
-import { networkPrefix, resolveDesired, resolveNetworks } from "../model/resolve.js";
+import { networkPrefix, networkPrefix6, resolveDesired, resolveNetworks } from "../model/resolve.js";
+import { prefix6Contains } from "../model/ipv6.js";
 import { parsePrefix, prefixContains } from "../model/ipv4.js";
 import type { EndpointInput, NetworkInput } from "../model/spec.js";
 import type { RuntimeState } from "../state/stored.js";
@@ -25,6 +26,8 @@ export interface Rebuilt {
 
 export function rebuildRuntimeState(
   observed: ObservedState, vethNetns: ReadonlyMap<string, string>, natTable: NatTable | undefined, configNetworks: Record<string, NetworkInput>,
+  /** Our endpoint routes' protocol: an endpoint's ip6 is read back from its /128. */
+  routeProtocol: number,
 ): Rebuilt {
   const problems: string[] = [];
   const natted = new Set(natTable?.sets.find((s) => s.name === NAT_SET)?.elements);
@@ -38,13 +41,15 @@ export function rebuildRuntimeState(
     if (kind === "gateway") {
       if (rest in configNetworks) continue;
       // The gateway address is the one on its device that is not a /32 (noprefixroute keeps the prefix length).
-      const address = observed.addresses.find((a) => a.device === link.name && a.prefixLength < 32);
+      const address = observed.addresses.find((a) => a.device === link.name && !a.ip.includes(":") && a.prefixLength < 32);
       if (!address || link.name !== gatewayDevice(rest)) problems.push(`gateway device ${link.name} (${link.alias}) has no gateway address to rebuild network '${rest}' from`);
       else {
         const gateway = `${address.ip}/${address.prefixLength}`;
         // The prefix as desiredNat writes it into the set.
         const natOutgoing = natted.has(minimalCover([parsePrefix(gateway)!])[0]!);
-        networks[rest] = { gateway, ...(natOutgoing ? { natOutgoing } : {}) };
+        // A prefix6 is on the device too: its base address, with the prefix length (check.ts, GatewayCheck.cidr6).
+        const v6 = observed.addresses.find((x) => x.device === link.name && x.ip.includes(":") && !x.ip.startsWith("fe80:"));
+        networks[rest] = { gateway, ...(v6 ? { prefix6: `${v6.ip}/${v6.prefixLength}` } : {}), ...(natOutgoing ? { natOutgoing } : {}) };
       }
     } else if (kind === "tap" || kind === "netns") {
       endpointLinks.push({ device: link.name, kind, ip: rest });
@@ -61,14 +66,19 @@ export function rebuildRuntimeState(
       continue;
     }
     const neighbour = observed.neighbours.find((n) => n.device === l.device && n.ip === l.ip && n.mac);
+    // The ip6 is in our /128 via the device (the alias names the IPv4 address only).
+    const prefix6 = networkPrefix6(network);
+    const route6 = prefix6 && observed.routes.find((r) => r.device === l.device && r.protocol === routeProtocol && r.dst.endsWith("/128") &&
+      prefix6Contains(prefix6, r.dst.slice(0, -"/128".length)));
+    const ip6 = route6 ? { ip6: route6.dst.slice(0, -"/128".length) } : {};
     // The default MAC is left implicit, as an operator would have written it.
     const mac = neighbour?.mac && neighbour.mac !== defaultGuestMac(network.name, l.ip) ? { mac: neighbour.mac } : {};
     if (l.kind === "tap") {
-      endpoints.push({ kind: "tap", network: network.name, ip: l.ip, ...mac, ...(l.device !== tapName(network.name, l.ip) ? { name: l.device } : {}) });
+      endpoints.push({ kind: "tap", network: network.name, ip: l.ip, ...ip6, ...mac, ...(l.device !== tapName(network.name, l.ip) ? { name: l.device } : {}) });
     } else {
       const netns = vethNetns.get(l.device);
       if (!netns) problems.push(`veth ${l.device} (${ALIAS_PREFIX}netns:${l.ip}) has its peer in no named namespace`);
-      else endpoints.push({ kind: "netns", network: network.name, ip: l.ip, ...mac, netns });
+      else endpoints.push({ kind: "netns", network: network.name, ip: l.ip, ...ip6, ...mac, netns });
     }
   }
   // A runtime network's MTU is on its endpoints' devices (not on the gateway device): read back when they agree,

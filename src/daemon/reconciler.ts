@@ -135,6 +135,8 @@ export class Reconciler {
   /** Kernel events not yet folded into the picture, and when the picture was last listed whole. */
   private unfolded: Array<{ at: number; events: KernelEvent[] }> = [];
   private listedAt = 0;
+  /** Namespaces whose endpoint has an ip6: their IPv6 default route is read too. */
+  private netnsIpv6: ReadonlySet<string> = new Set();
 
   private unfoldedCount = 0;
 
@@ -265,6 +267,7 @@ export class Reconciler {
     // Between listings the picture follows the kernel's events; those that arrived before the last listing began are in it.
     this.foldNow();
     const allNetns = [...new Set(desired.endpoints.flatMap((e) => (e.netns !== undefined ? [e.netns] : [])))];
+    this.netnsIpv6 = new Set(desired.endpoints.flatMap((e) => (e.netns !== undefined && e.ip6 !== undefined ? [e.netns] : [])));
     const scope = closeScope(requested, desired);
     // One observation per pass, at most:
     // - all: startup, a full resync, or drift too large to read piecemeal;
@@ -289,7 +292,7 @@ export class Reconciler {
       // Sysctls are 4 reads per device: all of them on a full resync, else only the scope's.
       const sysctlsOf = scope.full || !this.cache ? undefined : scope.devices;
       this.listedAt = performance.now();
-      const observed = await timed("observeMs", () => this.deps.observe({ netns: allNetns, ...(sysctlsOf ? { sysctlsOf } : {}) }));
+      const observed = await timed("observeMs", () => this.deps.observe({ netns: allNetns, netnsIpv6: this.netnsIpv6, ...(sysctlsOf ? { sysctlsOf } : {}) }));
       if (sysctlsOf && this.cache)
         for (const [device, values] of this.cache.sysctls) if (!sysctlsOf.has(device) && observed.links.has(device)) observed.sysctls.set(device, values);
       view = observed;
@@ -301,12 +304,13 @@ export class Reconciler {
       // Sweeps read sysctls of a share of the devices; a cached pass, none. Both read their namespaces.
       const needsRead = mode === "sweep" || scope.netns.size > 0;
       const fresh = needsRead ? await timed("observeMs", () => this.deps.observe({
-        netns: [...scope.netns], scope: { devices: [], dsts: [] }, sysctlsOf: mode === "sweep" ? scope.devices : new Set(),
+        netns: [...scope.netns], netnsIpv6: this.netnsIpv6, scope: { devices: [], dsts: [] }, sysctlsOf: mode === "sweep" ? scope.devices : new Set(),
       })) : undefined;
       const cache = this.cache!;
       view = restrictObserved(fresh ? {
         ...cache, sysctls: new Map([...cache.sysctls, ...fresh.sysctls]), netns: new Map([...cache.netns, ...fresh.netns]),
         ...(fresh.ipForward !== undefined ? { ipForward: fresh.ipForward } : {}),
+        ...(fresh.ip6Forward !== undefined ? { ip6Forward: fresh.ip6Forward } : {}),
       } : cache, scope);
     }
     const annotate = (o: ObservedState) => (this.deps.journal ? this.deps.journal.annotate(o) : o);
@@ -420,7 +424,7 @@ export class Reconciler {
   /** One `ip -batch` for the scope's devices and destinations, one per namespace in it. */
   private observeScope(scope: Scope): Promise<ObservedState> {
     return this.deps.observe({
-      scope: { devices: [...scope.devices], dsts: [...scope.dsts] }, netns: [...scope.netns], sysctlsOf: scope.devices,
+      scope: { devices: [...scope.devices], dsts: [...scope.dsts] }, netns: [...scope.netns], netnsIpv6: this.netnsIpv6, sysctlsOf: scope.devices,
     });
   }
 

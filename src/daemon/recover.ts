@@ -18,6 +18,7 @@ import { rebuildRuntimeState } from "./rebuild.js";
 
 export async function loadDesired(
   stateDir: string, configNetworks: Record<string, NetworkInput>, importsRoutes: boolean, libvirtEnabled: boolean, log: Logger,
+  routeProtocol: number,
 ): Promise<Desired> {
   const stateFile = runtimeFile(stateDir);
   const domainsCache = domainsFile(stateDir);
@@ -25,7 +26,7 @@ export async function loadDesired(
   let runtime = state.value;
   if (state.state === "corrupt") {
     const [observed, veths, nat] = await Promise.all([observe({ netns: [] }), observeVethNetns(), readNatTable(state.problem)]);
-    const rebuilt = rebuildRuntimeState(observed, veths, nat, configNetworks);
+    const rebuilt = rebuildRuntimeState(observed, veths, nat, configNetworks, routeProtocol);
     if (rebuilt.problems.length)
       throw new InputError(`${state.problem}; cannot rebuild it from the kernel (${rebuilt.problems.length} problem(s), first: ${rebuilt.problems[0]}); nothing was changed`);
     const kept = await stateFile.keepAside();

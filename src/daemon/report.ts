@@ -1,3 +1,4 @@
+import { endpointIps, hostPrefix } from "../model/ipv6.js";
 import { endpointComplete, type EndpointCheck, type GatewayCheck, type LearnedCheck } from "../dataplane/check.js";
 import type { HeldCheck } from "../dataplane/plan.js";
 import type { LinkStats } from "../dataplane/observed.js";
@@ -17,6 +18,8 @@ export interface EndpointConditions {
   sysctls: boolean;
   /** netns endpoints only: eth0 inside the namespace is configured. */
   inner?: boolean;
+  /** Endpoints with an ip6: the guest's IPv6 gateway (the host side's EUI-64 link-local) is on the device. */
+  gateway6?: boolean;
   /** Set by the BGP announcer when there is one. */
   announced?: boolean;
 }
@@ -26,6 +29,7 @@ export interface EndpointStatus {
   kind: EndpointKind;
   network: string;
   ip: string;
+  ip6?: string;
   mac: string;
   device: string;
   netns?: string;
@@ -50,6 +54,8 @@ export interface NetworkStatus {
   name: string;
   device: string;
   gateway: string;
+  /** The network's IPv6 prefix (its endpoints' ip6 lie in it). */
+  prefix6?: string;
   kind: string;
   source: "config" | "runtime";
   /** Traffic from it to outside every vmrouted network is masqueraded. */
@@ -62,11 +68,12 @@ const ZERO: LinkStats = { rxBytes: 0, rxPackets: 0, rxErrors: 0, rxDropped: 0, t
 
 export function networkStatus(g: GatewayCheck, plannedKind: string, failures: string[] | undefined): NetworkStatus {
   const base = {
-    name: g.network.name, device: g.device, gateway: g.cidr, kind: g.link?.kind ?? plannedKind, source: g.network.source,
+    name: g.network.name, device: g.device, gateway: g.cidr, ...(g.network.prefix6 !== undefined ? { prefix6: g.network.prefix6 } : {}),
+    kind: g.link?.kind ?? plannedKind, source: g.network.source,
     natOutgoing: g.network.natOutgoing,
   };
   const problem = g.conflict ?? (!g.link ? `device ${g.device} missing` : !g.link.up ? `device ${g.device} is down`
-    : !g.addressOk ? `gateway address ${g.cidr} missing` : g.connectedRoute ? `connected route ${g.connectedRoute.dst} present` : undefined);
+    : !g.addressOk ? `gateway address ${g.cidr} missing` : !g.address6Ok ? `address ${g.cidr6 ?? ""} missing` : g.connectedRoute ? `connected route ${g.connectedRoute.dst} present` : undefined);
   if (!problem) return { ...base, state: "ready", reason: "" };
   return { ...base, state: "degraded", reason: withFailures(problem, failures) };
 }
@@ -81,9 +88,10 @@ export function endpointStatus(c: EndpointCheck, failures: string[] | undefined)
     device: !!c.link && !c.wrongKind, up: c.up, carrier: c.carrier, route: c.routeOk, neighbour: c.neighbourOk,
     sysctls: !!c.link && c.badSysctls.length === 0,
     ...(e.kind === "netns" ? { inner: c.innerOk } : {}),
+    ...(e.ip6 !== undefined ? { gateway6: c.linkLocalOk } : {}),
   };
   const base = {
-    id: e.id, kind: e.kind, network: e.network, ip: e.ip, mac: e.mac, device: e.device,
+    id: e.id, kind: e.kind, network: e.network, ip: e.ip, ...(e.ip6 !== undefined ? { ip6: e.ip6 } : {}), mac: e.mac, device: e.device,
     ...(e.netns !== undefined ? { netns: e.netns } : {}), ...(e.domain !== undefined ? { domain: e.domain } : {}),
     ...(e.elevated ? { elevated: true } : {}), ...(e.kind === "vm" ? { migration: e.migration ?? "normal" } : {}),
     conditions, counters: c.link?.stats ?? ZERO,
@@ -94,8 +102,9 @@ export function endpointStatus(c: EndpointCheck, failures: string[] | undefined)
   const problem = !c.link ? `device ${e.device} missing`
     : c.wrongKind ? `device ${e.device} is not a ${e.kind === "netns" ? "veth" : "tap with vnet_hdr"}`
     : !c.up ? `device ${e.device} is down`
-    : !c.routeOk ? `route ${e.ip}/32 missing`
-    : !c.neighbourOk ? `neighbour entry ${e.ip} → ${e.mac} missing`
+    : !c.routeOk ? `route ${endpointIps(e).map(hostPrefix).join(" or ")} missing`
+    : !c.neighbourOk ? `neighbour entry ${endpointIps(e).join(" or ")} → ${e.mac} missing`
+    : !c.linkLocalOk ? `IPv6 gateway ${c.linkLocal6 ?? ""}/64 missing on ${e.device}`
     : c.badSysctls.length ? `sysctl ${c.badSysctls[0]!.key} is not ${c.badSysctls[0]!.value}`
     : !c.mtuOk ? `device ${e.device} has MTU ${c.link.mtu ?? "unknown"}, not ${c.mtu}`
     : !c.innerOk ? `${e.netns ? `inside namespace '${e.netns}': ` : ""}eth0 not configured`
@@ -108,7 +117,7 @@ export function heldStatus(h: HeldCheck): EndpointStatus {
   const e = h.held;
   const link = h.link;
   return {
-    id: e.id, kind: e.kind, network: e.network, ip: e.ip, mac: "", device: e.device ?? "", ...(e.domain !== undefined ? { domain: e.domain } : {}),
+    id: e.id, kind: e.kind, network: e.network, ip: e.ip, ...(e.ip6 !== undefined ? { ip6: e.ip6 } : {}), mac: "", device: e.device ?? "", ...(e.domain !== undefined ? { domain: e.domain } : {}),
     state: "degraded", reason: e.reason, held: true,
     conditions: { device: !!link, up: !!link?.up, carrier: !!link?.carrier, route: h.routed, neighbour: false, sysctls: false },
     counters: link?.stats ?? ZERO,

@@ -1,4 +1,5 @@
 import { formatIpv4 } from "../model/ipv4.js";
+import { endpointIps, hostPrefix, linkLocalFromMac } from "../model/ipv6.js";
 import { networkPrefix } from "../model/resolve.js";
 import { hostSideMac } from "../model/mac.js";
 import { gatewayDevice } from "../model/naming.js";
@@ -53,7 +54,17 @@ export interface GatewayCheck {
   /** Our mark is on the device (false for a device adopted from the creation record). */
   aliasOk?: boolean;
   addressOk: boolean;
-  /** Addresses on our device that are not the gateway's. */
+  /**
+   * With a prefix6: `<prefix6 base>/<len>` (nodad, noprefixroute) on the device. No guest uses it (their
+   * gateway is the tap's link-local); dnsmasq answers DHCPv6 and router solicitations arriving on the taps
+   * for the prefix an address of this device lies in (bridge-interface). The base address is no
+   * endpoint's (resolve.ts refuses it), and noprefixroute adds no connected route.
+   */
+  cidr6?: string;
+  address6Ok: boolean;
+  /** With a prefix6: accept_ra is 0 on the device (true when not read: a scoped pass leaves it to the resync). */
+  acceptRaOk: boolean;
+  /** Addresses on our device that are not the gateway's (IPv6 link-local ones are the kernel's, not counted). */
   extraAddresses: string[];
   /** A connected route for the subnet via the gateway device (must not exist). */
   connectedRoute?: ObservedRoute;
@@ -64,10 +75,12 @@ export function checkGateway(network: Network, observed: ObservedState, index: O
   const alias = gatewayAlias(network.name);
   const cidr = `${network.gateway}/${network.prefixLength}`;
   const link = observed.links.get(device);
-  const base: GatewayCheck = { network, device, alias, cidr, addressOk: false, extraAddresses: [] };
+  const cidr6 = network.prefix6;
+  const base: GatewayCheck = { network, device, alias, cidr, ...(cidr6 ? { cidr6 } : {}), addressOk: false, address6Ok: cidr6 === undefined, acceptRaOk: true, extraAddresses: [] };
   if (!link) return base;
   if (!ownedAs(link, alias, observed)) return { ...base, conflict: `device ${device} exists and is not owned by vmrouted` };
-  const addresses = index.addressesByDevice.get(device) ?? [];
+  const all = index.addressesByDevice.get(device) ?? [];
+  const addresses = all.filter((a) => !a.ip.startsWith("fe80:"));
   const prefix = networkPrefix(network);
   const subnet = `${formatIpv4(prefix.base)}/${prefix.length}`;
   return {
@@ -75,7 +88,9 @@ export function checkGateway(network: Network, observed: ObservedState, index: O
     link,
     aliasOk: link.alias === alias,
     addressOk: addresses.some((a) => `${a.ip}/${a.prefixLength}` === cidr && a.noprefixroute),
-    extraAddresses: addresses.map((a) => `${a.ip}/${a.prefixLength}`).filter((c) => c !== cidr),
+    address6Ok: cidr6 === undefined || addresses.some((a) => `${a.ip}/${a.prefixLength}` === cidr6 && a.noprefixroute),
+    acceptRaOk: cidr6 === undefined || [undefined, "0"].includes(observed.sysctls.get(device)?.acceptRa6),
+    extraAddresses: addresses.map((a) => `${a.ip}/${a.prefixLength}`).filter((c) => c !== cidr && c !== cidr6).sort(),
     connectedRoute: index.routesByDst.get(subnet)?.find((r) => r.device === device && r.protocol === KERNEL_PROTOCOL),
   };
 }
@@ -101,9 +116,15 @@ export interface EndpointCheck {
   up: boolean;
   carrier: boolean;
   badSysctls: Array<{ key: string; value: string }>;
+  /** Every host route of the endpoint (its /32, and its /128 with an ip6) is ours, via its device, with its metric. */
   routeOk: boolean;
+  /** A permanent neighbour entry per address. */
   neighbourOk: boolean;
-  /** netns endpoints: the inside (eth0 address, MAC, MTU, default route) is right. */
+  /** Endpoints with an ip6: the guest's IPv6 gateway, `linkLocal6`, is on the host-side device (true without an ip6). */
+  linkLocalOk: boolean;
+  /** The EUI-64 link-local address of the host-side MAC: the guest's IPv6 gateway, the same on every host. */
+  linkLocal6?: string;
+  /** netns endpoints: the inside (eth0 addresses, MAC, MTU, default routes) is right. */
   innerOk: boolean;
 }
 
@@ -114,16 +135,20 @@ export function checkEndpoint(
   const hostMac = hostSideMac(endpoint.mac);
   const mtu = deviceMtu(network);
   const link = observed.links.get(endpoint.device);
+  const linkLocal6 = endpoint.ip6 !== undefined ? linkLocalFromMac(hostMac) : undefined;
   const check: EndpointCheck = {
     endpoint, alias, hostMac, mtu, wrongKind: false, groupOk: false, macOk: false, mtuOk: false, up: false, carrier: false,
-    badSysctls: [], routeOk: false, neighbourOk: false, innerOk: endpoint.kind !== "netns",
+    badSysctls: [], routeOk: false, neighbourOk: false, linkLocalOk: linkLocal6 === undefined, ...(linkLocal6 ? { linkLocal6 } : {}),
+    innerOk: endpoint.kind !== "netns",
   };
-  const dst = `${endpoint.ip}/32`;
-  const routes = index.routesByDst.get(dst) ?? [];
-  // A learned route to a local workload's IP is ours too (the elevated path of a VM that just moved away).
-  const foreignRoute = routes.find((r) => !isOurs(r.protocol, settings));
-  if (foreignRoute)
-    return { ...check, conflict: `a route to ${dst} with protocol ${foreignRoute.protocol} exists and is not owned by vmrouted` };
+  const ips = endpointIps(endpoint);
+  for (const ip of ips) {
+    const dst = hostPrefix(ip);
+    // A learned route to a local workload's IP is ours too (the elevated path of a VM that just moved away).
+    const foreignRoute = (index.routesByDst.get(dst) ?? []).find((r) => !isOurs(r.protocol, settings));
+    if (foreignRoute)
+      return { ...check, conflict: `a route to ${dst} with protocol ${foreignRoute.protocol} exists and is not owned by vmrouted` };
+  }
   if (endpoint.netns !== undefined) {
     const ns = observed.netns.get(endpoint.netns);
     if (!ns?.exists) return { ...check, pending: `network namespace '${endpoint.netns}' does not exist` };
@@ -145,9 +170,12 @@ export function checkEndpoint(
     ? link.kind !== "veth" || link.peerInOtherNetns === false || !inner || !isPeer(link, inner)
     : link.kind !== "tun" || link.tunType !== "tap" || link.vnetHdr !== true;
   const sysctls = observed.sysctls.get(endpoint.device) ?? {};
+  const ns = endpoint.netns !== undefined ? observed.netns.get(endpoint.netns) : undefined;
   const innerOk = endpoint.netns === undefined ? check.innerOk
     : !!inner && inner.alias === alias && inner.mac === endpoint.mac && inner.mtu === mtu && inner.up &&
-      inner.addresses.includes(`${endpoint.ip}/${network.prefixLength}`) && observed.netns.get(endpoint.netns)?.defaultGateway === network.gateway;
+      inner.addresses.includes(`${endpoint.ip}/${network.prefixLength}`) && ns?.defaultGateway === network.gateway &&
+      (endpoint.ip6 === undefined || (inner.addresses.includes(hostPrefix(endpoint.ip6)) && ns?.defaultGateway6 === linkLocal6));
+  const neighbours = index.neighboursByDevice.get(endpoint.device) ?? [];
   return {
     ...check,
     link,
@@ -158,10 +186,14 @@ export function checkEndpoint(
     mtuOk: link.mtu === mtu,
     up: link.up,
     carrier: link.carrier,
-    badSysctls: endpointSysctls(endpoint.device).filter((s) => sysctls[s.field] !== s.value).map(({ key, value }) => ({ key, value })),
-    routeOk: routes.some((r) => r.device === endpoint.device && r.protocol === settings.routeProtocol && r.scope === SCOPE_LINK &&
-      r.metric === routeMetricFor(endpoint.elevated, settings)),
-    neighbourOk: (index.neighboursByDevice.get(endpoint.device) ?? []).some((n) => n.ip === endpoint.ip && n.permanent && n.mac === endpoint.mac),
+    badSysctls: endpointSysctls(endpoint.device, endpoint.ip6 !== undefined).filter((s) => sysctls[s.field] !== s.value)
+      .map(({ key, value }) => ({ key, value })),
+    // IPv6 routes have no scope (the kernel shows none).
+    routeOk: ips.every((ip) => (index.routesByDst.get(hostPrefix(ip)) ?? []).some((r) => r.device === endpoint.device &&
+      r.protocol === settings.routeProtocol && (ip.includes(":") || r.scope === SCOPE_LINK) && r.metric === routeMetricFor(endpoint.elevated, settings))),
+    neighbourOk: ips.every((ip) => neighbours.some((n) => n.ip === ip && n.permanent && n.mac === endpoint.mac)),
+    linkLocalOk: linkLocal6 === undefined ||
+      (index.addressesByDevice.get(endpoint.device) ?? []).some((a) => a.ip === linkLocal6 && a.prefixLength === 64),
     innerOk,
   };
 }
@@ -203,5 +235,5 @@ function isPeer(link: ObservedLink | undefined, inner: NonNullable<ObservedNetns
 export function endpointComplete(c: EndpointCheck): boolean {
   const routed = c.endpoint.deviceOnly !== undefined || (c.routeOk && c.neighbourOk);
   return !c.pending && !c.conflict && !!c.link && !c.wrongKind && c.groupOk && c.macOk && c.mtuOk && c.up &&
-    c.badSysctls.length === 0 && routed && c.innerOk;
+    c.badSysctls.length === 0 && routed && c.linkLocalOk && c.innerOk;
 }

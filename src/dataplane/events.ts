@@ -1,3 +1,4 @@
+import { endpointIps, hostPrefix, routeDst } from "../model/ipv6.js";
 import { hostSideMac } from "../model/mac.js";
 import { formatIpv4 } from "../model/ipv4.js";
 import { networkPrefix } from "../model/resolve.js";
@@ -63,8 +64,11 @@ export function parseMonitorRecord(record: string): KernelEvent | undefined {
       const type = /^\d+$/.test(words[0] ?? "") ? ROUTE_TYPES[Number(words[0])] ?? words[0]! : "unicast";
       const typed = /^\d+$/.test(words[0] ?? "") ? words.slice(1) : words;
       const dstWord = typed[0];
-      if (!dstWord || dstWord.includes(":")) return undefined; // IPv6: not ours
-      const dst = dstWord === "default" ? "0.0.0.0/0" : dstWord.includes("/") ? dstWord : `${dstWord}/32`;
+      if (!dstWord) return undefined;
+      // ip monitor writes the family only through the addresses: a `default` via an IPv6 gateway is IPv6.
+      const dst = routeDst(dstWord, dstWord.includes(":") || (after("via") ?? "").includes(":"));
+      // Link-local and multicast routes (every device has them) are never ours: not worth judging.
+      if (dst.startsWith("fe80:") || dst.startsWith("ff00:")) return undefined;
       const device = after("dev"), via = after("via");
       return {
         kind: "route", deleted, dst, ...(device ? { device } : {}), ...(via ? { via } : {}),
@@ -75,7 +79,7 @@ export function parseMonitorRecord(record: string): KernelEvent | undefined {
     case "NEIGH": {
       const ip = words[0];
       const device = after("dev");
-      if (!ip || !device || ip.includes(":") || ip === "dev") return undefined;
+      if (!ip || !device || ip === "dev" || ip.startsWith("fe80:")) return undefined;
       const mac = after("lladdr");
       return { kind: "neigh", deleted, device, ip, ...(mac ? { mac } : {}), permanent: words.includes("PERMANENT") };
     }
@@ -116,7 +120,7 @@ export interface DesiredIndex {
 export function indexDesired(desired: DesiredState): DesiredIndex {
   return {
     endpointsByDevice: new Map(desired.endpoints.map((e) => [e.device, e])),
-    endpointsByDst: new Map(desired.endpoints.map((e) => [`${e.ip}/32`, e])),
+    endpointsByDst: new Map(desired.endpoints.flatMap((e) => endpointIps(e).map((ip) => [hostPrefix(ip), e] as const))),
     networks: new Map(desired.networks.map((n) => [n.name, n])),
     gatewaysByDevice: new Map(desired.networks.map((n) => [gatewayDevice(n.name), n])),
     subnets: new Map(desired.networks.map((n) => {
@@ -175,7 +179,7 @@ function judge(e: KernelEvent, index: DesiredIndex, settings: DataplaneSettings)
       const endpoint = index.endpointsByDevice.get(e.device);
       if (!endpoint) return false;
       // Another address on our device matters only as a stale permanent entry of ours; traffic's entries do not.
-      if (e.ip !== endpoint.ip || endpoint.deviceOnly !== undefined) return !e.deleted && e.permanent;
+      if ((e.ip !== endpoint.ip && e.ip !== endpoint.ip6) || endpoint.deviceOnly !== undefined) return !e.deleted && e.permanent;
       // A permanent entry deleted by hand shows as FAILED, then Deleted, neither with PERMANENT or a MAC.
       return e.deleted || !e.permanent || e.mac !== endpoint.mac;
     }

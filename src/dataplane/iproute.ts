@@ -42,9 +42,10 @@ export async function ipBatch(lines: string[], netns?: string): Promise<BatchFai
  * nothing for one that failed (a device that does not exist), and names the
  * failed lines on stderr. Scoped observations read a few devices this way.
  */
-export async function ipBatchJson<T = Record<string, unknown>>(commands: string[], netns?: string): Promise<Array<T[] | undefined>> {
+export async function ipBatchJson<T = Record<string, unknown>>(commands: string[], netns?: string, ipv6 = false): Promise<Array<T[] | undefined>> {
   if (commands.length === 0) return [];
-  const result = await runBatch(commands, netns, ["-N", "-d", "-s", "-j"]);
+  // A listing's family is the process's (`-6`), not a batch line's: an IPv6 destination in an IPv4 listing finds nothing.
+  const result = await runBatch(commands, netns, [...(ipv6 ? ["-6"] : []), "-N", "-d", "-s", "-j"]);
   const failed = new Set(parseBatchErrors(result.stderr, commands.length).map((f) => f.line));
   const outputs = result.stdout.split("\n").filter((l) => l.trim() !== "");
   let next = 0;

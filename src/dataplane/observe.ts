@@ -1,9 +1,10 @@
 import { access } from "node:fs/promises";
 import { NETNS_INNER_IFNAME } from "../model/types.js";
+import { routeDst } from "../model/ipv6.js";
 import { RTPROT_BOOT } from "./check.js";
 import { ipBatchJson, ipJson } from "./iproute.js";
 import type { InterfaceSysctls, LinkStats, ObservedLink, ObservedNetns, ObservedRoute, ObservedState } from "./observed.js";
-import { endpointSysctls, IP_FORWARD_KEY, isOwnedAlias } from "./ownership.js";
+import { endpointSysctls, IP6_FORWARD_KEY, IP_FORWARD_KEY, isOwnedAlias } from "./ownership.js";
 import { readSysctl } from "./sysctl.js";
 
 // Reads the kernel through `ip -N -json` (numeric protocols, scopes and groups,
@@ -43,10 +44,10 @@ export function toLink(l: IpLink): ObservedLink {
   };
 }
 
-export function toRoute(r: IpRoute): ObservedRoute {
-  const dst = r.dst === "default" ? "0.0.0.0/0" : r.dst.includes("/") ? r.dst : `${r.dst}/32`;
+/** ipv6: the listing was of IPv6 routes (`default` and host routes are written without their family). */
+export function toRoute(r: IpRoute, ipv6 = false): ObservedRoute {
   return {
-    dst,
+    dst: routeDst(r.dst, ipv6),
     ...(r.dev ? { device: r.dev } : {}),
     // `ip -json` leaves the default protocol (boot) unsaid, even with -N.
     protocol: Number(r.protocol ?? RTPROT_BOOT),
@@ -60,6 +61,8 @@ export function toRoute(r: IpRoute): ObservedRoute {
 export interface ObserveRequest {
   /** Named namespaces holding netns endpoints, to be looked into. */
   netns: string[];
+  /** Of those, the ones whose endpoint has an ip6 (their IPv6 default route is read too). */
+  netnsIpv6?: ReadonlySet<string>;
   /**
    * A scoped observation: only these devices (link, IPv4 addresses, permanent
    * neighbours) and route destinations (main table). Without it, everything.
@@ -74,10 +77,11 @@ export interface ObserveRequest {
 }
 
 export async function observe(request: ObserveRequest): Promise<ObservedState> {
-  const [kernel, ipForward, netnsEntries] = await Promise.all([
+  const [kernel, ipForward, ip6Forward, netnsEntries] = await Promise.all([
     request.scope ? readScope(request.scope) : readAll(),
     readSysctl(IP_FORWARD_KEY),
-    Promise.all(request.netns.map(async (ns) => [ns, await observeNetns(ns)] as const)),
+    readSysctl(IP6_FORWARD_KEY),
+    Promise.all(request.netns.map(async (ns) => [ns, await observeNetns(ns, request.netnsIpv6?.has(ns) === true)] as const)),
   ]);
   const linkMap = new Map(kernel.links.map((l) => [l.ifname, toLink(l)]));
   const isGateway = (name: string) => ["bridge", "dummy"].includes(linkMap.get(name)?.kind ?? "");
@@ -86,29 +90,36 @@ export async function observe(request: ObserveRequest): Promise<ObservedState> {
     : [...linkMap.values()].filter((l) => isOwnedAlias(l.alias) && !isGateway(l.name)).map((l) => l.name);
   return {
     links: linkMap,
-    addresses: kernel.addrs.flatMap((a) => (a.addr_info ?? []).filter((i) => i.family === "inet").map((i) => ({
+    addresses: kernel.addrs.flatMap((a) => (a.addr_info ?? []).filter((i) => i.family === "inet" || i.family === "inet6").map((i) => ({
       device: a.ifname, ip: i.local, prefixLength: i.prefixlen, noprefixroute: i.noprefixroute === true,
     }))),
-    routes: kernel.routes.map(toRoute),
-    neighbours: kernel.neighs.filter((n) => !n.dst.includes(":")).map((n) => ({
+    routes: [...kernel.routes.map((r) => toRoute(r)), ...kernel.routes6.map((r) => toRoute(r, true))],
+    neighbours: kernel.neighs.map((n) => ({
       device: n.dev, ip: n.dst, ...(n.lladdr ? { mac: n.lladdr } : {}), permanent: (n.state ?? []).includes("PERMANENT"),
     })),
-    sysctls: new Map(sysctlDevices.map((name) => [name, readInterfaceSysctls(name)])),
+    sysctls: new Map([
+      ...sysctlDevices.map((name) => [name, readInterfaceSysctls(name)] as const),
+      // Gateway devices: only accept_ra, and only in a full listing (check.ts leaves an unread one alone).
+      ...(request.sysctlsOf ? [] : [...linkMap.values()].filter((l) => isGateway(l.name) && isOwnedAlias(l.alias))
+        .map((l) => [l.name, readGatewaySysctls(l.name)] as const)),
+    ]),
     ...(ipForward !== undefined ? { ipForward } : {}),
+    ...(ip6Forward !== undefined ? { ip6Forward } : {}),
     netns: new Map(netnsEntries),
   };
 }
 
-interface KernelLists { links: IpLink[]; addrs: IpAddr[]; routes: IpRoute[]; neighs: IpNeigh[] }
+interface KernelLists { links: IpLink[]; addrs: IpAddr[]; routes: IpRoute[]; routes6: IpRoute[]; neighs: IpNeigh[] }
 
 async function readAll(): Promise<KernelLists> {
-  const [links, addrs, routes, neighs] = await Promise.all([
+  const [links, addrs, routes, routes6, neighs] = await Promise.all([
     ipJson<IpLink[]>(["-d", "-s", "link", "show"]),
-    ipJson<IpAddr[]>(["-4", "address", "show"]),
+    ipJson<IpAddr[]>(["address", "show"]),
     ipJson<IpRoute[]>(["-4", "route", "show", "table", "main"]),
-    ipJson<IpNeigh[]>(["-4", "neigh", "show", "nud", "permanent"]),
+    ipJson<IpRoute[]>(["-6", "route", "show", "table", "main"]),
+    ipJson<IpNeigh[]>(["neigh", "show", "nud", "permanent"]),
   ]);
-  return { links, addrs, routes, neighs };
+  return { links, addrs, routes, routes6, neighs };
 }
 
 /**
@@ -118,11 +129,15 @@ async function readAll(): Promise<KernelLists> {
  */
 async function readScope(scope: { devices: string[]; dsts: string[] }): Promise<KernelLists> {
   const n = scope.devices.length;
-  const answers = await ipBatchJson([
-    ...scope.devices.map((d) => `address show dev ${d}`),
-    ...scope.devices.map((d) => `link show dev ${d}`),
-    ...scope.devices.map((d) => `neigh show dev ${d} nud permanent`),
-    ...scope.dsts.map((dst) => `route list table main exact ${dst}`),
+  const dsts6 = scope.dsts.filter((d) => d.includes(":"));
+  const [answers, answers6] = await Promise.all([
+    ipBatchJson([
+      ...scope.devices.map((d) => `address show dev ${d}`),
+      ...scope.devices.map((d) => `link show dev ${d}`),
+      ...scope.devices.map((d) => `neigh show dev ${d} nud permanent`),
+      ...scope.dsts.filter((d) => !d.includes(":")).map((dst) => `route list table main exact ${dst}`),
+    ]),
+    ipBatchJson(dsts6.map((dst) => `route list table main exact ${dst}`), undefined, true),
   ]);
   const slice = <T>(from: number, to: number) => answers.slice(from, to).flatMap((a) => (a ?? []) as T[]);
   return {
@@ -131,19 +146,26 @@ async function readScope(scope: { devices: string[]; dsts: string[] }): Promise<
     // Filtered by device, ip leaves the device out of each entry.
     neighs: scope.devices.flatMap((device, i) => ((answers[2 * n + i] ?? []) as unknown as IpNeigh[]).map((e) => ({ ...e, dev: device }))),
     routes: slice<IpRoute>(3 * n, answers.length),
+    routes6: answers6.flatMap((a) => (a ?? []) as unknown as IpRoute[]),
   };
+}
+
+function readGatewaySysctls(device: string): InterfaceSysctls {
+  const value = readSysctl(`net/ipv6/conf/${device}/accept_ra`);
+  return value !== undefined ? { acceptRa6: value } : {};
 }
 
 function readInterfaceSysctls(device: string): InterfaceSysctls {
   const result: InterfaceSysctls = {};
-  for (const s of endpointSysctls(device)) {
+  // The IPv6 ones too: an endpoint may gain an ip6 (a missing file, without IPv6, reads as undefined).
+  for (const s of endpointSysctls(device, true)) {
     const value = readSysctl(s.key);
     if (value !== undefined) result[s.field] = value;
   }
   return result;
 }
 
-async function observeNetns(name: string): Promise<ObservedNetns> {
+async function observeNetns(name: string, ipv6: boolean): Promise<ObservedNetns> {
   try {
     await access(`/run/netns/${name}`);
   } catch {
@@ -154,6 +176,8 @@ async function observeNetns(name: string): Promise<ObservedNetns> {
       `address show dev ${NETNS_INNER_IFNAME}`, `link show dev ${NETNS_INNER_IFNAME}`, "route show table main default",
     ], name) as [IpAddr[] | undefined, IpLink[] | undefined, IpRoute[] | undefined];
     if (routes === undefined) return { exists: true, error: "ip cannot enter it" };
+    const routes6 = ipv6 ? (await ipBatchJson<IpRoute>(["route show table main default"], name, true))[0] : undefined;
+    const def6 = routes6?.find((r) => r.dst === "default" && r.dev === NETNS_INNER_IFNAME);
     const link = links?.[0];
     const def = routes.find((r) => r.dst === "default" && r.dev === NETNS_INNER_IFNAME);
     return {
@@ -166,10 +190,12 @@ async function observeNetns(name: string): Promise<ObservedNetns> {
           up: (link.flags ?? []).includes("UP"),
           ...(link.ifindex !== undefined ? { ifindex: link.ifindex } : {}),
           ...(link.link_index !== undefined ? { peerIndex: link.link_index } : {}),
-          addresses: (addrs?.[0]?.addr_info ?? []).filter((i) => i.family === "inet").map((i) => `${i.local}/${i.prefixlen}`),
+          addresses: (addrs?.[0]?.addr_info ?? []).filter((i) => i.family === "inet" || (i.family === "inet6" && !i.local.startsWith("fe80:")))
+            .map((i) => `${i.local}/${i.prefixlen}`),
         },
       } : {}),
       ...(def?.gateway ? { defaultGateway: def.gateway } : {}),
+      ...(def6?.gateway ? { defaultGateway6: def6.gateway } : {}),
     };
   } catch (e) {
     // The namespace file exists but cannot be read (being torn down?): not "absent", which would look like a removal.

@@ -60,6 +60,9 @@ export interface InterfaceSysctls {
   proxyDelay?: string;
   rpFilter?: string;
   forwarding?: string;
+  /** net/ipv6/conf/<dev>/accept_ra and forwarding (absent where the kernel has no IPv6 for the device). */
+  acceptRa6?: string;
+  forwarding6?: string;
 }
 
 /** The inside of a named network namespace holding a netns endpoint. */
@@ -70,17 +73,21 @@ export interface ObservedNetns {
   /** The inner interface (eth0), if present. */
   inner?: { alias?: string; mac?: string; mtu?: number; up: boolean; addresses: string[]; ifindex?: number; peerIndex?: number };
   defaultGateway?: string;
+  /** The IPv6 default route's gateway (read only for endpoints with an ip6). */
+  defaultGateway6?: string;
 }
 
 export interface ObservedState {
   links: Map<string, ObservedLink>;
   addresses: ObservedAddress[];
-  /** Main table IPv4 routes. */
+  /** Main table routes, IPv4 and IPv6 (IPv6 host routes written with /128). */
   routes: ObservedRoute[];
   neighbours: ObservedNeighbour[];
   /** Per-interface sysctls, for the devices vmrouted owns. */
   sysctls: Map<string, InterfaceSysctls>;
   ipForward?: string;
+  /** net/ipv6/conf/all/forwarding */
+  ip6Forward?: string;
   netns: Map<string, ObservedNetns>;
   /** Devices vmrouted created but may not have marked yet (creations.ts): treated as its own. */
   adoptable?: Set<string>;

@@ -1,5 +1,6 @@
 import type { DesiredState, Endpoint, HeldEndpoint } from "../model/types.js";
 import { prefixContains } from "../model/ipv4.js";
+import { endpointIps, hostPrefix } from "../model/ipv6.js";
 import { networkPrefix } from "../model/resolve.js";
 import { NETNS_INNER_IFNAME } from "../model/types.js";
 import {
@@ -9,7 +10,7 @@ import {
 import { indexObserved, type ObservedIndex, type ObservedLink, type ObservedState } from "./observed.js";
 import type { Operation } from "./operations.js";
 import { gatewayDevice } from "../model/naming.js";
-import { ALIAS_PREFIX, endpointAlias, endpointSysctls, IP_FORWARD_KEY, isGatewayAlias, isOwnedAlias } from "./ownership.js";
+import { ALIAS_PREFIX, endpointAlias, endpointSysctls, IP6_FORWARD_KEY, IP_FORWARD_KEY, isGatewayAlias, isOwnedAlias } from "./ownership.js";
 
 // Pure: (desired, observed) → operations, in the order they must run. Planning
 // against the state just produced by applying a plan yields no operations.
@@ -78,6 +79,8 @@ export function plan(desired: DesiredState, observed: ObservedState, settings: P
 
   if (networks.length > 0 && observed.ipForward !== "1")
     out.after.push({ subject: "host", op: "sysctl.set", key: IP_FORWARD_KEY, value: "1" });
+  if (networks.some((n) => n.prefix6 !== undefined) && observed.ip6Forward !== "1")
+    out.after.push({ subject: "host", op: "sysctl.set", key: IP6_FORWARD_KEY, value: "1" });
 
   const networkByName = new Map(networks.map((n) => [n.name, n]));
   const endpoints: EndpointCheck[] = [];
@@ -111,6 +114,9 @@ function planGateway(g: GatewayCheck, settings: PlanSettings, out: Buckets): voi
   }
   for (const cidr of g.extraAddresses) out.stale.push({ subject, op: "address.delete", device: g.device, cidr });
   if (!g.addressOk) out.addresses.push({ subject, op: "address.replace", device: g.device, cidr: g.cidr });
+  if (!g.address6Ok && g.cidr6 !== undefined) out.addresses.push({ subject, op: "address.replace", device: g.device, cidr: g.cidr6 });
+  // dnsmasq's router advertisements loop back onto the gateway device: it must not take them (their MTU, a default route).
+  if (!g.acceptRaOk) out.after.push({ subject, op: "sysctl.set", key: `net/ipv6/conf/${g.device}/accept_ra`, value: "0" });
   if (g.connectedRoute)
     out.stale.push({ subject, op: "route.delete", dst: g.connectedRoute.dst, device: g.device, protocol: g.connectedRoute.protocol });
 }
@@ -126,7 +132,10 @@ function planEndpoint(c: EndpointCheck, gateway: string, prefixLength: number, s
       ? { subject, op: "veth.create", device: e.device, netns: e.netns!, inner: NETNS_INNER_IFNAME }
       : { subject, op: "tap.create", device: e.device });
     // `tuntap add` takes no MTU: it is set with the rest, in the same batch (the veth's host end the same way, one path for both).
-    out.sets.push({ subject, op: "link.set", device: e.device, group: settings.netdevGroup, alias: c.alias, mac: c.hostMac, mtu: c.mtu, up: true });
+    out.sets.push({
+      subject, op: "link.set", device: e.device, group: settings.netdevGroup, alias: c.alias, mac: c.hostMac, mtu: c.mtu,
+      ...(e.ip6 !== undefined ? { addrGenNone: true } : {}), up: true,
+    });
   } else if (!c.groupOk || !c.macOk || !c.mtuOk || !c.up || !c.aliasOk) {
     out.sets.push({
       subject, op: "link.set", device: e.device,
@@ -138,18 +147,24 @@ function planEndpoint(c: EndpointCheck, gateway: string, prefixLength: number, s
     });
   }
   // A fresh device starts with the kernel's defaults: set every sysctl.
-  const sysctls = fresh ? endpointSysctls(e.device) : c.badSysctls;
+  const sysctls = fresh ? endpointSysctls(e.device, e.ip6 !== undefined) : c.badSysctls;
   for (const s of sysctls) out.after.push({ subject, op: "sysctl.set", key: s.key, value: s.value });
+  // The guest's IPv6 gateway is there from the start, device-only or not (a guest may ask before its route exists).
+  if (c.linkLocal6 !== undefined && (fresh || !c.linkLocalOk))
+    out.addresses.push({ subject, op: "address.replace", device: e.device, cidr: `${c.linkLocal6}/64`, linkLocal: true });
   if (e.deviceOnly !== undefined) return;
-  if (fresh || !c.routeOk)
-    out.routes.push({
-      subject, op: "route.replace", dst: `${e.ip}/32`, device: e.device, protocol: settings.routeProtocol, metric: routeMetricFor(e.elevated, settings),
-    });
-  if (fresh || !c.neighbourOk) out.routes.push({ subject, op: "neighbour.replace", device: e.device, ip: e.ip, mac: e.mac });
+  for (const ip of endpointIps(e)) {
+    if (fresh || !c.routeOk)
+      out.routes.push({
+        subject, op: "route.replace", dst: hostPrefix(ip), device: e.device, protocol: settings.routeProtocol, metric: routeMetricFor(e.elevated, settings),
+      });
+    if (fresh || !c.neighbourOk) out.routes.push({ subject, op: "neighbour.replace", device: e.device, ip, mac: e.mac });
+  }
   if (e.kind === "netns" && (fresh || !c.innerOk))
     out.after.push({
       subject, op: "netns.configure", netns: e.netns!, device: NETNS_INNER_IFNAME, alias: c.alias, mac: e.mac, mtu: c.mtu,
       cidr: `${e.ip}/${prefixLength}`, gateway,
+      ...(e.ip6 !== undefined && c.linkLocal6 !== undefined ? { cidr6: hostPrefix(e.ip6), gateway6: c.linkLocal6 } : {}),
     });
 }
 
@@ -227,7 +242,7 @@ function planRemovals(
   // Routes of ours that no desired endpoint or learned route explains (and whose device is not leaving anyway).
   const wantedRoutes = new Set([
     ...desired.endpoints.filter((e) => e.deviceOnly === undefined)
-      .map((e) => `${settings.routeProtocol} ${e.ip}/32 dev ${e.device} ${routeMetricFor(e.elevated, settings)}`),
+      .flatMap((e) => endpointIps(e).map((ip) => `${settings.routeProtocol} ${hostPrefix(ip)} dev ${e.device} ${routeMetricFor(e.elevated, settings)}`)),
     ...desired.learned.map((r) => `${settings.learnedProtocol} ${r.prefix} via ${r.nextHop} ${routeMetricFor(r.elevated, settings)}`),
   ]);
   const routeKey = (r: ObservedState["routes"][number]) =>
@@ -256,7 +271,7 @@ function planRemovals(
     const wanted = wantedEndpointDevices.get(n.device);
     if (!wanted || !n.permanent || leavingSet.has(n.device)) continue;
     if (!isOwnedAlias(observed.links.get(n.device)?.alias)) continue;
-    if (n.ip !== wanted.ip || wanted.deviceOnly !== undefined) out.stale.push({ subject: wanted.id, op: "neighbour.delete", device: n.device, ip: n.ip });
+    if ((n.ip !== wanted.ip && n.ip !== wanted.ip6) || wanted.deviceOnly !== undefined) out.stale.push({ subject: wanted.id, op: "neighbour.delete", device: n.device, ip: n.ip });
   }
   if (leaving.length === 0) return;
   // `ip link del group N` unregisters all devices with one RCU wait instead of

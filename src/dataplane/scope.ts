@@ -1,3 +1,4 @@
+import { endpointIps, hostPrefix } from "../model/ipv6.js";
 import { formatIpv4 } from "../model/ipv4.js";
 import { gatewayDevice } from "../model/naming.js";
 import { networkPrefix } from "../model/resolve.js";
@@ -68,7 +69,7 @@ export function changedScope(before: DesiredState, after: DesiredState): Scope {
   };
   const endpoint = (e: Endpoint) => {
     scope.devices.add(e.device);
-    scope.dsts.add(`${e.ip}/32`);
+    for (const ip of endpointIps(e)) scope.dsts.add(hostPrefix(ip));
     if (e.netns !== undefined) scope.netns.add(e.netns);
   };
   diff(before.endpoints, after.endpoints, (e) => e.id, endpoint);
@@ -82,7 +83,7 @@ export function changedScope(before: DesiredState, after: DesiredState): Scope {
   // A held entry that comes or goes (fixed, removed): its device, route and network's gateway are looked at again.
   diff(before.held ?? [], after.held ?? [], (h) => h.id, (h) => {
     if (h.device !== undefined) scope.devices.add(h.device);
-    scope.dsts.add(`${h.ip}/32`);
+    for (const ip of endpointIps(h)) scope.dsts.add(hostPrefix(ip));
     if (h.network) scope.devices.add(gatewayDevice(h.network));
   });
   // Learned routes or the domains become known: everything in the kernel is looked at (the unwanted go).
@@ -106,9 +107,10 @@ export function closeScope(scope: Scope, desired: DesiredState): Scope {
     ...(scope.fromKernel ? { fromKernel: true } : {}), ...(scope.sweep ? { sweep: true } : {}),
   };
   for (const e of desired.endpoints) {
-    if (closed.devices.has(e.device) || closed.dsts.has(`${e.ip}/32`) || (e.netns !== undefined && closed.netns.has(e.netns))) {
+    const dsts = endpointIps(e).map(hostPrefix);
+    if (closed.devices.has(e.device) || dsts.some((d) => closed.dsts.has(d)) || (e.netns !== undefined && closed.netns.has(e.netns))) {
       closed.devices.add(e.device);
-      closed.dsts.add(`${e.ip}/32`);
+      for (const d of dsts) closed.dsts.add(d);
       if (e.netns !== undefined) closed.netns.add(e.netns);
     }
   }
@@ -186,7 +188,7 @@ export function conflictScope(plan: Pick<Plan, "endpoints" | "gateways" | "learn
   for (const c of plan.endpoints) {
     if (!c.conflict) continue;
     scope.devices.add(c.endpoint.device);
-    scope.dsts.add(`${c.endpoint.ip}/32`);
+    for (const ip of endpointIps(c.endpoint)) scope.dsts.add(hostPrefix(ip));
   }
   for (const g of plan.gateways) if (g.conflict) scope.devices.add(g.device);
   for (const l of plan.learned) if (l.conflict) scope.dsts.add(l.route.prefix);

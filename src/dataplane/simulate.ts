@@ -8,8 +8,11 @@ import { DEFAULT_MTU } from "./check.js";
 // Anything a batch reported as failed is read again, not simulated.
 // Linear in the size of the state plus the batch: a pass may apply 50,000 routes.
 
-const SYSCTL = /^net\/ipv4\/(conf|neigh)\/([^/]+)\/(proxy_arp|proxy_delay|rp_filter|forwarding)$/;
-const FIELD = { proxy_arp: "proxyArp", proxy_delay: "proxyDelay", rp_filter: "rpFilter", forwarding: "forwarding" } as const;
+const SYSCTL = /^net\/(ipv4|ipv6)\/(conf|neigh)\/([^/]+)\/(proxy_arp|proxy_delay|rp_filter|forwarding|accept_ra)$/;
+const FIELD = {
+  "ipv4 proxy_arp": "proxyArp", "ipv4 proxy_delay": "proxyDelay", "ipv4 rp_filter": "rpFilter", "ipv4 forwarding": "forwarding",
+  "ipv6 accept_ra": "acceptRa6", "ipv6 forwarding": "forwarding6",
+} as const;
 
 /** The kernel's key of a route in one table: destination and metric (replace overwrites whatever has both). */
 const routeKey = (dst: string, metric: number) => `${dst} ${metric}`;
@@ -25,6 +28,7 @@ export function simulate(state: ObservedState, ops: Operation[]): ObservedState 
   const sysctls = new Map(state.sysctls);
   const netns = new Map(state.netns);
   let ipForward = state.ipForward;
+  let ip6Forward = state.ip6Forward;
   // ifindexes are never reused while the model lives, as in the kernel (close enough).
   let lastIndex = 1;
   for (const l of links.values()) lastIndex = Math.max(lastIndex, l.ifindex ?? 0);
@@ -60,15 +64,16 @@ export function simulate(state: ObservedState, ops: Operation[]): ObservedState 
     switch (op.op) {
       case "gateway.create":
         links.set(op.device, { ifindex: ++lastIndex, name: op.device, kind: op.kind, group: 0, up: false, carrier: false, mac: "02:00:00:00:00:01", mtu: DEFAULT_MTU });
+        sysctls.set(op.device, { acceptRa6: "1" });
         break;
       case "tap.create":
         links.set(op.device, { ifindex: ++lastIndex, name: op.device, kind: "tun", tunType: "tap", vnetHdr: true, group: 0, up: false, carrier: false, mac: "02:00:00:00:00:02", mtu: DEFAULT_MTU });
-        sysctls.set(op.device, { proxyArp: "0", proxyDelay: "80", rpFilter: "0", forwarding: "1" });
+        sysctls.set(op.device, { proxyArp: "0", proxyDelay: "80", rpFilter: "0", forwarding: "1", acceptRa6: "1", forwarding6: "0" });
         break;
       case "veth.create": {
         const [host, inner] = [++lastIndex, ++lastIndex];
         links.set(op.device, { name: op.device, kind: "veth", peerInOtherNetns: true, group: 0, up: false, carrier: true, mac: "02:00:00:00:00:03", mtu: DEFAULT_MTU, ifindex: host, peerIndex: inner });
-        sysctls.set(op.device, { proxyArp: "0", proxyDelay: "80", rpFilter: "0", forwarding: "1" });
+        sysctls.set(op.device, { proxyArp: "0", proxyDelay: "80", rpFilter: "0", forwarding: "1", acceptRa6: "1", forwarding6: "0" });
         const ns = netns.get(op.netns);
         if (ns) netns.set(op.netns, { ...ns, inner: { up: false, addresses: [], mac: "02:00:00:00:00:04", mtu: DEFAULT_MTU, ifindex: inner, peerIndex: host } });
         break;
@@ -91,7 +96,7 @@ export function simulate(state: ObservedState, ops: Operation[]): ObservedState 
       case "address.replace": {
         const [ip, len] = op.cidr.split("/");
         const kept = (addresses.get(op.device) ?? []).filter((a) => a.ip !== ip);
-        addresses.set(op.device, [...kept, { device: op.device, ip: ip!, prefixLength: Number(len), noprefixroute: true }]);
+        addresses.set(op.device, [...kept, { device: op.device, ip: ip!, prefixLength: Number(len), noprefixroute: !op.linkLocal }]);
         break;
       }
       case "address.delete":
@@ -124,15 +129,23 @@ export function simulate(state: ObservedState, ops: Operation[]): ObservedState 
           ipForward = op.value;
           break;
         }
+        if (op.key === "net/ipv6/conf/all/forwarding") {
+          ip6Forward = op.value;
+          break;
+        }
         const m = SYSCTL.exec(op.key);
-        if (!m) throw new Error(`unexpected sysctl ${op.key}`);
-        sysctls.set(m[2]!, { ...sysctls.get(m[2]!), [FIELD[m[3] as keyof typeof FIELD]]: op.value });
+        const field = m ? FIELD[`${m[1]} ${m[4]}` as keyof typeof FIELD] : undefined;
+        if (!m || !field) throw new Error(`unexpected sysctl ${op.key}`);
+        sysctls.set(m[3]!, { ...sysctls.get(m[3]!), [field]: op.value });
         break;
       }
       case "netns.configure": {
         const ns = netns.get(op.netns);
         if (!ns?.inner) break;
-        netns.set(op.netns, { ...ns, inner: { ...ns.inner, alias: op.alias, mac: op.mac, mtu: op.mtu, up: true, addresses: [op.cidr] }, defaultGateway: op.gateway });
+        netns.set(op.netns, {
+          ...ns, inner: { ...ns.inner, alias: op.alias, mac: op.mac, mtu: op.mtu, up: true, addresses: [op.cidr, ...(op.cidr6 ? [op.cidr6] : [])] },
+          defaultGateway: op.gateway, ...(op.gateway6 ? { defaultGateway6: op.gateway6 } : {}),
+        });
         break;
       }
     }
@@ -143,6 +156,7 @@ export function simulate(state: ObservedState, ops: Operation[]): ObservedState 
     neighbours: [...neighbours.values()].flat(),
     addresses: [...addresses.values()].flat(),
     ...(ipForward !== undefined ? { ipForward } : {}),
+    ...(ip6Forward !== undefined ? { ip6Forward } : {}),
     ...(state.adoptable ? { adoptable: state.adoptable } : {}),
   };
 }

@@ -1,7 +1,7 @@
 import type { PeerInfo } from "../bgp/gobgp.js";
 import type { ObservedState } from "../dataplane/observed.js";
 import { KERNEL_PROTOCOL } from "../dataplane/check.js";
-import { endpointSysctls, IP_FORWARD_KEY, isGatewayAlias, isOwnedAlias, gatewayAlias } from "../dataplane/ownership.js";
+import { endpointSysctls, IP6_FORWARD_KEY, IP_FORWARD_KEY, isGatewayAlias, isOwnedAlias, gatewayAlias } from "../dataplane/ownership.js";
 import type { ForwardDrop } from "./firewall.js";
 
 // `vmroutectl doctor`: the things that make routed workloads silently fail,
@@ -90,10 +90,21 @@ function daemon(f: DoctorFacts): Finding[] {
   return out;
 }
 
+/** Devices with an IPv6 /128 of ours: their workloads are dual stack. */
+function ipv6Devices(f: DoctorFacts): Set<string> {
+  return new Set(f.kernel.routes.filter((r) => r.protocol === f.routeProtocol && r.dst.includes(":") && r.device).map((r) => r.device!));
+}
+
 function ipForward(f: DoctorFacts): Finding[] {
-  if (f.kernel.ipForward === "1") return [ok("ip-forward", "IPv4 forwarding is on")];
-  return [problem("ip-forward", `${IP_FORWARD_KEY.replaceAll("/", ".")} is ${f.kernel.ipForward ?? "unreadable"}: the host routes nothing for its workloads`,
-    "sysctl -w net.ipv4.ip_forward=1 (vmrouted sets it on each resync; something else turns it off: check /etc/sysctl.d)")];
+  const out = f.kernel.ipForward === "1" ? [ok("ip-forward", "IPv4 forwarding is on")]
+    : [problem("ip-forward", `${IP_FORWARD_KEY.replaceAll("/", ".")} is ${f.kernel.ipForward ?? "unreadable"}: the host routes nothing for its workloads`,
+      "sysctl -w net.ipv4.ip_forward=1 (vmrouted sets it on each resync; something else turns it off: check /etc/sysctl.d)")];
+  if (ipv6Devices(f).size === 0) return out;
+  const key = IP6_FORWARD_KEY.replaceAll("/", ".");
+  out.push(f.kernel.ip6Forward === "1" ? ok("ip-forward", "IPv6 forwarding is on")
+    : problem("ip-forward", `${key} is ${f.kernel.ip6Forward ?? "unreadable"}: the host routes no IPv6 for its workloads`,
+      `sysctl -w ${key}=1 (vmrouted sets it on each resync; an uplink that takes its default route from router advertisements then needs accept_ra=2)`));
+  return out;
 }
 
 function gateways(f: DoctorFacts): Finding[] {
@@ -105,7 +116,8 @@ function gateways(f: DoctorFacts): Finding[] {
     else if (link.alias !== gatewayAlias(g.network)) out.push(problem("gateway-device", `${g.device} exists but is not vmrouted's (ifalias '${link.alias ?? ""}')`,
       `remove or rename that device; vmrouted never touches devices it does not own`));
     else if (!link.up) out.push(problem("gateway-device", `gateway device ${g.device} is down`, `ip link set ${g.device} up`));
-    const connected = f.kernel.routes.filter((r) => r.device === g.device && r.protocol === KERNEL_PROTOCOL);
+    // IPv4: the IPv6 fe80::/64 every device has is not a subnet route.
+    const connected = f.kernel.routes.filter((r) => r.device === g.device && r.protocol === KERNEL_PROTOCOL && !r.dst.includes(":"));
     for (const r of connected)
       out.push(problem("connected-route", `connected route ${r.dst} on ${g.device} is back: the subnet's traffic goes to the gateway device, not to the workloads' /32s`,
         `ip route del ${r.dst} dev ${g.device} proto kernel (vmrouted deletes it on its next pass: is vmrouted running?)`));
@@ -118,17 +130,19 @@ function gateways(f: DoctorFacts): Finding[] {
 function endpointSysctlFindings(f: DoctorFacts): Finding[] {
   const out: Finding[] = [];
   let devices = 0;
+  const dualStack = ipv6Devices(f);
   for (const link of f.kernel.links.values()) {
     if (!isOwnedAlias(link.alias) || isGatewayAlias(link.alias)) continue;
     devices++;
     const values = f.kernel.sysctls.get(link.name) ?? {};
-    for (const s of endpointSysctls(link.name)) {
+    for (const s of endpointSysctls(link.name, dualStack.has(link.name))) {
       if (values[s.field] === s.value) continue;
       out.push(problem("endpoint-sysctls", `${s.key.replaceAll("/", ".")} is ${values[s.field] ?? "unreadable"}, not ${s.value}`,
         `sysctl -w ${s.key.replaceAll("/", ".")}=${s.value} (vmrouted restores it on each resync; find what resets it)`));
     }
   }
-  return out.length ? out : [ok("endpoint-sysctls", `proxy_arp, proxy_delay, rp_filter and forwarding right on ${devices} workload device(s)`)];
+  return out.length ? out : [ok("endpoint-sysctls",
+    `proxy_arp, proxy_delay, rp_filter and forwarding right on ${devices} workload device(s)${dualStack.size ? ` (and accept_ra, IPv6 forwarding on ${dualStack.size})` : ""}`)];
 }
 
 function carrier(f: DoctorFacts): Finding[] {

@@ -33,6 +33,8 @@ type XmlNode = Record<string, unknown> & { ":@"?: Record<string, string> };
 export interface RoutedInterface {
   network: string;
   ip: string;
+  /** The guest's IPv6 address, when its network has a prefix6. */
+  ip6?: string;
   /** Guest MAC. */
   mac: string;
   tap: string;
@@ -149,7 +151,7 @@ export function hasRoutedMetadata(doc: DomainXml): boolean {
 
 export function routedInterfaces(doc: DomainXml): RoutedInterface[] {
   return (ourContainer(doc)?.children ?? []).filter((el) => localName(el.name) === "interface").map(({ attributes: a }) => ({
-    network: a.network ?? "", ip: a.ip ?? "", mac: a.mac ?? "", tap: a.tap ?? "",
+    network: a.network ?? "", ip: a.ip ?? "", ...(a.ip6 ? { ip6: a.ip6 } : {}), mac: a.mac ?? "", tap: a.tap ?? "",
   }));
 }
 
@@ -188,7 +190,7 @@ function interfaceNode(i: RoutedInterface): XmlNode {
 }
 
 function entryNode(i: RoutedInterface, prefix: string): XmlNode {
-  return node(prefix ? `${prefix}:interface` : "interface", { network: i.network, ip: i.ip, mac: i.mac, tap: i.tap });
+  return node(prefix ? `${prefix}:interface` : "interface", { network: i.network, ip: i.ip, ...(i.ip6 ? { ip6: i.ip6 } : {}), mac: i.mac, tap: i.tap });
 }
 
 function containerNode(entries: XmlNode[]): XmlNode {

@@ -1,7 +1,7 @@
 import { InputError } from "../model/errors.js";
 import type { Endpoint, Network } from "../model/types.js";
 import { endpointId } from "../model/types.js";
-import { resolveEndpoint } from "../model/resolve.js";
+import { EndpointClaims, resolveEndpoint } from "../model/resolve.js";
 import type { RoutedInterface } from "./domain-xml.js";
 import { afterHook, handedOver, type Migration } from "./migration.js";
 
@@ -177,7 +177,7 @@ export interface VmEndpoints {
 
 /** A routed interface from domain XML as a tap endpoint, or why it cannot be one (the reason alone, without the endpoint prefix). */
 export function resolveInterface(i: RoutedInterface, networks: Network[]): { ok: true; value: Endpoint } | { ok: false; reason: string } {
-  const r = resolveEndpoint({ kind: "tap", network: i.network, ip: i.ip, mac: i.mac, name: i.tap }, networks);
+  const r = resolveEndpoint({ kind: "tap", network: i.network, ip: i.ip, ...(i.ip6 ? { ip6: i.ip6 } : {}), mac: i.mac, name: i.tap }, networks);
   return r.ok ? r : { ok: false, reason: r.error.replace(/^endpoint tap \S+: /, "") };
 }
 
@@ -215,10 +215,9 @@ export function heldByAnother(domains: Iterable<DomainRecord>, name: string, int
  * stopped one (a clone that got this far never demotes its original), then
  * the first by name. The result is in domain name order.
  */
-export function vmEndpoints(domains: Iterable<DomainRecord>, networks: Network[], taken: Set<string>): VmEndpoints {
+export function vmEndpoints(domains: Iterable<DomainRecord>, networks: Network[], claims: EndpointClaims): VmEndpoints {
   const endpoints: Endpoint[] = [];
   const rejected: VmEndpoints["rejected"] = [];
-  const used = new Set(taken);
   const claimOrder = [...domains].filter((d) => d.lifecycle !== "defined")
     .sort((a, b) => CLAIM_RANK[a.lifecycle] - CLAIM_RANK[b.lifecycle] || a.name.localeCompare(b.name));
   for (const d of claimOrder) {
@@ -228,11 +227,11 @@ export function vmEndpoints(domains: Iterable<DomainRecord>, networks: Network[]
         rejected.push({ domain: d.name, ip: i.ip, reason: r.reason });
         continue;
       }
-      if (used.has(i.ip) || used.has(`dev:${i.tap}`)) {
-        rejected.push({ domain: d.name, ip: i.ip, reason: `ip ${i.ip} or device ${i.tap} is already used by another endpoint` });
+      const taken = claims.claim(r.value);
+      if (taken) {
+        rejected.push({ domain: d.name, ip: i.ip, reason: taken.replace(/^endpoint tap \S+: /, "") });
         continue;
       }
-      used.add(i.ip).add(`dev:${i.tap}`);
       const phase = d.migration?.phase;
       const deviceOnly = phase === "target" ? `incoming migration of ${d.name}: the guest still runs on the source`
         : d.lifecycle === "prepared" ? `domain ${d.name} is starting` : d.lifecycle === "stopped" ? `domain ${d.name} is stopped` : undefined;

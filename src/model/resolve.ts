@@ -1,4 +1,5 @@
 import { isUnusableHostAddress, parseIpv4, parsePrefix, prefixContains, prefixesOverlap, type Prefix } from "./ipv4.js";
+import { canonicalIpv6, isUnusableIpv6Host, parsePrefix6, prefix6Contains, prefixes6Overlap, type Prefix6 } from "./ipv6.js";
 import { defaultGuestMac, isUsableGuestMac, normalizeMac } from "./mac.js";
 import { gatewayDevice, netnsNameProblem, networkNameProblem, tapName, tapNameProblem, vethName } from "./naming.js";
 import type { EndpointInput, NetworkInput } from "./spec.js";
@@ -26,7 +27,28 @@ export function resolveNetwork(name: string, input: NetworkInput, source: Networ
     dhcp: input.dhcp !== false, dns: input.dns ?? [], leaseSeconds: input.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
     ...(input.mtu !== undefined ? { mtu: input.mtu } : {}), ...(input.domain !== undefined ? { domain: input.domain } : {}),
   };
-  return { ok: true, value: { name, gateway: prefix.address, prefixLength: prefix.length, source, natOutgoing: input.natOutgoing === true, guest } };
+  let prefix6: Prefix6 | undefined;
+  if (input.prefix6 !== undefined) {
+    prefix6 = parsePrefix6(input.prefix6);
+    if (!prefix6) return fail(`network '${name}': prefix6 '${input.prefix6}' is not an IPv6 prefix with its base address (like fd31:16::/64)`);
+    // Each endpoint gets a /128; the prefix only says where they may lie. Link-local,
+    // multicast and the like are never routed.
+    if (prefix6.length < 16 || prefix6.length > 124) return fail(`network '${name}': prefix6 length /${prefix6.length} must be between /16 and /124`);
+    if (isUnusableIpv6Host(prefix6.base))
+      return fail(`network '${name}': prefix6 ${prefix6.text} is not a routable unicast prefix`);
+  }
+  return {
+    ok: true,
+    value: {
+      name, gateway: prefix.address, prefixLength: prefix.length, source, natOutgoing: input.natOutgoing === true, guest,
+      ...(prefix6 ? { prefix6: prefix6.text } : {}),
+    },
+  };
+}
+
+/** A network's IPv6 prefix, parsed (undefined: the network is IPv4 only). */
+export function networkPrefix6(network: Network): Prefix6 | undefined {
+  return network.prefix6 !== undefined ? parsePrefix6(network.prefix6) : undefined;
 }
 
 /** Two resolutions of one network say the same thing (every setting, not only the gateway). */
@@ -53,8 +75,8 @@ export function resolveNetworkSet(
   for (const [name, input] of Object.entries(config)) {
     const r = resolveNetwork(name, input, "config");
     if (!r.ok) return r;
-    const overlapped = networks.find((n) => prefixesOverlap(networkPrefix(n), networkPrefix(r.value)));
-    if (overlapped) return fail(overlapProblem(r.value, overlapped));
+    const overlapped = overlapping(networks, r.value);
+    if (overlapped) return fail(overlapped);
     networks.push(r.value);
   }
   for (const [name, input] of Object.entries(runtime)) {
@@ -70,9 +92,9 @@ export function resolveNetworkSet(
         problems.push(`network '${name}' comes from the config file and cannot be changed at runtime`);
       continue;
     }
-    const overlapped = networks.find((n) => prefixesOverlap(networkPrefix(n), networkPrefix(r.value)));
+    const overlapped = overlapping(networks, r.value);
     if (overlapped) {
-      problems.push(overlapProblem(r.value, overlapped));
+      problems.push(overlapped);
       continue;
     }
     networks.push(r.value);
@@ -80,8 +102,15 @@ export function resolveNetworkSet(
   return { ok: true, value: { networks, problems } };
 }
 
-const overlapProblem = (b: Network, a: Network) =>
-  `network '${b.name}' (${b.gateway}/${b.prefixLength}) overlaps network '${a.name}' (${a.gateway}/${a.prefixLength})`;
+/** Why `b` cannot join `networks` (its IPv4 or IPv6 prefix overlaps one of theirs), or undefined. */
+function overlapping(networks: Network[], b: Network): string | undefined {
+  const a4 = networks.find((n) => prefixesOverlap(networkPrefix(n), networkPrefix(b)));
+  if (a4) return `network '${b.name}' (${b.gateway}/${b.prefixLength}) overlaps network '${a4.name}' (${a4.gateway}/${a4.prefixLength})`;
+  const p6 = networkPrefix6(b);
+  const a6 = p6 && networks.find((n) => { const q = networkPrefix6(n); return !!q && prefixes6Overlap(p6, q); });
+  if (a6) return `network '${b.name}' (${b.prefix6}) overlaps network '${a6.name}' (${a6.prefix6})`;
+  return undefined;
+}
 
 /** resolveNetworkSet, strict: any problem is the error (config files, the hook fallback, doctor). */
 export function resolveNetworks(config: Record<string, NetworkInput>, runtime: Record<string, NetworkInput>): Result<Network[]> {
@@ -106,6 +135,16 @@ export function resolveEndpoint(input: EndpointInput, networks: Network[]): Resu
   const value = parseIpv4(input.ip)!;
   if (value === prefix.base || value === prefix.base + prefix.size - 1)
     return fail(`${where}: ip ${input.ip} is the network or broadcast address of '${network.name}'`);
+  let ip6: string | undefined;
+  if (input.ip6 !== undefined) {
+    ip6 = canonicalIpv6(input.ip6);
+    if (!ip6) return fail(`${where}: ip6 '${input.ip6}' is not an IPv6 address`);
+    const prefix6 = networkPrefix6(network);
+    if (!prefix6) return fail(`${where}: ip6 ${ip6} given, but network '${network.name}' has no prefix6`);
+    if (!prefix6Contains(prefix6, ip6)) return fail(`${where}: ip6 ${ip6} is outside network '${network.name}' (${prefix6.text})`);
+    // The prefix's first address is the subnet-router anycast address (RFC 4291 2.6.1).
+    if (ip6 === prefix6.base) return fail(`${where}: ip6 ${ip6} is the subnet-router anycast address of ${prefix6.text}`);
+  }
   let mac: string;
   if (input.mac !== undefined) {
     const normalized = normalizeMac(input.mac);
@@ -121,7 +160,10 @@ export function resolveEndpoint(input: EndpointInput, networks: Network[]): Resu
     }
     return {
       ok: true,
-      value: { id: endpointId("tap", input.ip), kind: "tap", network: network.name, ip: input.ip, mac, device: input.name ?? tapName(network.name, input.ip) },
+      value: {
+        id: endpointId("tap", input.ip), kind: "tap", network: network.name, ip: input.ip, ...(ip6 ? { ip6 } : {}), mac,
+        device: input.name ?? tapName(network.name, input.ip),
+      },
     };
   }
   const problem = netnsNameProblem(input.netns);
@@ -129,7 +171,7 @@ export function resolveEndpoint(input: EndpointInput, networks: Network[]): Resu
   return {
     ok: true,
     value: {
-      id: endpointId("netns", input.ip), kind: "netns", network: network.name, ip: input.ip, mac,
+      id: endpointId("netns", input.ip), kind: "netns", network: network.name, ip: input.ip, ...(ip6 ? { ip6 } : {}), mac,
       ...(input.resolvConf ? { resolvConf: true } : {}),
       device: vethName(network.name, input.ip), netns: input.netns,
     },
@@ -149,12 +191,16 @@ export class EndpointClaims {
 
   /** Claims the endpoint's IP, device and namespace, or says why it cannot (and claims nothing). */
   claim(e: Endpoint): string | undefined {
-    const ipOwner = this.byIp.get(e.ip);
-    if (ipOwner) return `endpoint ${e.kind} ${e.ip}: ip ${e.ip} is already used by ${ipOwner.kind} endpoint ${ipOwner.device}`;
+    // One map for both families: an IPv4 and an IPv6 text never collide.
+    for (const ip of [e.ip, ...(e.ip6 ? [e.ip6] : [])]) {
+      const ipOwner = this.byIp.get(ip);
+      if (ipOwner) return `endpoint ${e.kind} ${e.ip}: ip ${ip} is already used by ${ipOwner.kind} endpoint ${ipOwner.device}`;
+    }
     if (this.byDevice.has(e.device) || this.gatewayDevices.has(e.device)) return `endpoint ${e.kind} ${e.ip}: device name ${e.device} is already used`;
     const nsOwner = e.netns !== undefined ? this.byNetns.get(e.netns) : undefined;
     if (nsOwner) return `endpoint ${e.kind} ${e.ip}: netns '${e.netns}' already has endpoint ${nsOwner.ip} (one routed interface per namespace)`;
     this.byIp.set(e.ip, e);
+    if (e.ip6) this.byIp.set(e.ip6, e);
     this.byDevice.set(e.device, e);
     if (e.netns !== undefined) this.byNetns.set(e.netns, e);
     return undefined;
@@ -164,7 +210,8 @@ export class EndpointClaims {
 /** What an entry that does not resolve is kept as (its device name can be told from the entry alone). */
 export function heldEndpoint(input: EndpointInput, reason: string): HeldEndpoint {
   const device = input.kind === "tap" ? input.name ?? tapName(input.network, input.ip) : vethName(input.network, input.ip);
-  return { id: endpointId(input.kind, input.ip), kind: input.kind, network: input.network, ip: input.ip, device, reason };
+  const ip6 = input.ip6 !== undefined ? canonicalIpv6(input.ip6) : undefined;
+  return { id: endpointId(input.kind, input.ip), kind: input.kind, network: input.network, ip: input.ip, ...(ip6 ? { ip6 } : {}), device, reason };
 }
 
 export interface DesiredInputs {

@@ -11,6 +11,8 @@ const DNS_DOMAIN = /^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(
 export const networkInputSchema = z
   .object({
     gateway: z.string({ required_error: "is required" }),
+    /** The network's IPv6 prefix (like fd31:16::/64): endpoints may then have an ip6 in it. */
+    prefix6: z.string().optional(),
     /** Masquerade traffic from this network to destinations outside every vmrouted network. */
     natOutgoing: z.boolean().optional(),
     /** dnsmasq answers DHCP for this network's taps (static leases from the endpoint table). Default on. */
@@ -34,6 +36,7 @@ const tapInput = z
     kind: z.literal("tap"),
     network: z.string(),
     ip: z.string(),
+    ip6: z.string().optional(),
     mac: z.string().optional(),
     name: z.string().optional(),
   })
@@ -44,6 +47,7 @@ const netnsInput = z
     kind: z.literal("netns"),
     network: z.string(),
     ip: z.string(),
+    ip6: z.string().optional(),
     mac: z.string().optional(),
     netns: z.string(),
     /** Write the network's DNS servers and domain into /etc/netns/<netns>/resolv.conf (what `ip netns exec` shows as /etc/resolv.conf). */

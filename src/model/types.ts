@@ -10,6 +10,8 @@ export interface Network {
   natOutgoing: boolean;
   /** What a guest on this network is told, and its devices' MTU (dataplane/dhcp). */
   guest: GuestSettings;
+  /** The network's IPv6 prefix ("fd31:16::/64", RFC 5952): its endpoints may have an `ip6` in it (DESIGN.md "IPv6"). */
+  prefix6?: string;
 }
 
 /** A network's guest-facing settings: DHCP (dnsmasq), MTU, DNS. */
@@ -36,6 +38,8 @@ export interface Endpoint {
   kind: EndpointKind;
   network: string;
   ip: string;
+  /** The workload's IPv6 address (RFC 5952), inside its network's prefix6: a /128 beside the /32. */
+  ip6?: string;
   /** The guest's MAC (inside the VM / namespace). */
   mac: string;
   /** Host-side device: the tap, or the host end of the veth pair. */
@@ -64,7 +68,7 @@ export interface Endpoint {
 
 /** A best path another host announces, as the BGP importer saw it. */
 export interface LearnedRoute {
-  /** "a.b.c.d/len" */
+  /** "a.b.c.d/32" or "<ipv6>/128" (RFC 5952): the next hop is of the same family. */
   prefix: string;
   nextHop: string;
   /** Carries the migration community: the fabric prefers it to a local /32 (a VM that just moved away). */
@@ -84,6 +88,7 @@ export interface HeldEndpoint {
   kind: EndpointKind;
   network: string;
   ip: string;
+  ip6?: string;
   /** The device it would have (when that can be told from the entry). */
   device?: string;
   domain?: string;

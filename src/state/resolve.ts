@@ -1,6 +1,6 @@
 import { vmEndpoints, type VmEndpoints } from "../libvirt/domains.js";
 import { InputError } from "../model/errors.js";
-import { networkPrefix, resolveDesired, type ResolvedDesired } from "../model/resolve.js";
+import { EndpointClaims, networkPrefix, resolveDesired, type ResolvedDesired } from "../model/resolve.js";
 import { formatIpv4 } from "../model/ipv4.js";
 import { filterImports, importRanges, type ImportVerdict } from "../bgp/import-filter.js";
 import type { NetworkInput } from "../model/spec.js";
@@ -30,8 +30,9 @@ type RuntimePart = Pick<ResolvedDesired, "networks" | "endpoints" | "held" | "pr
 
 export interface ResolveContext {
   configNetworks: Record<string, NetworkInput>;
-  /** This host's next hop: a path via it is our own. */
+  /** This host's next hops: a path via either is our own. */
   nodeAddress: string;
+  nodeAddress6?: string;
   /** bgp.importPrefixes (empty: the networks' prefixes). */
   importPrefixes?: readonly string[];
   /** bgp.maxLearned. */
@@ -77,16 +78,20 @@ export class DesiredResolver {
   resolve(desired: Desired): Resolved {
     if (this.last?.input === desired) return this.last.value;
     const runtime = this.runtimePart(desired.runtime);
-    const claims = new Set<string>();
-    for (const e of runtime.endpoints) claims.add(e.ip).add(`dev:${e.device}`);
+    // Runtime endpoints first (they resolved together), then the domains' interfaces against them.
+    const claims = new EndpointClaims(runtime.networks);
+    for (const e of runtime.endpoints) claims.claim(e);
     const vm = vmEndpoints(desired.domains.values(), runtime.networks, claims);
     const endpoints = [...runtime.endpoints, ...vm.endpoints];
     // A domain interface that cannot be served keeps its tap as found (qemu may hold it).
     const held = [...runtime.held, ...vm.rejected.map((r) => heldInterface(r, desired.domains.get(r.domain)))];
     const verdict = filterImports(desired.learned.values(), endpoints, {
-      nodeAddress: this.context.nodeAddress, maxLearned: this.context.maxLearned ?? Infinity, facts: desired.hostFacts,
+      nodeAddress: this.context.nodeAddress, ...(this.context.nodeAddress6 ? { nodeAddress6: this.context.nodeAddress6 } : {}), maxLearned: this.context.maxLearned ?? Infinity, facts: desired.hostFacts,
       claims: desired.remoteClaims,
-      ranges: importRanges(this.context.importPrefixes ?? [], runtime.networks.map((n) => { const p = networkPrefix(n); return `${formatIpv4(p.base)}/${p.length}`; })),
+      ranges: importRanges(this.context.importPrefixes ?? [], runtime.networks.flatMap((n) => {
+        const p = networkPrefix(n);
+        return [`${formatIpv4(p.base)}/${p.length}`, ...(n.prefix6 !== undefined ? [n.prefix6] : [])];
+      })),
     }, this.installed);
     this.installed = new Set(verdict.install.map((r) => r.prefix));
     const { install, ...imports } = verdict;

@@ -18,6 +18,8 @@ import { Netns, sh, stopChild, waitFor } from "./lab.js";
 export { LAB_BGP_PASSWORD };
 
 export type ReflectorKind = "bird" | "frr" | "gobgp";
+/** A unicast address family, as the reflectors' CLIs name it. */
+export type Family = "ipv4" | "ipv6";
 export const REFLECTOR_KINDS: ReflectorKind[] = ["bird", "frr", "gobgp"];
 
 /** One path a reflector holds for a prefix: its BGP next hop and the peer it came from. */
@@ -34,6 +36,8 @@ export interface ReflectorOptions {
   asn: string;
   /** The TCP MD5 password (BGP_PASSWORD); LAB_BGP_PASSWORD by default. */
   password?: string;
+  /** BIRD only: the template without its ipv6 channel (a reflector configured before dual stack). */
+  withoutIpv6?: boolean;
 }
 
 /**
@@ -55,8 +59,8 @@ export interface Reflector {
   start(): Promise<void>;
   /** Stops the daemon(s) by pid: the signal, then SIGKILL after 5 s. */
   stop(signal?: NodeJS.Signals): Promise<void>;
-  /** prefix → the paths the reflector holds for it (every path, not only its best). */
-  routes(): Promise<Map<string, ReflectedPath[]>>;
+  /** prefix → the paths the reflector holds for it (every path, not only its best), of one family (IPv4 unicast by default). */
+  routes(family?: Family): Promise<Map<string, ReflectedPath[]>>;
   /**
    * Withdrawals the reflector has received from this host in UPDATE messages,
    * as the daemon counts them (see each implementation for the source and
@@ -118,7 +122,12 @@ class BirdReflector implements Reflector {
   /** templates/bird-rr.conf has one host block (host1 = NODE_ADDRESS); more hosts get the same block (host2, ...), as its comment says. */
   static async create(o: ReflectorOptions): Promise<BirdReflector> {
     const dir = await mkdtemp(join(tmpdir(), "vmrouted-rr-bird-"));
-    const conf = await renderPerHost("bird-rr.conf", o, (block, n) => block.replace(/protocol bgp host1 /, `protocol bgp host${n} `));
+    let conf = await renderPerHost("bird-rr.conf", o, (block, n) => block.replace(/protocol bgp host1 /, `protocol bgp host${n} `));
+    if (o.withoutIpv6) {
+      const without = conf.replace(/\n  ipv6 \{[\s\S]*?\n  \};\n/, "\n");
+      if (without === conf) throw new Error("bird-rr.conf: no ipv6 channel to leave out");
+      conf = without;
+    }
     await writeFile(join(dir, "bird.conf"), conf);
     await sh("bird", ["-p", "-c", join(dir, "bird.conf")]);
     return new BirdReflector(o, dir);
@@ -144,15 +153,16 @@ class BirdReflector implements Reflector {
     return this.bird.stop(signal);
   }
 
-  async routes(): Promise<Map<string, ReflectedPath[]>> {
-    const r = await this.birdc(["show", "route", "all"]);
+  async routes(family: Family = "ipv4"): Promise<Map<string, ReflectedPath[]>> {
+    const r = await this.birdc(["show", "route", "all", "table", family === "ipv4" ? "master4" : "master6"]);
     const byProtocol = new Map(this.o.hosts.map((h, i) => [`host${i + 1}`, h]));
     const routes = new Map<string, ReflectedPath[]>();
     let current: ReflectedPath | undefined;
     let prefix: string | undefined;
     for (const line of r.stdout.split("\n")) {
       // "172.31.16.5/32       unicast [host1 21:03:11.123] * (100) [i]"; further paths of a prefix start with spaces.
-      const head = /^(\d+\.\d+\.\d+\.\d+\/\d+)?\s+unicast \[(\S+)/.exec(line);
+      // IPv6: "fd31:16::5/128       unicast [host1 ...]".
+      const head = /^(\d+\.\d+\.\d+\.\d+\/\d+|[0-9a-f:]+:[0-9a-f:]*\/\d+)?\s+unicast \[(\S+)/.exec(line);
       if (head) {
         if (head[1]) prefix = head[1];
         current = { nextHop: "", peer: byProtocol.get(head[2]!) ?? head[2]! };
@@ -257,12 +267,14 @@ class FrrReflector implements Reflector {
     await this.zebra.stop(signal);
   }
 
-  async routes(): Promise<Map<string, ReflectedPath[]>> {
-    type FrrPath = { peerId?: string; stale?: boolean; nexthops?: Array<{ ip?: string }> };
-    const r = await this.json<{ routes?: Record<string, FrrPath[]> }>("show bgp ipv4 unicast json");
+  async routes(family: Family = "ipv4"): Promise<Map<string, ReflectedPath[]>> {
+    type FrrPath = { peerId?: string; stale?: boolean; nexthops?: Array<{ ip?: string; scope?: string }> };
+    const r = await this.json<{ routes?: Record<string, FrrPath[]> }>(`show bgp ${family} unicast json`);
     const routes = new Map<string, ReflectedPath[]>();
+    // IPv6: the global next hop (a link-local one, when there is one, has scope "link-local").
+    const hop = (p: FrrPath) => (p.nexthops?.find((n) => n.scope !== "link-local") ?? p.nexthops?.[0])?.ip ?? "";
     for (const [prefix, paths] of Object.entries(r.routes ?? {}))
-      routes.set(prefix, paths.map((p) => ({ nextHop: p.nexthops?.[0]?.ip ?? "", peer: p.peerId ?? "", ...(p.stale ? { stale: true } : {}) })));
+      routes.set(prefix, paths.map((p) => ({ nextHop: hop(p), peer: p.peerId ?? "", ...(p.stale ? { stale: true } : {}) })));
     return routes;
   }
 
@@ -329,14 +341,15 @@ export class GobgpReflector implements Reflector {
   }
 
   /** `gobgp global rib -j`: prefix → every known path (gobgpd's JSON: nlri.prefix, attrs[type 3].nexthop, source-id, neighbor-ip, stale). */
-  async routes(): Promise<Map<string, ReflectedPath[]>> {
-    const r = await this.gobgpd.cli(["global", "rib", "-a", "ipv4", "-j"]);
+  async routes(family: Family = "ipv4"): Promise<Map<string, ReflectedPath[]>> {
+    const r = await this.gobgpd.cli(["global", "rib", "-a", family, "-j"]);
     type Attr = { type: number; nexthop?: string };
     type Path = { nlri?: { prefix?: string }; attrs?: Attr[]; "neighbor-ip"?: string; stale?: boolean };
     const j = JSON.parse(r.stdout || "{}") as Record<string, Path[]>;
     const routes = new Map<string, ReflectedPath[]>();
     for (const [prefix, paths] of Object.entries(j))
-      routes.set(prefix, paths.map((p) => ({ nextHop: p.attrs?.find((a) => a.type === 3)?.nexthop ?? "", peer: p["neighbor-ip"] ?? "", ...(p.stale ? { stale: true } : {}) })));
+      // NEXT_HOP (type 3), or for IPv6 MP_REACH_NLRI's (type 14).
+      routes.set(prefix, paths.map((p) => ({ nextHop: p.attrs?.find((a) => a.type === 3 || a.type === 14)?.nexthop ?? "", peer: p["neighbor-ip"] ?? "", ...(p.stale ? { stale: true } : {}) })));
     return routes;
   }
 
@@ -439,17 +452,29 @@ async function writeHostConfig(path: string, o: { asn: string; address: string; 
   await writeFile(path, await renderTemplate("gobgpd.toml", { ASN: o.asn, NODE_ADDRESS: o.address, RR_ADDRESS: o.rrAddress, BGP_PASSWORD: o.password }));
 }
 
-export interface FabricHost { ns: Netns; address: string; gobgpd: GobgpdProcess }
+export interface FabricHost {
+  ns: Netns;
+  address: string;
+  /** The host's IPv6 address on the fabric (its node.address6: the next hop of its /128s). */
+  address6: string;
+  gobgpd: GobgpdProcess;
+}
 
 /**
  * Namespaces `vmrt-<id>-fab` (a bridge), `vmrt-<id>-rr` and `vmrt-<id>-h<N>`,
  * each joined to the bridge by a veth made straight into both namespaces;
- * 10.<net>.0.<N> for host N, 10.<net>.0.254 for the reflector. Each host's
+ * 10.<net>.0.<N> for host N, 10.<net>.0.254 for the reflector; and IPv6 on
+ * the same link, fd<net>::<N>/64 and fd<net>::fe (the /128s' next hops must
+ * lie on a prefix the reflector is connected to: BIRD's "gateway direct",
+ * FRR's next-hop resolution). The BGP sessions stay IPv4. Each host's
  * gobgpd config is templates/gobgpd.toml, rendered (with LAB_BGP_PASSWORD;
  * setPassword renders it again with another).
  */
 export class Fabric {
-  private constructor(readonly fabric: Netns, readonly rr: Netns, readonly hosts: FabricHost[], readonly rrAddress: string, readonly prefix: string, readonly asn: string) {}
+  private constructor(
+    readonly fabric: Netns, readonly rr: Netns, readonly hosts: FabricHost[], readonly rrAddress: string, readonly prefix: string, readonly asn: string,
+    readonly rrAddress6: string, readonly prefix6: string,
+  ) {}
 
   static async create(id: string, hostCount: number, net = 97, asn = "64512"): Promise<Fabric> {
     const made: Netns[] = [];
@@ -458,29 +483,33 @@ export class Fabric {
       made.push(fab);
       await fab.ip(["link", "add", "br0", "type", "bridge"]);
       await fab.ip(["link", "set", "br0", "up"]);
-      const attach = async (ns: Netns, port: string, address: string) => {
+      const attach = async (ns: Netns, port: string, address: string, address6: string) => {
         await sh("ip", ["link", "add", "eth0", "netns", ns.name, "type", "veth", "peer", "name", port, "netns", fab.name]);
         await fab.ip(["link", "set", port, "master", "br0"]);
         await fab.ip(["link", "set", port, "up"]);
         await ns.ip(["addr", "add", `${address}/24`, "dev", "eth0"]);
+        // nodad: usable at once (a tentative address cannot be a source or a resolved next hop).
+        await ns.ip(["addr", "add", `${address6}/64`, "dev", "eth0", "nodad"]);
         await ns.ip(["link", "set", "eth0", "up"]);
       };
       const rr = await Netns.create(`vmrt-${id}-rr`);
       made.push(rr);
       const rrAddress = `10.${net}.0.254`;
-      await attach(rr, "p-rr", rrAddress);
+      const rrAddress6 = `fd${net}::fe`;
+      await attach(rr, "p-rr", rrAddress, rrAddress6);
       const hosts: FabricHost[] = [];
       for (let n = 1; n <= hostCount; n++) {
         const ns = await Netns.create(`vmrt-${id}-h${n}`);
         made.push(ns);
         const address = `10.${net}.0.${n}`;
-        await attach(ns, `p-h${n}`, address);
+        const address6 = `fd${net}::${n.toString(16)}`;
+        await attach(ns, `p-h${n}`, address, address6);
         const dir = await mkdtemp(join(tmpdir(), `vmrouted-host${n}-`));
         const config = join(dir, "gobgpd.toml");
         await writeHostConfig(config, { asn, address, rrAddress, password: LAB_BGP_PASSWORD });
-        hosts.push({ ns, address, gobgpd: new GobgpdProcess(ns, dir, `h${n}`, config) });
+        hosts.push({ ns, address, address6, gobgpd: new GobgpdProcess(ns, dir, `h${n}`, config) });
       }
-      return new Fabric(fab, rr, hosts, rrAddress, `10.${net}.0.0/24`, asn);
+      return new Fabric(fab, rr, hosts, rrAddress, `10.${net}.0.0/24`, asn, rrAddress6, `fd${net}::/64`);
     } catch (e) {
       for (const ns of made) await ns.destroy();
       throw e;

@@ -3,7 +3,7 @@ import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import { Announcer } from "../../src/bgp/announcer.js";
 import { assertDeletePathHasPath, type ApiPath, type GobgpTransport } from "../../src/bgp/gobgp.js";
-import { diffAnnouncements, encodeCommunity, pathFor, type BgpPath } from "../../src/bgp/paths.js";
+import { diffAnnouncements, encodeCommunity, path6For, pathFor, pathsFor, type BgpPath } from "../../src/bgp/paths.js";
 
 // The announcer against a scripted stand-in for gobgpd's API (pure logic only:
 // the real gobgpd is in test/integration/bgp.test.ts).
@@ -197,5 +197,59 @@ describe("announcer", () => {
     expect([...fake.rib]).toEqual(["10.0.0.50/32"]);
     expect(fake.calls.length).toBe(3); // the hung one, then one with the newest set
     a.stop();
+  });
+});
+
+describe("IPv6: an endpoint's /128 beside its /32 (issue #25)", () => {
+  const policy6 = { ...policy, nextHop6: "fd99:0:0:0::3" };
+
+  it("a /128 with next hop node.address6 (canonical) and the /32's communities and local-pref; elevated the same way", () => {
+    expect(pathsFor({ ip: "10.0.0.1", ip6: "FD31:16::0:5" }, policy6)).toEqual([
+      { prefix: "10.0.0.1/32", nextHop: "10.1.1.3", communities: [4227858532], localPref: 100 },
+      { prefix: "fd31:16::5/128", nextHop: "fd99::3", communities: [4227858532], localPref: 100 },
+    ]);
+    const [v4, v6] = pathsFor({ ip: "10.0.0.1", ip6: "fd31:16::5", elevated: true }, policy6);
+    expect(v6).toEqual({ ...v4, prefix: "fd31:16::5/128", nextHop: "fd99::3" });
+    expect(v6!.localPref).toBe(200);
+    expect(v6!.communities).toEqual([encodeCommunity("64512:100"), encodeCommunity("64512:666")]);
+    // No local-pref configured: none on either path (elevated: 100 + 100 on both).
+    const { localPref: _, ...bare } = policy6;
+    expect(pathsFor({ ip: "10.0.0.1", ip6: "fd31:16::5" }, bare).map((p) => p.localPref)).toEqual([undefined, undefined]);
+  });
+
+  it("no /128 without an ip6, without node.address6, or with an address6 no host can route to (never an IPv4-mapped next hop)", () => {
+    expect(pathsFor({ ip: "10.0.0.1" }, policy6)).toHaveLength(1);
+    expect(pathsFor({ ip: "10.0.0.1", ip6: "fd31:16::5" }, policy)).toHaveLength(1);
+    for (const nextHop6 of ["::ffff:10.1.1.3", "fe80::1", "::1", "::", "10.1.1.3", "ff02::1"])
+      expect(path6For({ ip: "10.0.0.1", ip6: "fd31:16::5" }, { ...policy, nextHop6 }), nextHop6).toBeUndefined();
+  });
+
+  it("announces both families in one AddPathStream; without node.address6 only the /32s, said in status and logged once", async () => {
+    const fake = new FakeGobgp();
+    const warnings: string[] = [];
+    const logged = pino({ level: "warn" }, { write: (line: string) => void warnings.push(JSON.parse(line).msg) });
+    const a6 = new Announcer({ address: "x", connect: () => fake.transport(), policy: policy6, record: [], log, retryMs: 1, persist: async () => undefined });
+    a6.setDesired([{ ip: "10.0.0.1", ip6: "fd31:16::5" }, { ip: "10.0.0.2" }]);
+    a6.start();
+    await until(() => a6.converged);
+    const families = fake.calls.flatMap((c) => c.paths.map((p) => `${p.family.afi}/${p.family.safi}`)).sort();
+    expect(families).toEqual(["1/1", "1/1", "2/1"]);
+    expect(a6.isAnnounced("fd31:16::5") && a6.isAnnounced("10.0.0.1")).toBe(true);
+    expect(a6.withheld6).toBe(0);
+    expect((await a6.status()).reason).toBeUndefined();
+    a6.stop();
+
+    const fake4 = new FakeGobgp();
+    const a4 = new Announcer({ address: "x", connect: () => fake4.transport(), policy, record: [], log: logged, retryMs: 1, persist: async () => undefined });
+    a4.setDesired([{ ip: "10.0.0.1", ip6: "fd31:16::5" }, { ip: "10.0.0.2", ip6: "fd31:16::6" }]);
+    a4.setDesired([{ ip: "10.0.0.1", ip6: "fd31:16::5" }, { ip: "10.0.0.2", ip6: "fd31:16::6" }]);
+    a4.start();
+    await until(() => a4.converged);
+    expect([...fake4.rib].sort()).toEqual(["10.0.0.1/32", "10.0.0.2/32"]);
+    expect(a4.isAnnounced("fd31:16::5")).toBe(false);
+    expect(a4.withheld6).toBe(2);
+    expect((await a4.status()).reason).toMatch(/2 endpoint IPv6 address\(es\) not announced: node.address6 .* is not set/);
+    expect(warnings.filter((w) => /IPv6 \/128s not announced/.test(w))).toHaveLength(1);
+    a4.stop();
   });
 });

@@ -1,6 +1,15 @@
 import { describe, expect, it } from "vitest";
 import { applyHook, lifecycleAfter, vmEndpoints, type DomainRecord } from "../../src/libvirt/domains.js";
-import { resolveNetworks } from "../../src/model/resolve.js";
+import { EndpointClaims, resolveEndpoint, resolveNetworks } from "../../src/model/resolve.js";
+import type { EndpointInput } from "../../src/model/spec.js";
+
+/** Claims with one other endpoint already in them (an API tap, say). */
+function claimed(input: EndpointInput): EndpointClaims {
+  const claims = new EndpointClaims(networks);
+  const r = resolveEndpoint(input, networks);
+  if (!r.ok || claims.claim(r.value)) throw new Error("fixture endpoint does not resolve");
+  return claims;
+}
 
 const networks = (() => {
   const r = resolveNetworks({ service: { gateway: "172.31.16.1/24" } }, {});
@@ -36,7 +45,7 @@ describe("VM endpoints from domains", () => {
 
   it("routes running domains, keeps only the tap while preparing or stopped, nothing when defined", () => {
     const r = vmEndpoints([record("a", "running", ["172.31.16.5"]), record("b", "prepared", ["172.31.16.6"]),
-      record("c", "stopped", ["172.31.16.7"]), record("d", "defined", ["172.31.16.8"])], networks, new Set());
+      record("c", "stopped", ["172.31.16.7"]), record("d", "defined", ["172.31.16.8"])], networks, new EndpointClaims(networks));
     expect(r.endpoints.map((e) => [e.domain, e.id, e.deviceOnly ?? "routed"])).toEqual([
       ["a", "vm:172.31.16.5", "routed"], ["b", "vm:172.31.16.6", "domain b is starting"], ["c", "vm:172.31.16.7", "domain c is stopped"],
     ]);
@@ -48,7 +57,7 @@ describe("VM endpoints from domains", () => {
       { name: "c", lifecycle: "running", interfaces: [{ network: "nope", ip: "172.31.16.9", mac: "52:54:00:00:00:09", tap: "tap-c" }], seq: 0 },
       { name: "d", lifecycle: "running", interfaces: [{ network: "service", ip: "172.31.16.10", mac: "52:54:00:00:00:0a", tap: "tap;reboot" }], seq: 0 },
       record("e", "running", ["172.31.16.11"]),
-    ], networks, new Set(["172.31.16.11"]));
+    ], networks, claimed({ kind: "tap", network: "service", ip: "172.31.16.11" }));
     expect(r.endpoints.map((e) => e.domain)).toEqual(["a"]);
     expect(r.rejected.map((x) => [x.domain, x.reason.replace(/ .*/, "")])).toEqual([["b", "ip"], ["c", "unknown"], ["d", "tap"], ["e", "ip"]]);
   });

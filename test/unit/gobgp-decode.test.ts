@@ -90,12 +90,14 @@ describe("decoding gobgpd's paths", () => {
     expect(decodePath(encode("Path", wirePath({ nextHop: "10.1.1.4", neighborIp: "10.1.1.254", extra })))).toMatchObject({ prefix: "172.31.16.5/32", nextHop: "10.1.1.4" });
   });
 
-  it("ignores every family but IPv4 unicast", () => {
-    expect(decodePath(encode("Path", wirePath({ prefix: "2001:db8::1/128", nextHop: "2001:db8::ff", family: { afi: 2, safi: 1 } })))).toBeUndefined();
+  it("ignores every family but IPv4 and IPv6 unicast", () => {
+    expect(decodePath(encode("Path", wirePath({ prefix: "2001:db8::1/128", nextHop: "2001:db8::ff", family: { afi: 2, safi: 4 } })))).toBeUndefined();
     expect(decodePath(encode("Path", wirePath({ nextHop: "10.1.1.4", family: { afi: 1, safi: 4 } })))).toBeUndefined();
     expect(decodePath(encode("Path", wirePath({ nextHop: "10.1.1.4", family: { afi: 25, safi: 70 } })))).toBeUndefined(); // EVPN: numbers our enum does not name
     // No family at all: the NLRI decides.
-    expect(decodePath(encode("Path", wirePath({ prefix: "2001:db8::1/128", nextHop: "2001:db8::ff", family: null })))).toBeUndefined();
+    expect(decodePath(encode("Path", wirePath({ prefix: "2001:db8::1/128", mpNextHop: "2001:db8::ff", family: null })))?.prefix).toBe("2001:db8::1/128");
+    // A family that contradicts the NLRI is not a path of it.
+    expect(decodePath(encode("Path", wirePath({ prefix: "2001:db8::1/128", nextHop: "10.1.1.4" })))).toBeUndefined();
     expect(decodePath(encode("Path", wirePath({ nextHop: "10.1.1.4", family: null })))?.prefix).toBe("172.31.16.5/32");
     // Another NLRI type under the IPv4 unicast family.
     const labeled = { ...wirePath({ nextHop: "10.1.1.4" }), nlri: { type_url: `${URL_PREFIX}LabeledIPAddressPrefix`, value: Uint8Array.from([]) } };
@@ -157,11 +159,12 @@ describe("decoding ListPath answers (one destination each)", () => {
 });
 
 describe("decoding WatchEvent answers", () => {
-  it("a table event: every path in order, withdrawals marked, other families dropped", () => {
+  it("a table event: every path in order, withdrawals marked, both unicast families kept, other families dropped", () => {
     const bytes = tableEvent([
       wirePath({ prefix: "172.31.16.5/32", nextHop: "10.1.1.4", neighborIp: "10.1.1.254", best: false }),
       wirePath({ prefix: "172.31.16.6/32", nextHop: "10.1.1.4", neighborIp: "10.1.1.254", withdraw: true }),
-      wirePath({ prefix: "2001:db8::/64", nextHop: "2001:db8::1", family: { afi: 2, safi: 1 } }),
+      wirePath({ prefix: "2001:db8::/64", mpNextHop: "2001:db8::1", family: { afi: 2, safi: 1 } }),
+      wirePath({ prefix: "2001:db8::/64", mpNextHop: "2001:db8::1", family: { afi: 2, safi: 128 } }),
       wirePath({ prefix: "172.31.16.7/32", nextHop: "10.1.1.3" }),
     ]);
     const ev = decodeWatchEventResponse(bytes);
@@ -170,6 +173,7 @@ describe("decoding WatchEvent answers", () => {
     expect(ev.paths.map((p) => [p.prefix, p.isWithdraw, p.isFromLocal])).toEqual([
       ["172.31.16.5/32", false, false],
       ["172.31.16.6/32", true, false],
+      ["2001:db8::/64", false, true],
       ["172.31.16.7/32", false, true],
     ]);
   });
@@ -183,3 +187,54 @@ describe("decoding WatchEvent answers", () => {
     expect(decodeWatchEventResponse(Uint8Array.from([]))).toEqual({ kind: "none" });
   });
 });
+
+describe("IPv6 unicast paths (issue #25)", () => {
+  const IPV6_UNICAST = { afi: 2, safi: 1 };
+  const attributeTypes = (api: { pattrs: Array<{ type_url: string }> }) => api.pattrs.map((a) => a.type_url.slice(URL_PREFIX.length));
+  const decodeAny = (type: string, a: { value: Uint8Array }) => types.lookupType(`apipb.${type}`).toObject(types.lookupType(`apipb.${type}`).decode(a.value), { defaults: true });
+
+  it("a /128 is AFI 2 SAFI 1 with MP_REACH_NLRI (the IPv6 next hop and the prefix), never NEXT_HOP", () => {
+    const api = toApiPath({ prefix: "fd31:16::5/128", nextHop: "fd99::3", communities: [encodeCommunity("64512:100")], localPref: 200 }, false);
+    expect(api.family).toEqual(IPV6_UNICAST);
+    expect(attributeTypes(api)).toEqual(["OriginAttribute", "CommunitiesAttribute", "LocalPrefAttribute", "MpReachNLRIAttribute"]);
+    const mp = decodeAny("MpReachNLRIAttribute", api.pattrs.at(-1)!) as { family: object; nextHops: string[]; nlris: Array<{ value: Uint8Array }> };
+    expect(mp.family).toEqual(IPV6_UNICAST);
+    expect(mp.nextHops).toEqual(["fd99::3"]);
+    expect(decodeAny("IPAddressPrefix", mp.nlris[0]!)).toEqual({ prefixLen: 128, prefix: "fd31:16::5" });
+    // A /32 is unchanged: IPv4 unicast with NEXT_HOP.
+    const v4 = toApiPath({ prefix: "172.31.16.5/32", nextHop: "10.1.1.3", communities: [] }, false);
+    expect(v4.family).toEqual(IPV4_UNICAST);
+    expect(attributeTypes(v4)).toEqual(["OriginAttribute", "NextHopAttribute"]);
+  });
+
+  it("refuses a /128 whose next hop is not a routable IPv6 address (IPv4, IPv4-mapped, link-local, loopback)", () => {
+    for (const nextHop of ["10.1.1.3", "::ffff:10.1.1.3", "fe80::1", "::1", "::", ""])
+      expect(() => toApiPath({ prefix: "fd31:16::5/128", nextHop, communities: [] }, false), nextHop).toThrow(/refusing IPv6 path/);
+  });
+
+  it("decodes an IPv6 path: canonical prefix, the global next hop (not the link-local second one)", () => {
+    const bytes = encode("Path", {
+      ...wirePath({ prefix: "FD31:0016:0:0::0009/128", localPref: 100, neighborIp: "10.1.1.254", family: IPV6_UNICAST }),
+      pattrs: [any("OriginAttribute", { origin: 0 }), any("MpReachNLRIAttribute", { family: IPV6_UNICAST, nextHops: ["FD99:0::4", "fe80::4"] }),
+        any("LocalPrefAttribute", { localPref: 100 })],
+    });
+    expect(decodePath(bytes)).toMatchObject({ prefix: "fd31:16::9/128", nextHop: "fd99::4", localPref: 100, isFromLocal: false, neighborIp: "10.1.1.254" });
+    expect(decodeListPathResponse(listResponse("fd31:16::9/128", [{ ...T6(bytes), best: true }]))).toHaveLength(1);
+  });
+
+  it("reads back what toApiPath wrote for any /128 (property)", () => {
+    fc.assert(fc.property(fc.ipV6(), fc.constantFrom("fd99::3", "2001:db8:1::3", "fd00:1:2:3:4:5:6:7"), fc.boolean(), (ip, nextHop, withdraw) => {
+      fc.pre(!ip.includes("."));
+      const api = toApiPath({ prefix: `${ip}/128`, nextHop, communities: [7] }, withdraw);
+      const p = decodePath(encode("Path", { ...api, neighborIp: "<nil>" }));
+      expect(p?.prefix.split("/")[1]).toBe("128");
+      expect(p).toMatchObject({ nextHop, isWithdraw: withdraw, communities: [7], isFromLocal: true });
+    }));
+  });
+});
+
+/** A Path's wire bytes back as an object to put in another message. */
+function T6(bytes: Uint8Array): Record<string, unknown> {
+  const t = types.lookupType("apipb.Path");
+  return t.toObject(t.decode(bytes)) as Record<string, unknown>;
+}

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { heldByAnother, hookCallStale, vmEndpoints, type DomainRecord } from "../../src/libvirt/domains.js";
-import { resolveNetworks } from "../../src/model/resolve.js";
+import { resolveNetworks, EndpointClaims } from "../../src/model/resolve.js";
 
 // Issue #22: the order of a domain's hook calls (the shim's BOOT_ID:NS
 // sequence, never the wall clock), and a virt-clone'd domain refused at
@@ -77,11 +77,11 @@ describe("a domain whose IP another domain holds", () => {
 
   it("never demotes a running domain: of two claiming one IP, the running one keeps it whatever the names", () => {
     // "a-clone" sorts before "orig": by name alone the starting clone took the original's endpoint.
-    const r = vmEndpoints([record("orig", "running"), record("a-clone", "prepared")], networks, new Set());
+    const r = vmEndpoints([record("orig", "running"), record("a-clone", "prepared")], networks, new EndpointClaims(networks));
     expect(r.endpoints.map((e) => [e.domain, e.ip, e.deviceOnly ?? "routed"])).toEqual([["orig", "172.31.16.5", "routed"]]);
     expect(r.rejected.map((x) => x.domain)).toEqual(["a-clone"]);
     // A starting domain keeps it over a stopped one; results stay in name order.
-    const s = vmEndpoints([record("b", "stopped"), record("c", "prepared"), record("a", "running", [iface("172.31.16.7")])], networks, new Set());
+    const s = vmEndpoints([record("b", "stopped"), record("c", "prepared"), record("a", "running", [iface("172.31.16.7")])], networks, new EndpointClaims(networks));
     expect(s.endpoints.map((e) => e.domain)).toEqual(["a", "c"]);
     expect(s.rejected.map((x) => x.domain)).toEqual(["b"]);
   });

@@ -1,6 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { filterImports, type HostFacts } from "../../src/bgp/import-filter.js";
+import { connectedPrefixes, filterImports, importRanges, type HostFacts } from "../../src/bgp/import-filter.js";
+import { canonicalIpv6, isUnusableIpv6Host } from "../../src/model/ipv6.js";
 import type { LearnedRoute } from "../../src/model/types.js";
 import { desired, tap } from "../helpers/fixtures.js";
 
@@ -90,6 +91,95 @@ describe("import filter", () => {
         expect(x.nextHop.startsWith("172.31.16.")).toBe(false);
       }
       expect(v.install.length + v.rejected.length).toBeLessThanOrEqual(routes.length);
+    }));
+  });
+});
+
+describe("import filter, IPv6 (issue #25): every IPv4 rule, for /128s", () => {
+  const facts6: HostFacts = {
+    addresses: new Set([...facts.addresses, "fd99::3", "FD99:0:0:1::3"]),
+    connected: [...facts.connected, "fd99::/64", "fd99:0:0:1::/64"],
+    peers: new Set([...facts.peers, "fd99::fe"]),
+  };
+  const policy6 = { ...policy, nodeAddress6: "fd99::3", ranges: [...policy.ranges, "fd31:16::/64"], facts: facts6 };
+  const services = { service: { gateway: "172.31.16.1/24", prefix6: "fd31:16::/64" } };
+  const local = (eps: Parameters<typeof desired>[0]) => desired(eps, {}, services.service).endpoints;
+
+  it("installs another host's /128 (its IPv6 next hop) and refuses the rest, each with the IPv4 rule's reason", () => {
+    const routes = [
+      r("fd31:16::9/128", "fd99::4"), // a workload of fd99::4: installed
+      r("fd31:16::a/128", "10.1.1.4"), // an IPv4 next hop for an IPv6 prefix
+      r("fd31:16::b/128", "::ffff:10.1.1.4"), // IPv4-mapped
+      r("fd31:16::c/128", "fe80::1"), // link-local: no route without a device
+      r("fd99::3/128", "fd99::4"), // this host's own address
+      r("fd99:0:0:1::3/128", "fd99::4"), // another address of this host (another spelling in the facts)
+      r("fd99::fe/128", "fd99::4"), // the reflector
+      r("fd99::4/128", "fd99::5"), // another host (a next hop)
+      r("fd99::77/128", "fd99::4"), // inside the fabric (connected)
+      r("2001:db8::1/128", "fd99::4"), // outside every range
+      r("fd31:16::/64", "fd99::4"), r("::/0", "fd99::4"), // not host routes
+      r("fd31:16::20/128", "fd31:16::9"), // next hop through a learned /128
+      r("fd31:16::21/128", "fd99::3"), // a path back to this host
+      r("fd31:16::22/128", "FD99::3"), // the same, spelt otherwise
+    ];
+    const verdict = filterImports(routes, [], policy6);
+    expect(verdict.install.map((x) => x.prefix)).toEqual(["fd31:16::9/128"]);
+    expect(reasons(routes, [], policy6)).toEqual({
+      "fd31:16::a/128": "next-hop-unusable", "fd31:16::b/128": "next-hop-unusable", "fd31:16::c/128": "next-hop-unusable",
+      "fd99::3/128": "host-address", "fd99:0:0:1::3/128": "host-address", "fd99::fe/128": "peer-address", "fd99::4/128": "next-hop-address",
+      "fd99::77/128": "connected-network", "2001:db8::1/128": "outside-import-ranges", "fd31:16::/64": "not-a-host-route",
+      "::/0": "not-a-host-route", "fd31:16::20/128": "next-hop-via-workload", "fd31:16::21/128": "next-hop-is-this-host",
+      "fd31:16::22/128": "next-hop-is-this-host",
+    });
+    // An IPv4 /32 with an IPv6 next hop is refused the same way.
+    expect(reasons([r("172.31.16.9/32", "fd99::4")], [], policy6)).toEqual({ "172.31.16.9/32": "next-hop-unusable" });
+  });
+
+  it("a /128 of a local endpoint is a duplicate (or a migration), and its ip6 as a next hop is a loop", () => {
+    const eps = local([tap("172.31.16.5", { ip6: "fd31:16::5" }), tap("172.31.16.6", { ip6: "fd31:16::6" })]);
+    const v = filterImports([r("fd31:16::5/128", "fd99::4"), r("fd31:16::6/128", "fd99::4", true)], eps, policy6);
+    expect([...v.duplicates]).toEqual([["tap:172.31.16.5", "fd99::4"]]);
+    expect(v.install.map((x) => x.prefix)).toEqual(["fd31:16::6/128"]);
+    // Another host's /128 beside ours (claims), as for /32s.
+    const claimed = filterImports([], eps, { ...policy6, claims: new Map([["fd31:16::6/128", "fd99::4"]]) });
+    expect([...claimed.duplicates]).toEqual([["tap:172.31.16.6", "fd99::4"]]);
+  });
+
+  it("import ranges per family: configured IPv4 ranges alone leave the IPv6 default (the networks' prefix6s)", () => {
+    expect(importRanges([], ["172.31.16.0/24", "fd31:16::/64"])).toEqual(["172.31.16.0/24", "fd31:16::/64"]);
+    expect(importRanges(["172.31.0.0/16"], ["172.31.16.0/24", "fd31:16::/64"])).toEqual(["172.31.0.0/16", "fd31:16::/64"]);
+    expect(importRanges(["fd31::/32"], ["172.31.16.0/24", "fd31:16::/64"])).toEqual(["172.31.16.0/24", "fd31::/32"]);
+  });
+
+  it("connected IPv6 prefixes from the host's addresses, not link-local, not /128s, not noprefixroute", () => {
+    expect(connectedPrefixes([
+      { ip: "fd99::3", prefixLength: 64, noprefixroute: false },
+      { ip: "fe80::1", prefixLength: 64, noprefixroute: false },
+      { ip: "fd31:16::1", prefixLength: 128, noprefixroute: false },
+      { ip: "fd31:17::1", prefixLength: 64, noprefixroute: true },
+      { ip: "10.1.1.3", prefixLength: 24, noprefixroute: false },
+    ])).toEqual(["10.1.1.3/24", "fd99::/64"]); // an IPv4 prefix keeps the address it was given (as before)
+  });
+
+  it("never installs an underlay address or anything outside the ranges, in either family (property)", () => {
+    const hex = fc.integer({ min: 0, max: 0xffff }).map((n) => n.toString(16));
+    const address6 = fc.oneof(
+      hex.map((h) => `fd31:16::${h}`), hex.map((h) => `fd99::${h}`), fc.constantFrom("fd99::3", "fd99::fe", "::ffff:10.1.1.4", "fe80::1", "10.1.1.4"),
+      fc.ipV6(),
+    );
+    const route = fc.tuple(address6, fc.constantFrom(128, 128, 128, 64, 0), address6, fc.boolean())
+      .filter(([ip]) => ip.includes(":"))
+      .map(([ip, len, nh, elevated]) => r(`${ip}/${len}`, nh, elevated));
+    fc.assert(fc.property(fc.array(route, { maxLength: 60 }), (routes) => {
+      const v = filterImports(routes, [], policy6);
+      for (const x of v.install) {
+        const [ip, len] = x.prefix.split("/");
+        expect(len).toBe("128");
+        expect(ip!.toLowerCase().startsWith("fd31:16:")).toBe(true);
+        expect(x.nextHop.toLowerCase().startsWith("fd31:16:")).toBe(false);
+        const hop = canonicalIpv6(x.nextHop);
+        expect(hop !== undefined && !isUnusableIpv6Host(hop) && !facts6.addresses.has(hop) && !hop.startsWith("::")).toBe(true);
+      }
     }));
   });
 });

@@ -131,3 +131,18 @@ describe("when gobgpd's RIB is complete", () => {
     expect(peersSynced([peer({}), peer({ address: "10.97.0.253", state: "idle" })])).toBe(false);
   });
 });
+
+describe("importing IPv6 best paths (issue #25)", () => {
+  it("another speaker's /128 is a learned route with its IPv6 next hop; ours and withdrawals are not", () => {
+    const p6 = (over: Partial<RibPath> = {}) => rib("fd31:16::9/128", { nextHop: "fd99::2", ...over });
+    expect(learnedFrom(p6(), MIGRATION)).toEqual(learned("fd31:16::9/128", "fd99::2"));
+    expect(learnedFrom(p6({ communities: [MIGRATION] }), MIGRATION)).toEqual(learned("fd31:16::9/128", "fd99::2", true));
+    expect(learnedFrom(p6({ isFromLocal: true, neighborIp: "" }), MIGRATION)).toBeUndefined();
+    expect(learnedFrom(p6({ isWithdraw: true }), MIGRATION)).toBeUndefined();
+    // Both families in one set, one batch.
+    const routes = applyBestPaths(new Map(), [rib("172.31.16.9/32"), p6()], MIGRATION);
+    expect([...routes.keys()].sort()).toEqual(["172.31.16.9/32", "fd31:16::9/128"]);
+    applyBestPaths(routes, [p6({ isWithdraw: true })], MIGRATION);
+    expect([...routes.keys()]).toEqual(["172.31.16.9/32"]);
+  });
+});

@@ -2,7 +2,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { applyHook, markHandedOver, vmEndpoints, type DomainRecord } from "../../src/libvirt/domains.js";
 import { afterHook, announcement, handedOver, incoming, settled, wentLive, type Migration } from "../../src/libvirt/migration.js";
-import { resolveNetworks } from "../../src/model/resolve.js";
+import { resolveNetworks, EndpointClaims } from "../../src/model/resolve.js";
 
 // The live-migration state machine (libvirt/migration.ts): its transitions,
 // what a host announces in each phase, and, over every order of hook calls,
@@ -54,9 +54,9 @@ describe("migration phases", () => {
 
   it("VM endpoints: a target has only its tap, a settling one is elevated, a handed-over one is marked", () => {
     const rec = (migration?: Migration): DomainRecord => ({ name: "g", lifecycle: "running", interfaces: [IFACE], seq: 1, ...(migration ? { migration } : {}) });
-    const [target] = vmEndpoints([rec(incoming(1))], networks, new Set()).endpoints;
+    const [target] = vmEndpoints([rec(incoming(1))], networks, new EndpointClaims(networks)).endpoints;
     expect(target).toMatchObject({ migration: "target", deviceOnly: expect.stringMatching(/incoming migration/) });
-    const [settling] = vmEndpoints([rec({ phase: "settling", since: 2 })], networks, new Set()).endpoints;
+    const [settling] = vmEndpoints([rec({ phase: "settling", since: 2 })], networks, new EndpointClaims(networks)).endpoints;
     expect(settling).toMatchObject({ migration: "settling", elevated: true });
     expect(settling!.deviceOnly).toBeUndefined();
     const marked = markHandedOver(new Map([["g", rec()]]), new Set(["172.31.16.15/32"]), 5);

@@ -14,6 +14,7 @@ import type { EndpointInput, NetworkInput } from "../../src/model/spec.js";
 import type { DesiredState } from "../../src/model/types.js";
 import { applyToModel } from "../helpers/fake-kernel.js";
 import { observedWithNetns, settings } from "../helpers/fixtures.js";
+import { endpointIps, hostPrefix } from "../../src/model/ipv6.js";
 
 // Properties over generated states (fast-check; a failure prints the seed and
 // the shrunk counterexample). The planner is checked against the kernel model
@@ -40,31 +41,47 @@ const runtimeArb = fc.record({
   nat: fc.boolean(),
   serviceMtu: mtuArb,
   extraMtu: mtuArb,
+  // Dual stack: either network may have a prefix6, and then some of its endpoints an ip6.
+  serviceV6: fc.boolean(),
+  extraV6: fc.boolean(),
   taps: fc.uniqueArray(fc.record({
-    host: fc.integer({ min: 10, max: 40 }), onExtra: fc.boolean(), named: fc.boolean(), mac: fc.option(macArb, { nil: undefined }),
+    host: fc.integer({ min: 10, max: 40 }), onExtra: fc.boolean(), named: fc.boolean(), mac: fc.option(macArb, { nil: undefined }), v6: fc.boolean(),
   }), { selector: (t) => `${t.onExtra}-${t.host}`, maxLength: 8 }),
-  netns: fc.uniqueArray(fc.record({ ns: fc.constantFrom(...NAMESPACES), host: fc.integer({ min: 41, max: 60 }), mac: fc.option(macArb, { nil: undefined }) }),
-    { selector: (n) => n.ns, maxLength: 3 }),
-}).map(({ extra, nat, serviceMtu, extraMtu, taps, netns }) => {
+  netns: fc.uniqueArray(fc.record({
+    ns: fc.constantFrom(...NAMESPACES), host: fc.integer({ min: 41, max: 60 }), mac: fc.option(macArb, { nil: undefined }), v6: fc.boolean(),
+  }), { selector: (n) => n.ns, maxLength: 3 }),
+}).map(({ extra, nat, serviceMtu, extraMtu, serviceV6, extraV6, taps, netns }) => {
   const networks: Record<string, NetworkInput> = extra
-    ? { extra: { gateway: "172.31.17.1/24", ...(nat ? { natOutgoing: true } : {}), ...(extraMtu !== undefined ? { mtu: extraMtu } : {}) } } : {};
+    ? { extra: {
+      gateway: "172.31.17.1/24", ...(nat ? { natOutgoing: true } : {}), ...(extraMtu !== undefined ? { mtu: extraMtu } : {}),
+      ...(extraV6 ? { prefix6: "fd31:17::/64" } : {}),
+    } } : {};
+  const hasV6 = (network: string) => (network === "extra" ? extraV6 : serviceV6);
+  const ip6 = (network: string, host: number, wanted: boolean) => (wanted && hasV6(network) ? { ip6: `fd31:${network === "extra" ? 17 : 16}::${host}` } : {});
   const endpoints: EndpointInput[] = [
     ...taps.map((t) => {
       const network = t.onExtra && extra ? "extra" : "service";
       const ip = `172.31.${network === "extra" ? 17 : 16}.${t.host}`;
-      return { kind: "tap" as const, network, ip, ...(t.mac ? { mac: t.mac } : {}), ...(t.named ? { name: `t${network[0]}${t.host}` } : {}) };
+      return {
+        kind: "tap" as const, network, ip, ...ip6(network, t.host, t.v6), ...(t.mac ? { mac: t.mac } : {}),
+        ...(t.named ? { name: `t${network[0]}${t.host}` } : {}),
+      };
     }),
-    ...netns.map((n) => ({ kind: "netns" as const, network: "service", ip: `172.31.16.${n.host}`, netns: n.ns, ...(n.mac ? { mac: n.mac } : {}) })),
+    ...netns.map((n) => ({
+      kind: "netns" as const, network: "service", ip: `172.31.16.${n.host}`, ...ip6("service", n.host, n.v6), netns: n.ns, ...(n.mac ? { mac: n.mac } : {}),
+    })),
   ];
   // One endpoint per IP (a named tap on "extra" falls back to "service" when there is no extra network).
   const seen = new Set<string>();
-  return { networks, endpoints: endpoints.filter((e) => !seen.has(e.ip) && seen.add(e.ip)), serviceMtu };
+  return { networks, endpoints: endpoints.filter((e) => !seen.has(e.ip) && seen.add(e.ip)), serviceMtu, serviceV6 };
 });
 
-type Runtime = { networks: Record<string, NetworkInput>; endpoints: EndpointInput[]; serviceMtu?: number | undefined };
+type Runtime = { networks: Record<string, NetworkInput>; endpoints: EndpointInput[]; serviceMtu?: number | undefined; serviceV6?: boolean };
 
 /** The config's networks for a generated state. */
-const configOf = (state: Runtime) => (state.serviceMtu !== undefined ? { service: { ...CONFIG.service, mtu: state.serviceMtu } } : CONFIG);
+const configOf = (state: Runtime) => ({
+  service: { ...CONFIG.service, ...(state.serviceMtu !== undefined ? { mtu: state.serviceMtu } : {}), ...(state.serviceV6 ? { prefix6: "fd31:16::/64" } : {}) },
+});
 
 function resolve(state: Runtime): DesiredState {
   const r = resolveDesired({ configNetworks: configOf(state), runtimeNetworks: state.networks, endpoints: state.endpoints });
@@ -180,7 +197,9 @@ describe("planning (properties)", () => {
   it("a crash after any operation of a plan, then planning again, ends where no crash would have", () => {
     // Device identity (ifindex) may differ; everything the planner compares may not.
     const comparable = (o: ObservedState) => JSON.stringify(o, (k, v: unknown) =>
-      k === "ifindex" || k === "peerIndex" ? undefined : v instanceof Map ? [...v].sort(([a], [b]) => String(a).localeCompare(String(b))) : v);
+      k === "ifindex" || k === "peerIndex" ? undefined : v instanceof Map ? [...v].sort(([a], [b]) => String(a).localeCompare(String(b)))
+        // The kernel lists in no promised order (a neighbour entry replaced after a crash comes last).
+        : Array.isArray(v) && ["routes", "neighbours", "addresses"].includes(k) ? [...v].sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b))) : v);
     fc.assert(fc.property(scenarioArb, fc.nat(), ({ want, host }, at) => {
       const d = resolve(want);
       const ops = plan(d, host.observed, settings).operations;
@@ -196,7 +215,7 @@ describe("planning (properties)", () => {
       const p = plan(d, converge(d, host.observed), settings);
       for (const c of p.endpoints) {
         if (c.conflict || c.pending) continue;
-        expect(c.link && c.routeOk && c.neighbourOk && c.up && c.groupOk && c.macOk && c.mtuOk && c.badSysctls.length === 0).toBeTruthy();
+        expect(c.link && c.routeOk && c.neighbourOk && c.linkLocalOk && c.up && c.groupOk && c.macOk && c.mtuOk && c.badSysctls.length === 0).toBeTruthy();
         expect(c.link?.mtu).toBe(d.networks.find((n) => n.name === c.endpoint.network)?.guest.mtu ?? 1500);
         if (c.endpoint.kind === "netns") expect(c.innerOk).toBe(true);
       }
@@ -205,7 +224,7 @@ describe("planning (properties)", () => {
       const devices = new Set(d.endpoints.map((e) => e.device));
       for (const l of s.links.values())
         if (l.alias?.startsWith("vmrouted:") && !l.alias.startsWith("vmrouted:gateway:")) expect(devices.has(l.name)).toBe(true);
-      const routes = new Set(d.endpoints.map((e) => `${e.ip}/32 ${e.device}`));
+      const routes = new Set(d.endpoints.flatMap((e) => endpointIps(e).map((ip) => `${hostPrefix(ip)} ${e.device}`)));
       for (const r of s.routes) if (r.protocol === settings.routeProtocol) expect(routes.has(`${r.dst} ${r.device}`)).toBe(true);
     }), { numRuns: 300 });
   });
@@ -252,11 +271,11 @@ describe("rebuilding runtime state from the kernel (properties)", () => {
       const kernel = converge(d, observedWithNetns(...NAMESPACES));
       const veths = new Map(d.endpoints.filter((e) => e.netns).map((e) => [e.device, e.netns!]));
       // The NAT table as the reconciler writes it: natOutgoing is read back from it.
-      const rebuilt = rebuildRuntimeState(kernel, veths, desiredNat(d), configOf(want));
+      const rebuilt = rebuildRuntimeState(kernel, veths, desiredNat(d), configOf(want), settings.routeProtocol);
       expect(rebuilt.problems).toEqual([]);
       // Same resolved endpoints (names, MACs, namespaces), whatever the input spelled out.
       const key = (x: DesiredState) => JSON.stringify([x.networks, [...x.endpoints].sort((a, b) => a.id.localeCompare(b.id))]);
-      expect(key(resolve({ ...rebuilt.state, serviceMtu: want.serviceMtu }))).toBe(key(d));
+      expect(key(resolve({ ...rebuilt.state, serviceMtu: want.serviceMtu, serviceV6: want.serviceV6 }))).toBe(key(d));
     }), { numRuns: 300 });
   });
 
@@ -264,7 +283,7 @@ describe("rebuilding runtime state from the kernel (properties)", () => {
     const d = resolve({ networks: {}, endpoints: [{ kind: "netns", network: "service", ip: "172.31.16.41", netns: "task-1" }] });
     const kernel = converge(d, observedWithNetns(...NAMESPACES));
     kernel.links.set("tap-stray", { name: "tap-stray", kind: "tun", group: 94, up: true, carrier: false, alias: "vmrouted:tap:10.250.0.9" });
-    const r = rebuildRuntimeState(kernel, new Map(), undefined, CONFIG);
+    const r = rebuildRuntimeState(kernel, new Map(), undefined, CONFIG, settings.routeProtocol);
     expect(r.problems).toEqual(expect.arrayContaining([
       expect.stringMatching(/tap-stray .* fits no known network/), expect.stringMatching(/peer in no named namespace/),
     ]));

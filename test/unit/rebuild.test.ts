@@ -43,7 +43,7 @@ function kernelFor(d: DesiredState): ObservedState {
 
 describe("rebuilding runtime state from the kernel", () => {
   it("keeps natOutgoing of a network whose prefix is in the NAT table's masquerade set", () => {
-    const rebuilt = rebuildRuntimeState(kernelFor(resolve(RUNTIME, ENDPOINTS)), new Map(), nftListing(), CONFIG);
+    const rebuilt = rebuildRuntimeState(kernelFor(resolve(RUNTIME, ENDPOINTS)), new Map(), nftListing(), CONFIG, settings.routeProtocol);
     expect(rebuilt.problems).toEqual([]);
     // As an operator writes it: natOutgoing only where it is true.
     expect(rebuilt.state.networks).toEqual(RUNTIME);
@@ -55,10 +55,10 @@ describe("rebuilding runtime state from the kernel", () => {
   it("gives a network no natOutgoing when there is no NAT table, or its prefix is not in the set", () => {
     const kernel = kernelFor(resolve(RUNTIME, ENDPOINTS));
     const noNat = { extra: { gateway: "172.31.17.1/24" }, tenant: { gateway: "10.20.0.1/16" } };
-    expect(rebuildRuntimeState(kernel, new Map(), undefined, CONFIG).state.networks).toEqual(noNat);
+    expect(rebuildRuntimeState(kernel, new Map(), undefined, CONFIG, settings.routeProtocol).state.networks).toEqual(noNat);
     // Only the set of masqueraded prefixes counts, not the set of every workload prefix.
     const table = nftListing()!;
     const onlyAll = { ...table, sets: table.sets.map((s) => (s.name === NAT_SET ? { ...s, elements: ["172.31.16.0/24"] } : s)) };
-    expect(rebuildRuntimeState(kernel, new Map(), onlyAll, CONFIG).state.networks).toEqual(noNat);
+    expect(rebuildRuntimeState(kernel, new Map(), onlyAll, CONFIG, settings.routeProtocol).state.networks).toEqual(noNat);
   });
 });

@@ -4,9 +4,10 @@ import { dirname } from "node:path";
 import type { Logger } from "pino";
 import { superviseLines } from "../../child-lines.js";
 import { LatestOnly } from "../../latest-only.js";
+import { canonicalIpv6 } from "../../model/ipv6.js";
 import type { DesiredState } from "../../model/types.js";
 import { writeFileAtomic } from "../../state/files.js";
-import { confPath, dhcpFiles, hostsPath, optsPath, pidPath, type DhcpFiles, type DhcpPaths } from "./files.js";
+import { confPath, dhcpFiles, hostsPath, optsPath, pidPath, SERVER_DUID, type DhcpFiles, type DhcpPaths } from "./files.js";
 
 // The DHCP manager's shell: one dnsmasq per host (Debian's dnsmasq-base),
 // started, configured and supervised by vmrouted (DESIGN.md, Guest addressing).
@@ -21,7 +22,13 @@ import { confPath, dhcpFiles, hostsPath, optsPath, pidPath, type DhcpFiles, type
 
 const RESTART_MS = 250;
 const MESSAGE = /DHCP(DISCOVER|OFFER|REQUEST|ACK|NAK|RELEASE|DECLINE|INFORM)\(([^)]*)\)\s*(\S+)?\s*(\S+)?/;
-export const DHCP_MESSAGES = ["DISCOVER", "OFFER", "REQUEST", "ACK", "NAK", "RELEASE", "DECLINE", "INFORM"] as const;
+// DHCPv6 (networks with a prefix6): REQUEST, RELEASE and DECLINE share their names with DHCPv4's; a
+// DHCPv6 line's first word is the client's DUID or an IPv6 address (with ':'), a DHCPv4 one's an IPv4 address.
+const MESSAGE6 = /DHCP(SOLICIT|ADVERTISE|REQUEST|CONFIRM|RENEW|REBIND|REPLY|RELEASE|DECLINE|INFORMATION-REQUEST)\(([^)]*)\)\s*(\S+)?\s*(\S+)?\s*(.*)$/;
+const V6_ONLY = new Set(["SOLICIT", "ADVERTISE", "CONFIRM", "RENEW", "REBIND", "REPLY", "INFORMATION-REQUEST"]);
+/** Message types counted: DHCPv4's, then DHCPv6's with a "6" (SOLICIT6, REPLY6, ...). */
+export const DHCP_MESSAGES = ["DISCOVER", "OFFER", "REQUEST", "ACK", "NAK", "RELEASE", "DECLINE", "INFORM",
+  "SOLICIT6", "ADVERTISE6", "REQUEST6", "CONFIRM6", "RENEW6", "REBIND6", "REPLY6", "RELEASE6", "DECLINE6", "INFORMATION-REQUEST6"] as const;
 
 export interface DhcpStatus {
   /** off: no network has DHCP; running; starting (between a start or restart and dnsmasq's first line); failing. */
@@ -93,6 +100,7 @@ export class DhcpServer {
     this.written = next;
     if (!this.child) {
       await this.stopLeftover();
+      if (next.conf.includes("\ndhcp-duid=")) await this.keepServerDuid();
       this.start();
     } else if (changed.conf) {
       // Interfaces and ranges are read only at start.
@@ -127,6 +135,19 @@ export class DhcpServer {
   }
 
   private line(l: string): void {
+    const m6 = MESSAGE6.exec(l);
+    if (m6 && (V6_ONLY.has(m6[1]!) || m6[3]?.includes(":"))) {
+      const [, type, , first, second, why] = m6;
+      const counted = `${type}6`;
+      this.messages[counted] = (this.messages[counted] ?? 0) + 1;
+      this.deps.onMessage?.(counted);
+      // A REPLY with an address and no complaint ("lease not found": NoBinding): the lease (or its renewal)
+      // handed out. Its client is named by DUID, not MAC.
+      if (type === "REPLY" && first && second && !why && canonicalIpv6(first) !== undefined) {
+        this.deps.log.info({ ip6: first, duid: second, line: l }, "dhcp6 reply");
+      }
+      return;
+    }
     const m = MESSAGE.exec(l);
     if (m) {
       const [, type, , first, second] = m;
@@ -156,6 +177,21 @@ export class DhcpServer {
   private fail(reason: string): void {
     if (reason !== this.lastError) this.deps.log.error({ reason }, "dnsmasq: DHCP is not answered as desired");
     this.lastError = reason;
+  }
+
+  /**
+   * dnsmasq keeps the server DUID its lease file names over the one it is told (`dhcp-duid`): a
+   * different one (a lease file from before the fixed DUID) is dropped, so that every host answers
+   * as the same DHCPv6 server (a migrated guest's Renew names it). Its leases stay.
+   */
+  private async keepServerDuid(): Promise<void> {
+    const { leases } = this.deps.paths;
+    const text = await readFile(leases, "utf8").catch(() => undefined);
+    if (text === undefined) return;
+    const kept = text.split("\n").filter((l) => !l.startsWith("duid ") || l === `duid ${SERVER_DUID}`);
+    if (kept.length === text.split("\n").length) return;
+    this.deps.log.info({ leases }, "dropping the lease file's other DHCPv6 server DUID");
+    await writeFileAtomic(leases, kept.join("\n"), false, 0o644);
   }
 
   /** A dnsmasq of an earlier vmrouted on this stateDir: ours if its command line names our file; stopped by its pid. */
