@@ -69,7 +69,7 @@ export async function stopChild(child: ChildProcess | undefined, signal: NodeJS.
 }
 
 export interface DaemonOptions {
-  networks?: Record<string, { gateway: string; natOutgoing?: boolean }>;
+  networks?: Record<string, { gateway: string; natOutgoing?: boolean; prefix6?: string }>;
   bgp?: Record<string, unknown>;
   extra?: Record<string, unknown>;
   resyncSeconds?: number;
@@ -201,9 +201,9 @@ export interface Finding { check: string; result: "ok" | "problem" | "skipped"; 
 
 export interface StatusJson {
   node: { name: string; address: string };
-  networks: Array<{ name: string; device: string; gateway: string; kind: string; state: string; reason: string }>;
+  networks: Array<{ name: string; device: string; gateway: string; prefix6?: string; kind: string; state: string; reason: string }>;
   endpoints: Array<{
-    id: string; kind: string; network: string; ip: string; mac: string; device: string; state: string; reason: string;
+    id: string; kind: string; network: string; ip: string; ip6?: string; mac: string; device: string; state: string; reason: string;
     netns?: string; domain?: string; migration?: string; elevated?: boolean; conditions: Record<string, boolean>;
     counters: Record<`${"rx" | "tx"}${"Bytes" | "Packets" | "Errors" | "Dropped"}`, number>;
   }>;

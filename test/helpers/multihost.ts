@@ -17,8 +17,10 @@ import { createReflector, Fabric, type FabricHost, type Reflector, type Reflecto
 
 export const NETWORK = { service: { gateway: "172.31.16.1/24" } };
 export const GATEWAY = "172.31.16.1";
+/** The network's IPv6 prefix in a dual-stack lab. */
+export const PREFIX6 = "fd31:16::/64";
 
-export interface Task { ns: Netns; ip: string }
+export interface Task { ns: Netns; ip: string; ip6?: string }
 export interface LabHost extends FabricHost {
   n: number;
   daemon: Daemon;
@@ -37,12 +39,26 @@ export class MultiHostLab {
     return `172.31.16.${n * 10 + k}`;
   }
 
+  /** taskIp6(n, k): the k-th task's IPv6 address in a dual-stack lab. */
+  static taskIp6(n: number, k: number): string {
+    return `fd31:16::${n * 10 + k}`;
+  }
+
+  /** Every host has node.address6, the network a prefix6 and every task an ip6. */
+  get dualStack(): boolean {
+    return this.hosts.some((h) => h.tasks.some((t) => t.ip6 !== undefined));
+  }
+
   static async start(id: string, kind: ReflectorKind, o: {
     hosts?: number; tasksPerHost?: number; net?: number; daemonExtra?: Record<string, unknown>;
     /** The network with natOutgoing on every host. */
     nat?: boolean;
     /** More fabric hosts, after the others, that the reflector accepts as clients but run nothing (MultiHostLab.speakers). */
     speakers?: number;
+    /** IPv6 too: node.address6 (the host's fabric IPv6 address), the network's prefix6, an ip6 per task. */
+    dualStack?: boolean;
+    /** BIRD only: the reflector configured without its IPv6 channel (one from before dual stack). */
+    reflectorWithoutIpv6?: boolean;
   } = {}): Promise<MultiHostLab> {
     const fabric = await Fabric.create(id, (o.hosts ?? 3) + (o.speakers ?? 0), o.net ?? 97);
     const speakers = fabric.hosts.slice(o.hosts ?? 3);
@@ -54,22 +70,24 @@ export class MultiHostLab {
         await writeFile(h.gobgpd.configPath, text.replace(/hold-time = 30/, "hold-time = 9")
           .replace(/keepalive-interval = 10/, "keepalive-interval = 3").replace(/restart-time = 30/, "restart-time = 20"));
       }
-      rr = await createReflector(kind, fabric.reflectorOptions());
+      rr = await createReflector(kind, { ...fabric.reflectorOptions(), ...(o.reflectorWithoutIpv6 ? { withoutIpv6: true } : {}) });
       await rr.start();
       for (const [i, h] of fabric.hosts.slice(0, o.hosts ?? 3).entries()) {
         const n = i + 1;
         await h.gobgpd.start(["-r"]);
+        const service = { ...NETWORK.service, ...(o.nat ? { natOutgoing: true } : {}), ...(o.dualStack ? { prefix6: PREFIX6 } : {}) };
         const daemon = await Daemon.create(h.ns, {
-          networks: o.nat ? { service: { ...NETWORK.service, natOutgoing: true } } : NETWORK, bgp: { gobgp: "127.0.0.1:50051" }, resyncSeconds: 5,
-          extra: { node: { address: h.address, name: `host${n}` }, ...(o.daemonExtra ?? {}) },
+          networks: { service }, bgp: { gobgp: "127.0.0.1:50051" }, resyncSeconds: 5,
+          extra: { node: { address: h.address, ...(o.dualStack ? { address6: h.address6 } : {}), name: `host${n}` }, ...(o.daemonExtra ?? {}) },
         });
         hosts.push({ ...h, n, daemon, tasks: [] });
         await daemon.start();
         for (let k = 1; k <= (o.tasksPerHost ?? 2); k++) {
           const ns = await Netns.create(`${h.ns.name}t${k}`);
           const ip = MultiHostLab.taskIp(n, k);
-          hosts.at(-1)!.tasks.push({ ns, ip });
-          const r = await daemon.ctl(["netns", "add", ns.name, "--network", "service", "--ip", ip]);
+          const ip6 = o.dualStack ? MultiHostLab.taskIp6(n, k) : undefined;
+          hosts.at(-1)!.tasks.push({ ns, ip, ...(ip6 ? { ip6 } : {}) });
+          const r = await daemon.ctl(["netns", "add", ns.name, "--network", "service", "--ip", ip, ...(ip6 ? ["--ip6", ip6] : [])]);
           if (r.exitCode !== 0) throw new Error(`netns add on host ${n}: ${r.stderr}`);
         }
       }
@@ -86,28 +104,34 @@ export class MultiHostLab {
     return this.hosts[n - 1]!;
   }
 
-  /** A host's learned routes in its kernel: prefix → next hop. */
-  async learned(h: LabHost): Promise<Map<string, string>> {
-    const routes = await h.ns.json<Array<{ dst: string; gateway?: string }>>(["-4", "route", "show", "proto", "96"]);
-    return new Map(routes.map((r) => [r.dst.includes("/") ? r.dst : `${r.dst}/32`, r.gateway ?? ""]));
+  /** A host's learned routes of one family in its kernel: prefix → next hop. */
+  async learned(h: LabHost, family: "ipv4" | "ipv6" = "ipv4"): Promise<Map<string, string>> {
+    const v6 = family === "ipv6";
+    const routes = await h.ns.json<Array<{ dst: string; gateway?: string }>>([v6 ? "-6" : "-4", "route", "show", "proto", "96"]);
+    return new Map(routes.map((r) => [r.dst.includes("/") ? r.dst : `${r.dst}/${v6 ? 128 : 32}`, r.gateway ?? ""]));
   }
 
-  /** What every host must have learned: the other hosts' ready endpoints, each via its host. */
-  async expectedLearned(h: LabHost): Promise<Map<string, string>> {
+  /** What every host must have learned, per family: the other hosts' ready endpoints, each via its host's address of that family. */
+  async expectedLearned(h: LabHost, family: "ipv4" | "ipv6" = "ipv4"): Promise<Map<string, string>> {
     const expected = new Map<string, string>();
     for (const other of this.hosts) {
       if (other === h) continue;
-      for (const e of (await other.daemon.status()).endpoints) if (e.state === "ready") expected.set(`${e.ip}/32`, other.address);
+      for (const e of (await other.daemon.status()).endpoints) {
+        if (e.state !== "ready") continue;
+        if (family === "ipv4") expected.set(`${e.ip}/32`, other.address);
+        else if (e.ip6 !== undefined) expected.set(`${e.ip6}/128`, other.address6);
+      }
     }
     return expected;
   }
 
-  /** Every host's learned routes equal exactly the other hosts' ready endpoints. */
+  /** Every host's learned routes equal exactly the other hosts' ready endpoints (in each family the lab has). */
   async learnedExactly(): Promise<boolean> {
-    for (const h of this.hosts) {
-      const [have, want] = await Promise.all([this.learned(h), this.expectedLearned(h)]);
-      if (JSON.stringify([...have].sort()) !== JSON.stringify([...want].sort())) return false;
-    }
+    for (const family of this.dualStack ? (["ipv4", "ipv6"] as const) : (["ipv4"] as const))
+      for (const h of this.hosts) {
+        const [have, want] = await Promise.all([this.learned(h, family), this.expectedLearned(h, family)]);
+        if (JSON.stringify([...have].sort()) !== JSON.stringify([...want].sort())) return false;
+      }
     return true;
   }
 
@@ -122,9 +146,9 @@ export class MultiHostLab {
   }
 }
 
-/** One ping from a namespace (true when it was answered). */
+/** One ping from a namespace (true when it was answered); IPv6 for an IPv6 address. */
 export async function pings(from: Netns, ip: string): Promise<boolean> {
-  return (await from.exec(["ping", "-c", "1", "-W", "1", ip], false)).exitCode === 0;
+  return (await from.exec(["ping", ...(ip.includes(":") ? ["-6"] : []), "-c", "1", "-W", "1", ip], false)).exitCode === 0;
 }
 
 /**
@@ -132,13 +156,24 @@ export async function pings(from: Netns, ip: string): Promise<boolean> {
  * after it: how many of the requests went unanswered (counted by ping itself).
  */
 export async function lossDuring(from: Netns, ip: string, during: () => Promise<void>, settleMs = 2000): Promise<{ sent: number; lost: number }> {
-  const child = execa("ip", ["netns", "exec", from.name, "ping", "-i", "0.01", "-W", "1", "-q", ip], { reject: false });
+  return (await lossesDuring(from, [ip], during, settleMs))[0]!;
+}
+
+/** lossDuring for several addresses at once (a dual-stack workload's IPv4 and IPv6), each counted by its own ping. */
+export async function lossesDuring(from: Netns, ips: string[], during: () => Promise<void>, settleMs = 2000): Promise<Array<{ sent: number; lost: number }>> {
+  const children = ips.map((ip) =>
+    execa("ip", ["netns", "exec", from.name, "ping", ...(ip.includes(":") ? ["-6"] : []), "-i", "0.01", "-W", "1", "-q", ip], { reject: false }));
   await new Promise((r) => setTimeout(r, 500));
-  await during();
-  await new Promise((r) => setTimeout(r, settleMs));
-  child.kill("SIGINT");
-  const out = (await child).stdout;
-  const m = /(\d+) packets transmitted, (\d+) (?:packets )?received/.exec(out);
-  if (!m) throw new Error(`no ping summary in: ${out}`);
-  return { sent: Number(m[1]), lost: Number(m[1]) - Number(m[2]) };
+  try {
+    await during();
+    await new Promise((r) => setTimeout(r, settleMs));
+  } finally {
+    for (const c of children) c.kill("SIGINT");
+  }
+  return Promise.all(children.map(async (child) => {
+    const out = (await child).stdout;
+    const m = /(\d+) packets transmitted, (\d+) (?:packets )?received/.exec(out);
+    if (!m) throw new Error(`no ping summary in: ${out}`);
+    return { sent: Number(m[1]), lost: Number(m[1]) - Number(m[2]) };
+  }));
 }
