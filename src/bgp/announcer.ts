@@ -83,10 +83,11 @@ export class Announcer {
     this.wake?.();
   }
 
-  /** Paths gobgpd has from us that are still wanted. */
-  announcedCount(): number {
+  /** Paths gobgpd has from us that are still wanted (of one family: /32s or /128s). */
+  announcedCount(family?: "ipv4" | "ipv6"): number {
     let n = 0;
-    for (const prefix of this.desired.keys()) if (this.isAnnouncedPrefix(prefix)) n++;
+    for (const prefix of this.desired.keys())
+      if ((family === undefined || prefix.includes(":") === (family === "ipv6")) && this.isAnnouncedPrefix(prefix)) n++;
     return n;
   }
 

@@ -8,8 +8,11 @@ import { DHCP_MESSAGES } from "../dataplane/dhcp/dnsmasq.js";
 export interface BgpSource {
   readonly state: string;
   readonly reconnects: number;
-  announcedCount(): number;
+  announcedCount(family?: "ipv4" | "ipv6"): number;
 }
+
+const FAMILIES = ["ipv4", "ipv6"] as const;
+const familyOf = (prefix: string) => (prefix.includes(":") ? "ipv6" : "ipv4");
 
 // Prometheus metrics (text format), served on the API socket and optionally on
 // a loopback TCP port. Counters are fed by the reconciler and the announcer;
@@ -72,8 +75,9 @@ export class Metrics {
   /** BGP metrics, read from the announcer at each scrape. */
   attachBgp(bgp: BgpSource): void {
     new Gauge({
-      name: "vmrouted_announced_paths", help: "Paths announced to gobgpd (and still wanted)", registers: [this.registry],
-      collect() { this.set(bgp.announcedCount()); },
+      name: "vmrouted_announced_paths", help: "Paths announced to gobgpd (and still wanted), by family (ipv4: /32s, ipv6: /128s)",
+      labelNames: ["family"], registers: [this.registry],
+      collect() { for (const family of FAMILIES) this.set({ family }, bgp.announcedCount(family)); },
     });
     new Gauge({
       name: "vmrouted_gobgp_connected", help: "1 while the gobgpd API connection is up", registers: [this.registry],
@@ -108,8 +112,13 @@ export class Metrics {
       collect() { for (const [state, n] of Object.entries(count(reconciler.report().networks, ["ready", "pending", "degraded"]))) this.set({ state }, n); },
     });
     new Gauge({
-      name: "vmrouted_learned_routes", help: "Routes learned from other hosts, by state", labelNames: ["state"], registers: [this.registry],
-      collect() { for (const [state, n] of Object.entries(count(reconciler.report().learned, ["installed", "pending", "conflict"]))) this.set({ state }, n); },
+      name: "vmrouted_learned_routes", help: "Routes learned from other hosts, by state and family", labelNames: ["state", "family"], registers: [this.registry],
+      collect() {
+        const learned = reconciler.report().learned;
+        for (const family of FAMILIES)
+          for (const [state, n] of Object.entries(count(learned.filter((r) => familyOf(r.prefix) === family), ["installed", "pending", "conflict"])))
+            this.set({ state, family }, n);
+      },
     });
   }
 

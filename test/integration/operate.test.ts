@@ -319,7 +319,8 @@ describe("metrics", () => {
     await waitFor(async () => (await daemon.status()).bgp.announced === 2, 30000, "re-announcement");
     const m1 = parseProm(await scrape());
     expect(m1.get('vmrouted_endpoints{state="ready"}')).toBe(2);
-    expect(m1.get("vmrouted_announced_paths")).toBe(2);
+    expect(m1.get('vmrouted_announced_paths{family="ipv4"}')).toBe(2);
+    expect(m1.get('vmrouted_announced_paths{family="ipv6"}')).toBe(0);
     expect(m1.get("vmrouted_gobgp_connected")).toBe(1);
     expect(m1.get("vmrouted_reconcile_duration_seconds_count")).toBeGreaterThan(0);
     expect(m1.get("vmrouted_process_resident_memory_bytes")).toBeGreaterThan(0);
