@@ -14,10 +14,11 @@ const SANDBOX = join(REPO, "scripts/lab/libvirtd.sh");
 
 /**
  * The lab guest's kernel command line (scripts/lab/guest-init): `ip` is A.B.C.D/N, or "dhcp" (busybox
- * udhcpc configures eth0; with renewSeconds it is asked to renew that often); `nic` adds an interface.
+ * udhcpc configures eth0; with renewSeconds it is asked to renew that often); `ip6: "dhcp"`: ISC dhclient -6
+ * gets eth0's IPv6 address by DHCPv6 (its default route comes from the RA); `nic` adds an interface.
  */
 export interface GuestSpec {
-  ip: string; gateway?: string; ping: string[]; watch: string; echoPort?: number; fetch?: string; renewSeconds?: number;
+  ip: string; gateway?: string; ping: string[]; watch: string; echoPort?: number; fetch?: string; renewSeconds?: number; ip6?: "dhcp";
   nic?: { mac: string; tap: string };
 }
 
@@ -91,7 +92,7 @@ export class LibvirtLab {
   async defineGuest(name: string, guest: GuestSpec): Promise<void> {
     let xml = (await sh("bash", [join(REPO, "scripts/lab/guest-domain.sh"), name, this.consolePath(name), guest.ip, guest.gateway ?? "-",
       guest.ping.join(","), guest.watch, ...(guest.echoPort ? [`vmr.echo=${guest.echoPort}`] : []), ...(guest.fetch ? [`vmr.fetch=${guest.fetch}`] : []),
-      ...(guest.renewSeconds ? [`vmr.renew=${guest.renewSeconds}`] : [])])).stdout;
+      ...(guest.renewSeconds ? [`vmr.renew=${guest.renewSeconds}`] : []), ...(guest.ip6 ? [`vmr.ip6=${guest.ip6}`] : [])])).stdout;
     // A NIC of the test's own making (not vmrouted's patch): an existing tap, with a MAC of the test's choosing.
     if (guest.nic) xml = xml.replace("</devices>", `  <interface type='ethernet'><mac address='${guest.nic.mac}'/><target dev='${guest.nic.tap}' managed='no'/><model type='virtio'/></interface>\n  </devices>`);
     const file = join(this.dir, `${name}.xml`);
