@@ -174,8 +174,10 @@ function nat(f: DoctorFacts): Finding[] {
 
 function firewall(f: DoctorFacts): Finding[] {
   if (f.firewall.inspected.length === 0) return [skipped("firewall", "neither nft nor iptables-legacy-save is installed")];
-  if (f.firewall.drops.length === 0) return [ok("firewall", `no FORWARD drop in ${f.firewall.inspected.join(", ")}`)];
-  return f.firewall.drops.map((d) => problem("firewall", `${d.source} ${d.where}: ${d.what} may drop forwarded workload traffic`,
+  // An ip6 table's drops reach workloads only where they have IPv6.
+  const drops = ipv6Devices(f).size ? f.firewall.drops : f.firewall.drops.filter((d) => !d.ipv6Only);
+  if (drops.length === 0) return [ok("firewall", `no FORWARD drop in ${f.firewall.inspected.join(", ")}`)];
+  return drops.map((d) => problem("firewall", `${d.source} ${d.where}: ${d.what} may drop forwarded workload traffic`,
     "accept traffic to and from vmrouted's devices before it, e.g. nft insert rule ... iifgroup 94 accept; ... oifgroup 94 accept"));
 }
 

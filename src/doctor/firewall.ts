@@ -8,6 +8,8 @@ export interface ForwardDrop {
   where: string;
   /** What drops: "policy drop" or the rule. */
   what: string;
+  /** In an ip6 table: it matters only where workloads are dual stack. */
+  ipv6Only?: boolean;
 }
 
 /** What marks our devices in a rule: the netdev group or the device name prefixes. */
@@ -37,10 +39,11 @@ function verdictOf(rule: Record<string, unknown>): "drop" | "reject" | undefined
 export function nftForwardDrops(ruleset: unknown, marks: OwnMarks): ForwardDrop[] {
   const items = ((ruleset as { nftables?: NftObject[] } | undefined)?.nftables ?? []);
   const chains = items.flatMap((i) => (i.chain ? [i.chain] : []))
-    .filter((c) => c.hook === "forward" && (c.family === "ip" || c.family === "inet"));
+    .filter((c) => c.hook === "forward" && (c.family === "ip" || c.family === "ip6" || c.family === "inet"));
   const drops: ForwardDrop[] = [];
   for (const c of chains) {
     const where = `table ${String(c.family)} ${String(c.table)} chain ${String(c.name)}`;
+    const ipv6Only = c.family === "ip6" ? { ipv6Only: true } : {};
     const rules = items.flatMap((i) => (i.rule ? [i.rule] : []))
       .filter((r) => r.family === c.family && r.table === c.table && r.chain === c.name);
     let accepted = false;
@@ -50,9 +53,9 @@ export function nftForwardDrops(ruleset: unknown, marks: OwnMarks): ForwardDrop[
         break;
       }
       const verdict = verdictOf(r);
-      if (verdict) drops.push({ source: "nftables", where, what: `rule handle ${String(r.handle)} (${verdict})` });
+      if (verdict) drops.push({ source: "nftables", where, what: `rule handle ${String(r.handle)} (${verdict})`, ...ipv6Only });
     }
-    if (c.policy === "drop" && !accepted) drops.push({ source: "nftables", where, what: "policy drop" });
+    if (c.policy === "drop" && !accepted) drops.push({ source: "nftables", where, what: "policy drop", ...ipv6Only });
   }
   return drops;
 }

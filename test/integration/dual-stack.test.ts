@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { assertLabReady, Daemon, Netns, rootSnapshot, runId, waitFor } from "../helpers/lab.js";
+import { assertLabReady, Daemon, Netns, rootSnapshot, runId, sh, waitFor } from "../helpers/lab.js";
 import { linkLocalFromMac } from "../../src/model/ipv6.js";
 
 // Dual stack on the real kernel, in namespaces this suite creates (issue #25,
@@ -122,6 +122,34 @@ describe("dual stack on the real kernel", () => {
     await host.setSysctl(`net/ipv6/conf/${e.device}/accept_ra`, "1");
     // No kernel event says so: the periodic resync (1 s here) repairs it.
     await waitFor(async () => (await host.sysctl(`net/ipv6/conf/${e.device}/accept_ra`)) === "0", 5000, "accept_ra is 0 again");
+  });
+
+  it("doctor: IPv6 forwarding, the IPv6 sysctls of dual-stack devices and an ip6 FORWARD drop, each found while broken", async () => {
+    const d0 = await daemon.doctor();
+    expect(d0.findings.filter((f) => f.result === "problem"), JSON.stringify(d0.findings)).toEqual([]);
+    expect(d0.findings.filter((f) => f.check === "ip-forward").map((f) => f.message)).toEqual(["IPv4 forwarding is on", "IPv6 forwarding is on"]);
+    const e = (await daemon.status()).endpoints.find((x) => x.ip === "172.31.16.10")!;
+    const nft = (script: string, reject = true) => sh("ip", ["netns", "exec", host.name, "nft", "-f", "-"], { input: script, reject });
+    // Paused (our child, by pid): vmrouted would repair the sysctls at its next resync.
+    daemon.child!.kill("SIGSTOP");
+    try {
+      await host.setSysctl("net/ipv6/conf/all/forwarding", "0");
+      await host.setSysctl(`net/ipv6/conf/${e.device}/accept_ra`, "1");
+      await nft("table ip6 vmrt6_test { chain fwdfilter { type filter hook forward priority 0; policy drop; }; }");
+      // The drop is real: task1 no longer reaches task2 over IPv6, while IPv4 still does.
+      expect((await task1.exec(["ping", "-6", "-c", "1", "-W", "1", "fd31:17::32"], false)).exitCode).not.toBe(0);
+      const d = await daemon.doctor();
+      const problem = (check: string) => d.findings.filter((f) => f.check === check && f.result === "problem").map((f) => f.message).join("; ");
+      expect(d.exitCode).toBe(1);
+      expect(problem("ip-forward")).toMatch(/net\.ipv6\.conf\.all\.forwarding is 0/);
+      expect(problem("endpoint-sysctls")).toContain(`net.ipv6.conf.${e.device}.accept_ra is 1, not 0`);
+      expect(problem("firewall")).toMatch(/table ip6 vmrt6_test chain fwdfilter: policy drop/);
+    } finally {
+      daemon.child!.kill("SIGCONT");
+      await nft("delete table ip6 vmrt6_test", false);
+    }
+    await waitFor(async () => (await daemon.doctor()).exitCode === 0, 15000, "doctor to find nothing wrong once vmrouted runs again");
+    expect(await host.sysctl("net/ipv6/conf/all/forwarding")).toBe("1");
   });
 
   it("refuses an ip6 outside the prefix, on a network without one, or taken, with one line and no change", async () => {

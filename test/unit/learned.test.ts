@@ -1,3 +1,4 @@
+import { afterPublication, publishWait } from "../../src/bgp/importer.js";
 import { describe, expect, it } from "vitest";
 import { applyBestPaths, learnedFrom, listingWithNewer, peersSynced, sameRoutes } from "../../src/bgp/importer.js";
 import type { PeerInfo, RibPath } from "../../src/bgp/gobgp.js";
@@ -144,5 +145,24 @@ describe("importing IPv6 best paths (issue #25)", () => {
     expect([...routes.keys()].sort()).toEqual(["172.31.16.9/32", "fd31:16::9/128"]);
     applyBestPaths(routes, [p6({ isWithdraw: true })], MIGRATION);
     expect([...routes.keys()]).toEqual(["172.31.16.9/32"]);
+  });
+});
+
+describe("when the importer publishes", () => {
+  const quiet = { start: -Infinity, changes: 0 };
+  it("a migrated VM's /32 and then its /128, a few ms apart, each at once; a reflector's stream once per 250 ms", () => {
+    // The /32 after a quiet moment: at once.
+    expect(publishWait(1000, -Infinity, quiet, 1)).toBe(0);
+    const w = afterPublication(1000, quiet, 1);
+    // Its /128 3 ms later: at once too (it used to wait 250 ms behind the /32).
+    expect(publishWait(1003, 1000, w, 1)).toBe(0);
+    // A stream: past the few quick changes, the next waits for the window.
+    const busy = afterPublication(1003, w, 1);
+    expect(publishWait(1010, 1003, busy, 500)).toBe(243);
+    expect(publishWait(1010, 1003, afterPublication(1004, busy, 40), 1)).toBe(243);
+    // Published at 1253 (a new window, 500 changes): busy until 250 ms have passed, then quick again.
+    const after = afterPublication(1253, afterPublication(1004, busy, 40), 500);
+    expect(publishWait(1300, 1253, after, 1)).toBe(203);
+    expect(publishWait(1503, 1253, after, 1)).toBe(0);
   });
 });
