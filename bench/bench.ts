@@ -5,17 +5,18 @@
 // reflector (a GoBGP reflector for the learned-route measure, a real libvirtd
 // for the hook). Writes bench/out/results.{json,md} and bench/out/converge.png;
 // `npm run bench -- --publish` also copies them to docs/bench/ for the README.
-//   --sizes 100,1000,10000  --rounds 3  --idle 60  --only converge|hook|learned (the other parts kept from bench/out)
+//   --sizes 100,1000,10000  --rounds 3  --idle 60  --only converge|dual|hook|learned (the other parts kept from bench/out)
+// The dual-stack part (converge and teardown of taps with an ip6 too) runs at 1,000 unless --sizes is given.
 import { spawn } from "node:child_process";
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
-import { BgpLab, HOST_ADDRESS } from "../test/helpers/bgp-lab.js";
+import { BgpLab, HOST_ADDRESS, HOST_ADDRESS6 } from "../test/helpers/bgp-lab.js";
 import { assertLabReady, Daemon, REPO, runId, sh, waitFor } from "../test/helpers/lab.js";
 import { LibvirtLab } from "../test/helpers/libvirt-lab.js";
 import { parseMonitorRecord } from "../src/dataplane/events.js";
 import { splitRecords } from "../src/dataplane/monitor.js";
-import { floorDown, floorFiles, floorUp, Injector, ipOf } from "./floor.js";
+import { floorDown, floorDownDual, floorFiles, floorFilesDual, floorUp, floorUpDual, Injector, ip6Of, ipOf, PREFIX6 } from "./floor.js";
 import { learnedRoutes } from "./learned.js";
 import { chart, markdown, rssMiB, summarize, type Footprint, type Results } from "./report.js";
 
@@ -23,6 +24,7 @@ const args = process.argv.slice(2);
 const arg = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
 const ROUNDS = Number(arg("--rounds")) || 3;
 const SIZES = (arg("--sizes") ?? "100,1000,10000").split(",").map(Number);
+const DUAL_SIZES = (arg("--sizes") ?? "1000").split(",").map(Number);
 const IDLE_SECONDS = Number(arg("--idle")) || 60;
 const ONLY = arg("--only");
 const OUT = join(REPO, "bench/out");
@@ -54,6 +56,7 @@ async function main(): Promise<void> {
     await writeFile(join(OUT, "results.md"), markdown(results));
   };
   if (!ONLY || ONLY === "converge") await convergeAndIdle(results).then(save);
+  if (!ONLY || ONLY === "dual") await dualStack(results).then(save);
   if (!ONLY || ONLY === "hook") results.hook = await hookLatency().finally(save);
   if (!ONLY || ONLY === "learned") results.learned = await learnedRoutes(ROUNDS);
   await save();
@@ -156,6 +159,106 @@ async function convergeAndIdle(results: Results): Promise<void> {
     await lab.destroy();
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Dual stack at each N (DUAL_SIZES): one apply -f of N taps with an ip and an ip6
+ * until BIRD has all N /32s and all N /128s (and the kernel agrees), then of none
+ * until BIRD has neither; against the floor of the same kernel work in one
+ * ip -batch (the IPv4 and the IPv6 lines per tap), one sysctl -p and one
+ * AddPathStream of the 2N paths. The session is IPv4; the /128s' next hop is
+ * node.address6, the host's fd99::1 on the link to the reflector.
+ */
+async function dualStack(results: Results): Promise<void> {
+  const lab = await BgpLab.start(`d${runId()}`);
+  const dir = await mkdtemp(join(tmpdir(), "vmrouted-bench-"));
+  let daemon: Daemon | undefined;
+  let injector: Injector | undefined;
+  const dual: NonNullable<Results["dual"]> = { rounds: ROUNDS, converge: {}, teardown: {} };
+  try {
+    daemon = await Daemon.create(lab.host, {
+      bgp: { gobgp: "127.0.0.1:50051" }, networks: { service: { gateway: "172.31.16.1/16", prefix6: PREFIX6 } }, resyncSeconds: 30,
+      extra: { node: { address: HOST_ADDRESS, address6: HOST_ADDRESS6, name: "test-host" } },
+    });
+    await daemon.start();
+    await lab.waitForSession(60_000);
+    injector = await Injector.connect(lab.apiSocket, HOST_ADDRESS, HOST_ADDRESS6);
+    // "N of M routes for K networks in table master4" and "... master6": the first number of each.
+    const birdCounts = async () => {
+      const r = await sh("birdc", ["-s", lab.birdSocket, "show", "route", "count", "protocol", "host1"], { reject: false });
+      const of = (table: string) => Number(new RegExp(`(\\d+) of \\d+ routes for \\d+ networks in table ${table}`).exec(r.stdout)?.[1] ?? 0);
+      return { v4: of("master4"), v6: of("master6") };
+    };
+    const holds = async (n: number) => { const c = await birdCounts(); return c.v4 === n && c.v6 === n; };
+    const kernel = async (protocol: string) => {
+      const [routes, routes6, taps] = await Promise.all([
+        lab.host.json<unknown[]>(["-4", "route", "show", "proto", protocol]),
+        lab.host.json<unknown[]>(["-6", "route", "show", "proto", protocol]),
+        lab.host.json<unknown[]>(["link", "show", "type", "tun"]),
+      ]);
+      return { routes: routes.length, routes6: routes6.length, taps: taps.length };
+    };
+    for (const n of DUAL_SIZES) {
+      const files = await floorFilesDual(dir, n);
+      const spec = join(dir, `spec6-${n}.json`), empty = join(dir, "spec-0.json");
+      await writeFile(spec, JSON.stringify({ endpoints: Array.from({ length: n }, (_, i) => ({ kind: "tap", network: "service", ip: ipOf(i), ip6: ip6Of(i) })) }));
+      await writeFile(empty, "{}");
+      const s = { fUp: [] as number[], fDown: [] as number[], vUp: [] as number[], vDown: [] as number[] };
+      for (let r = 0; r < ROUNDS; r++) {
+        let t0 = performance.now();
+        await floorUpDual(lab.host, files, injector, n);
+        s.fUp.push(await until(t0, () => holds(n), "dual-stack floor announcements"));
+        const f = await kernel("93");
+        check(f.routes === n && f.routes6 === n, `dual-stack floor routes: ${JSON.stringify(f)}`);
+        t0 = performance.now();
+        await floorDownDual(lab.host, files, injector, n);
+        s.fDown.push(await until(t0, () => holds(0), "dual-stack floor withdrawals"));
+        check((await kernel("93")).taps === 0, "dual-stack floor teardown");
+
+        t0 = performance.now();
+        let wall = Date.now();
+        const applied = await daemon.ctl(["-o", "json", "apply", "-f", spec]);
+        check(applied.exitCode === 0, `apply: ${applied.stderr}`);
+        s.vUp.push(await until(t0, () => holds(n), "vmrouted dual-stack announcements"));
+        const up = passPhases(daemon, wall, "announced", 2 * n);
+        const k = await kernel("94");
+        check(k.routes === n && k.routes6 === n && k.taps === n, `vmrouted dual-stack kernel state: ${JSON.stringify(k)}`);
+        t0 = performance.now();
+        wall = Date.now();
+        check((await daemon.ctl(["-o", "json", "apply", "-f", empty])).exitCode === 0, "apply empty");
+        s.vDown.push(await until(t0, async () => (await holds(0)) && (await kernel("94")).taps === 0, "vmrouted dual-stack teardown"));
+        const down = passPhases(daemon, wall, "withdrawn", 2 * n);
+        process.stderr.write(`dual stack N=${n} round ${r + 1}/${ROUNDS}: floor ${fmt(s.fUp.at(-1)!)} / ${fmt(s.fDown.at(-1)!)}, ` +
+          `vmrouted ${fmt(s.vUp.at(-1)!)} / ${fmt(s.vDown.at(-1)!)} (up: ${up}; down: ${down})\n`);
+      }
+      dual.converge[n] = { floor: summarize(s.fUp), vmrouted: summarize(s.vUp) };
+      dual.teardown[n] = { floor: summarize(s.fDown), vmrouted: summarize(s.vDown) };
+      results.dual = dual;
+    }
+  } finally {
+    injector?.close();
+    if (daemon) await writeFile(join(OUT, "dual-daemon.log"), daemon.log).catch(() => undefined);
+    await daemon?.cleanup();
+    await lab.destroy();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Where an apply's time went, from the daemon's log (epoch ms, from `wall` taken
+ * before the CLI ran): until its pass started (CLI and API), the pass (plan,
+ * apply), and from the pass's end until gobgpd had taken all `paths` (the
+ * announcer's "bgp paths updated", logged after the AddPathStream returned).
+ */
+function passPhases(daemon: Daemon, wall: number, field: "announced" | "withdrawn", paths: number): string {
+  const lines = daemon.log.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Record<string, number | string>)
+    .filter((l) => (l.time as number) >= wall);
+  const pass = lines.find((l) => l.msg === "reconciled" && String(l.trigger).includes("api"));
+  const bgp = lines.find((l) => l.msg === "bgp paths updated" && l[field] === paths);
+  if (!pass || !bgp) return "phases not in the log";
+  const end = (pass.time as number) - wall, duration = pass.durationMs as number;
+  return `to pass ${Math.round(end - duration)} ms, pass ${Math.round(duration)} ms (plan ${pass.planMs}, apply ${pass.applyMs}), ` +
+    `pass end to gobgpd's ack ${(bgp.time as number) - (pass.time as number)} ms`;
 }
 
 /** When (epoch ms, from the daemon's log) dnsmasq first confirmed reading a hosts file with `n` entries after `since`. */

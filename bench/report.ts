@@ -36,6 +36,8 @@ export interface Results {
   rounds: number;
   converge: Record<number, SideBySide>;
   teardown: Record<number, SideBySide>;
+  /** The same for N taps with an ip6 too: until the reflector has N /32s and N /128s (or none). */
+  dual?: { rounds: number; converge: Record<number, SideBySide>; teardown: Record<number, SideBySide> };
   repair?: { endpoints: number; ms: Summary };
   /** From `apply -f` of N taps to dnsmasq confirming it read a hosts file with all N (it answers each from then on). */
   dhcp?: Record<number, Summary>;
@@ -65,6 +67,16 @@ export function markdown(r: Results): string {
       const goal = n >= 10000 ? `≤ 1.5 × floor: ${met(ratio <= 1.5)}` : n === 1000 ? `≤ floor + 300 ms: ${met(over <= 300)}` : "";
       rows.push(`| ${what} | ${n} | ${spread(p.floor)} | ${spread(p.vmrouted)} | ${ratio.toFixed(2)} (${over >= 0 ? "+" : ""}${t(over)}) | ` +
         `${p.baseline ? `${spread(p.baseline)} (${(p.baseline.median / p.vmrouted.median).toFixed(1)}x slower)` : "–"} | ${goal} |`);
+    }
+  // Its own rounds when run on its own (--only dual) with other rounds than the rest.
+  const dualRounds = r.dual && r.dual.rounds !== r.rounds ? `, ${r.dual.rounds} rounds` : "";
+  for (const [what, table] of [["converge", r.dual?.converge ?? {}], ["teardown", r.dual?.teardown ?? {}]] as const)
+    for (const [key, p] of Object.entries(table)) {
+      const n = Number(key);
+      const ratio = p.vmrouted.median / p.floor.median;
+      const over = p.vmrouted.median - p.floor.median;
+      rows.push(`| ${what}, dual stack (a /32 and a /128 each${dualRounds}) | ${n} | ${spread(p.floor)} | ${spread(p.vmrouted)} | ${ratio.toFixed(2)} (${over >= 0 ? "+" : ""}${t(over)}) | – | ` +
+        `${n === 1000 ? `≤ floor + 300 ms: ${met(over <= 300)}` : ""} |`);
     }
   for (const [n, s] of Object.entries(r.dhcp ?? {}))
     rows.push(`| DHCP follows: apply -f → dnsmasq has read all N static leases (its own "read" line) | ${n} | – | ${spread(s)} | – | – | against converge ${r.converge[Number(n)] ? t(r.converge[Number(n)]!.vmrouted.median) : "–"} |`);

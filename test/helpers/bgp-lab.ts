@@ -6,11 +6,18 @@ import { Netns, REPO, sh, stopChild, waitFor } from "./lab.js";
 
 // A host and a route reflector, each its own namespace, joined by a veth:
 //   host (vmrouted + gobgpd) 10.99.0.1/24  <--->  10.99.0.2/24 rr (BIRD 2)
+//                            fd99::1/64           fd99::2/64
+// The session is IPv4 (both families ride it); the IPv6 addresses are there so
+// that a /128 with next hop fd99::1 (node.address6) lies on a prefix BIRD has
+// connected ("gateway direct"), and is reachable and reflected.
 // gobgpd and BIRD run from the project's templates, so the templates are what
 // the tests prove.
 
 export const HOST_ADDRESS = "10.99.0.1";
 export const RR_ADDRESS = "10.99.0.2";
+/** The host's IPv6 address on the link to the reflector: node.address6, the next hop of its /128s. */
+export const HOST_ADDRESS6 = "fd99::1";
+export const RR_ADDRESS6 = "fd99::2";
 export const ASN = "64512";
 /**
  * The TCP MD5 password of every lab session (BGP_PASSWORD in all four
@@ -82,8 +89,11 @@ export class BgpLab {
     const lab = new BgpLab(host, rr, dir, join(dir, "bird.ctl"));
     await host.ip(["link", "add", "uplink", "type", "veth", "peer", "name", "downlink", "netns", rr.name]);
     await host.ip(["addr", "add", `${HOST_ADDRESS}/24`, "dev", "uplink"]);
+    // nodad: usable at once (a tentative address cannot be a resolved next hop).
+    await host.ip(["addr", "add", `${HOST_ADDRESS6}/64`, "dev", "uplink", "nodad"]);
     await host.ip(["link", "set", "uplink", "up"]);
     await rr.ip(["addr", "add", `${RR_ADDRESS}/24`, "dev", "downlink"]);
+    await rr.ip(["addr", "add", `${RR_ADDRESS6}/64`, "dev", "downlink", "nodad"]);
     await rr.ip(["link", "set", "downlink", "up"]);
     const values = { ASN, NODE_ADDRESS: HOST_ADDRESS, RR_ADDRESS, BGP_PASSWORD: LAB_BGP_PASSWORD };
     await writeFile(join(dir, "gobgpd.toml"), await renderTemplate("gobgpd.toml", values));
