@@ -26,6 +26,7 @@ import { DesiredStore } from "../state/desired.js";
 import { onStateWriteFailure, removeStaleTemporaries } from "../state/files.js";
 import { DesiredResolver } from "../state/resolve.js";
 import { endpointIps, hostPrefix } from "../model/ipv6.js";
+import { announcedLeft, announcements } from "./announce.js";
 import { persistence } from "../state/stored.js";
 import { Virsh } from "../libvirt/virsh.js";
 import { VERSION } from "../version.js";
@@ -38,7 +39,7 @@ import { KernelWatch } from "./kernel-watch.js";
 import { LibvirtService } from "./libvirt.js";
 import { BurstCollector } from "./memory.js";
 import { Metrics, startMetricsListener } from "./metrics.js";
-import { Reconciler } from "./reconciler.js";
+import { Reconciler, type ReconcileReport } from "./reconciler.js";
 import { loadDesired } from "./recover.js";
 import { startCpuProfile } from "./profile.js";
 import { apiRoutes } from "./routes.js";
@@ -99,17 +100,20 @@ async function main(argv: string[]): Promise<void> {
   const journalProblem = await journal.load();
   if (journalProblem) log.error(journalProblem);
   const memory = new BurstCollector();
+  // Which endpoints are announced (announce.ts): the last pass's ready ones still in the desired state.
+  let lastReport: ReconcileReport | undefined;
+  const announce = () => {
+    if (!announcer || !lastReport) return;
+    const { announce: paths, keep } = announcements(lastReport.endpoints, desired());
+    announcer.setDesired(paths, keep);
+  };
   const reconciler = new Reconciler({
     desired, observe, apply: applyPlan, groupMembers, settings, log, journal,
     nat: { list: () => listNatTable(), apply: (script) => applyNft(script) },
-    // Only ready endpoints are announced: a VM is announced once its host side works. Held ones
-    // (kept as found) keep whatever path they had, and get none they did not have.
-    // A VM migrated away ("source") keeps its route for stragglers but is no longer announced.
-    onReport: (report) => announcer?.setDesired(
-      report.endpoints.filter((e) => e.state === "ready" && e.migration !== "source")
-        .map((e) => ({ ip: e.ip, ...(e.ip6 !== undefined ? { ip6: e.ip6 } : {}), elevated: e.elevated })),
-      new Set(report.endpoints.filter((e) => e.held && e.conditions.route).flatMap((e) => endpointIps(e).map(hostPrefix))),
-    ),
+    onReport: (report) => {
+      lastReport = report;
+      announce();
+    },
     onPass: (pass) => {
       metrics.recordPass(pass);
       memory.afterPass(pass.operations);
@@ -143,6 +147,9 @@ async function main(argv: string[]): Promise<void> {
     const trigger = reason.split(":")[0]!;
     const [before, after] = [resolver.resolve(previous), resolver.resolve(next)];
     void reconciler.mark(changedScope(before.state, after.state), trigger);
+    // What left the desired state is withdrawn now, beside the pass that removes it (stop attracting
+    // traffic before the route goes, and 2,000 withdrawals overlap the kernel's teardown).
+    if (announcer && lastReport && announcedLeft(lastReport.endpoints, after.state)) announce();
     if (before.imports !== after.imports) refusals.note(after.imports);
     if (dhcpFollowing) void dhcp.update(after.state);
     void resolvConf.update(after.state);
