@@ -38,7 +38,7 @@ export interface Status {
   version: string;
   /** running: the first pass has run (before it, status answers a StartingStatus and other calls wait). */
   state: "running";
-  node: { name: string; address: string };
+  node: { name: string; address: string; address6?: string };
   /** Stored entries that do not resolve (held as found, reported degraded), one line each. */
   problems: string[];
   storage: StorageStatus;
@@ -69,12 +69,12 @@ export interface Status {
 export interface StartingStatus {
   version: string;
   state: "starting";
-  node: { name: string; address: string };
+  node: { name: string; address: string; address6?: string };
   reason: string;
 }
 
 export function startingStatus(config: Config, reason: string): StartingStatus {
-  return { version: VERSION, state: "starting", node: { name: config.node.name, address: config.node.address }, reason };
+  return { version: VERSION, state: "starting", node: nodeOf(config), reason };
 }
 
 export function buildStatus(
@@ -90,7 +90,7 @@ export function buildStatus(
   return {
     version: VERSION,
     state: "running",
-    node: { name: config.node.name, address: config.node.address },
+    node: nodeOf(config),
     problems: extra.problems,
     storage: extra.storage,
     networks: report.networks,
@@ -114,4 +114,8 @@ export function buildStatus(
       ...(extra.lastError ? { lastError: extra.lastError } : {}),
     },
   };
+}
+
+function nodeOf(config: Config): Status["node"] {
+  return { name: config.node.name, address: config.node.address, ...(config.node.address6 ? { address6: config.node.address6 } : {}) };
 }

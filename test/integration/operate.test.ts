@@ -195,30 +195,30 @@ const state = z.enum(["ready", "pending", "degraded"]);
 const statusSchema = z.object({
   version: z.string().regex(/^\d+\.\d+\.\d+/),
   state: z.literal("running"),
-  node: z.object({ name: z.string(), address: z.string().ip({ version: "v4" }) }).strict(),
+  node: z.object({ name: z.string(), address: z.string().ip({ version: "v4" }), address6: z.string().ip({ version: "v6" }).optional() }).strict(),
   problems: z.array(z.string()),
   storage: z.object({ state: z.enum(["ok", "failing"]), reason: z.string().optional(), since: z.string().datetime().optional() }).strict(),
   networks: z.array(z.object({
-    name: z.string(), device: z.string().regex(/^virgw-/), gateway: z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d+$/),
+    name: z.string(), device: z.string().regex(/^virgw-/), gateway: z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d+$/), prefix6: z.string().optional(),
     kind: z.enum(["dummy", "bridge"]), source: z.enum(["config", "runtime"]), natOutgoing: z.boolean(), state, reason: z.string(),
   }).strict()),
   endpoints: z.array(z.object({
-    id: z.string(), kind: z.enum(["tap", "netns", "vm"]), network: z.string(), ip: z.string().ip({ version: "v4" }),
+    id: z.string(), kind: z.enum(["tap", "netns", "vm"]), network: z.string(), ip: z.string().ip({ version: "v4" }), ip6: z.string().ip({ version: "v6" }).optional(),
     // A held entry (kept as found) may not know its guest's MAC.
     mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/).or(z.literal("")), device: z.string().max(15), netns: z.string().optional(), domain: z.string().optional(),
-    held: z.boolean().optional(), duplicate: z.string().ip({ version: "v4" }).optional(),
+    held: z.boolean().optional(), duplicate: z.string().ip().optional(),
     dhcp: z.object({ served: z.boolean(), lastAck: z.string().datetime().optional() }).strict().optional(),
     elevated: z.boolean().optional(), migration: z.enum(["normal", "target", "settling", "source"]).optional(), state, reason: z.string(),
     conditions: z.object({
       device: z.boolean(), up: z.boolean(), carrier: z.boolean(), route: z.boolean(), neighbour: z.boolean(), sysctls: z.boolean(),
-      inner: z.boolean().optional(), announced: z.boolean().optional(),
+      inner: z.boolean().optional(), gateway6: z.boolean().optional(), announced: z.boolean().optional(),
     }).strict(),
     counters: linkStats,
   }).strict()),
   bgp: z.object({
     enabled: z.boolean(), state: z.enum(["disabled", "connecting", "up", "down"]), reason: z.string().optional(),
     peers: z.array(z.object({
-      address: z.string(), state: z.string(), uptimeSeconds: z.number().optional(), prefixesSent: z.number().optional(),
+      address: z.string(), state: z.string(), uptimeSeconds: z.number().optional(), prefixesSent: z.number().optional(), prefixesSent6: z.number().optional(),
       endOfRib: z.object({ negotiated: z.boolean(), received: z.boolean() }).strict().optional(),
     }).strict()),
     announced: z.number().int().nonnegative(), learned: z.number().int().nonnegative(),

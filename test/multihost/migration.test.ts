@@ -133,7 +133,7 @@ beforeAll(async () => {
   }
   const a = libvirts.get(1)!;
   // By DHCP, renewing every 2 s: after each move its renewals must be answered by the host it is on. IPv6 by RA + DHCPv6.
-  await a.defineGuest(GUEST, { ip: "dhcp", ip6: "dhcp", ping: [GATEWAY, peer().ip], watch: peer().ip, echoPort: ECHO_PORT, renewSeconds: 2 });
+  await a.defineGuest(GUEST, { ip: "dhcp", ip6: "dhcp", ping: [GATEWAY, peer().ip, peer().ip6!], watch: peer().ip, echoPort: ECHO_PORT, renewSeconds: 2 });
   const add = await lab.host(1).daemon.ctl(["iface", "add", GUEST, "--network", "service", "--ip", GUEST_IP, "--ip6", GUEST_IP6]);
   if (add.exitCode !== 0) throw new Error(add.stderr);
   await a.virsh(["start", GUEST]);
@@ -147,6 +147,8 @@ beforeAll(async () => {
   expect((await a.consoleReports(GUEST)).find((l) => l.startsWith("dhcp6 bound")))
     .toMatch(new RegExp(`^dhcp6 bound ${GUEST_IP6}/128 router ${linkLocalFromMac("fe" + mac.slice(2))} `));
   await waitFor(() => pings(peer().ns, GUEST_IP6), 20000, "the peer on host 3 to reach the guest over IPv6");
+  // And the guest reached the task on host 3 over IPv6 in its boot checks (after its DHCPv6 lease).
+  expect(await a.consoleReports(GUEST)).toContain(`ping ${peer().ip6} ok`);
 }, 400_000);
 
 afterAll(async () => {
