@@ -1,6 +1,5 @@
-import ipaddr from "ipaddr.js";
 import { parseIpv4, parsePrefix, type Prefix } from "../model/ipv4.js";
-import { canonicalIpv6, isUnusableIpv6Host, parsePrefix6 } from "../model/ipv6.js";
+import { canonicalIpv6, ipv6Value, isLinkLocal6, isUnusableIpv6Host, parsePrefix6, prefix6Of } from "../model/ipv6.js";
 import type { Endpoint, LearnedRoute } from "../model/types.js";
 
 // Pure: which best paths other speakers announce become kernel routes. Every
@@ -105,8 +104,8 @@ function parsed(r: { prefix: string; nextHop: string }): Parsed {
       const length = slash > 0 && /^\d{1,3}$/.test(lengthText) && Number(lengthText) <= 128 ? Number(lengthText) : -1;
       const hop = canonicalIpv6(r.nextHop);
       p = {
-        v6: true, ip, value: ip ? v6Value(ip) : undefined, length,
-        nextHopText: hop ?? r.nextHop, nextHop: hop && usableNextHop6(hop) ? v6Value(hop) : undefined,
+        v6: true, ip, value: ip ? ipv6Value(ip) : undefined, length,
+        nextHopText: hop ?? r.nextHop, nextHop: hop && usableNextHop6(hop) ? ipv6Value(hop) : undefined,
       };
     } else {
       const prefix = parsePrefix(r.prefix);
@@ -122,19 +121,14 @@ function parsed(r: { prefix: string; nextHop: string }): Parsed {
  * translated (the model's rule), nor anything else in ::/8 (IPv4-compatible ::a.b.c.d and the like).
  */
 function usableNextHop6(canonical: string): boolean {
-  return !isUnusableIpv6Host(canonical) && v6Value(canonical) >> 120n !== 0n;
+  return !isUnusableIpv6Host(canonical) && ipv6Value(canonical) >> 120n !== 0n;
 }
 
-/** A canonical IPv6 address as a 128-bit number. */
-function v6Value(canonical: string): bigint {
-  let v = 0n;
-  for (const b of ipaddr.IPv6.parse(canonical).toByteArray()) v = (v << 8n) | BigInt(b);
-  return v;
-}
+
 interface Prefix6N { base: bigint; shift: bigint }
 function prefix6N(text: string): Prefix6N | undefined {
   const p = parsePrefix6(text);
-  return p ? { base: v6Value(p.base) >> BigInt(128 - p.length), shift: BigInt(128 - p.length) } : undefined;
+  return p ? { base: ipv6Value(p.base) >> BigInt(128 - p.length), shift: BigInt(128 - p.length) } : undefined;
 }
 const in6 = (list: Prefix6N[], value: bigint | undefined) => value !== undefined && list.some((p) => value >> p.shift === p.base);
 
@@ -247,10 +241,8 @@ export function connectedPrefixes(addresses: ReadonlyArray<{ ip: string; prefixL
   for (const a of addresses) {
     if (a.noprefixroute) continue;
     if (a.ip.includes(":")) {
-      const ip = canonicalIpv6(a.ip);
-      if (!ip || a.prefixLength >= 128 || ipaddr.IPv6.parse(ip).range() === "linkLocal") continue;
-      const base = ipaddr.IPv6.networkAddressFromCIDR(`${ip}/${a.prefixLength}`).toRFC5952String();
-      out.add(`${base}/${a.prefixLength}`);
+      const prefix = a.prefixLength < 128 && !isLinkLocal6(a.ip) ? prefix6Of(a.ip, a.prefixLength) : undefined;
+      if (prefix) out.add(prefix);
       continue;
     }
     if (a.prefixLength >= 32) continue;

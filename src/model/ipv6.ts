@@ -51,6 +51,25 @@ export function parsePrefix6(text: string): Prefix6 | undefined {
   return { base, length, text: `${base}/${length}` };
 }
 
+/** The prefix of that length an address lies in, as "base/length" (an address on a link and its connected prefix). */
+export function prefix6Of(ip: string, length: number): string | undefined {
+  const canonical = canonicalIpv6(ip);
+  if (!canonical || length < 0 || length > 128) return undefined;
+  return `${ipaddr.IPv6.networkAddressFromCIDR(`${canonical}/${length}`).toRFC5952String()}/${length}`;
+}
+
+export function isLinkLocal6(ip: string): boolean {
+  const canonical = canonicalIpv6(ip);
+  return canonical !== undefined && ipaddr.IPv6.parse(canonical).range() === "linkLocal";
+}
+
+/** A canonical IPv6 address as a 128-bit number (for prefix arithmetic on many addresses). */
+export function ipv6Value(canonical: string): bigint {
+  let v = 0n;
+  for (const b of ipaddr.IPv6.parse(canonical).toByteArray()) v = (v << 8n) | BigInt(b);
+  return v;
+}
+
 export function prefix6Contains(prefix: Prefix6, ip: string): boolean {
   const canonical = canonicalIpv6(ip);
   return canonical !== undefined && ipaddr.IPv6.parse(canonical).match(ipaddr.IPv6.parse(prefix.base), prefix.length);
